@@ -1,0 +1,10 @@
+"""Quality and speed benchmarks of `lotterycli` against classical baselines.
+
+Run `python -m benchmarks --quick` (smoke scale, < 20 min on 2 CPU cores) or
+`python -m benchmarks --full`; `python -m benchmarks --help` lists the options. Needs the
+`bench` extra (`pip install -e '.[bench]'`: matplotlib, scikit-image, scipy, bm3d).
+
+Modules: `data` (Kodak crops), `bdrate` (Bjontegaard metrics), `baselines` (codecs and
+restoration baselines), `schema` (results JSON layout and `validate_results`), `report`
+(docs/benchmarks.md and plots from the JSON), `runner` (the suites and the command line).
+"""

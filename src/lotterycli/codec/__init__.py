@@ -1,0 +1,1 @@
+"""The random-network codec: model parts, fixed-point decoder arithmetic, entropy model."""

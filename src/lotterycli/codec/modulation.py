@@ -1,0 +1,55 @@
+"""ModNet: turns the upsampled latents into the per-layer modulations M1, M2, M3 ("rewind").
+
+U0 = GELU(1x1 conv n_levels->hidden), U1 = GELU(1x1 hidden->out), U2 = GELU(3x3(U1) + U1),
+U3 = GELU(3x3(U2) + U2); M3 = [U3, U2, U1, U0], and M1, M2 are its leading 2*out, 3*out rows.
+Tensors are kept as (C, N) matrices so the 1x1 layers are plain matmuls and the (C, H, W) views
+for the 3x3 layers are free.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from . import fixedpoint
+from .architecture import Architecture
+
+
+class ModNet(nn.Module):
+    def __init__(self, arch: Architecture):
+        super().__init__()
+        n, hid, out = arch.n_levels, arch.modnet_hidden, arch.modnet_out
+        self.u0 = nn.Linear(n, hid)
+        self.u1 = nn.Linear(hid, out)
+        self.u2 = nn.Conv2d(out, out, 3, padding=1)
+        self.u3 = nn.Conv2d(out, out, 3, padding=1)
+        with torch.no_grad():  # the residual 3x3 layers start close to identity
+            self.u2.weight.mul_(0.1)
+            self.u3.weight.mul_(0.1)
+
+    def forward(self, features: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """features (n_levels, H*W) -> the blocks ([U3, U2], U1, U0) whose concatenation is M3."""
+        gelu = F.gelu
+        u0 = gelu(torch.addmm(self.u0.bias[:, None], self.u0.weight, features))
+        u1 = gelu(torch.addmm(self.u1.bias[:, None], self.u1.weight, u0))
+        c = u1.shape[0]
+        u2 = gelu(F.conv2d(u1.view(1, c, height, width), self.u2.weight, self.u2.bias, padding=1).view(c, -1) + u1)
+        u3 = gelu(F.conv2d(u2.view(1, c, height, width), self.u3.weight, self.u3.bias, padding=1).view(c, -1) + u2)
+        return torch.cat([u3, u2]), u1, u0
+
+
+def modnet_exact(params: dict[str, torch.Tensor], features: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Fixed-point ModNet: float64 dyadic params (names as ModNet.state_dict) and grid features."""
+    g, r = fixedpoint.gelu, fixedpoint.round_fixed
+    u0 = g(r(params["u0.weight"] @ features + params["u0.bias"][:, None]))
+    u1 = g(r(params["u1.weight"] @ u0 + params["u1.bias"][:, None]))
+    c = u1.shape[0]
+
+    def conv3(x, name):
+        y = F.conv2d(x.view(1, c, height, width), params[f"{name}.weight"], params[f"{name}.bias"], padding=1)
+        return r(y.view(c, -1))
+
+    u2 = g(r(conv3(u1, "u2") + u1))
+    u3 = g(r(conv3(u2, "u3") + u2))
+    return torch.cat([u3, u2, u1, u0])

@@ -1,0 +1,60 @@
+"""What a fitted model is, once quantized: the exact content of a .lottery file.
+
+`Payload` is the boundary between the model (which produces and consumes it) and the bitstream
+(which serialises it). Every number in it is an integer or an exact dyadic, so the decoder can
+rebuild the model bit-exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .architecture import Architecture
+
+
+@dataclass
+class QuantizedModule:
+    """The parameters of one small learned network, as integers times 2**-shift.
+
+    `tensors` maps parameter names to int64 tensors; its insertion order is the canonical order
+    used by the bitstream. The real value of parameter p is tensors[p] * 2**-shift.
+    """
+
+    shift: int
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def dequantized(self) -> dict[str, torch.Tensor]:
+        """Exact float64 values (integers times a power of two)."""
+        scale = 2.0 ** -self.shift
+        return {k: v.to(torch.float64) * scale for k, v in self.tensors.items()}
+
+    def n_params(self) -> int:
+        return sum(int(t.numel()) for t in self.tensors.values())
+
+
+# Names of the learned modules, in the order they are stored.
+MODULE_NAMES = ("arm", "upsampling", "modnet")
+
+
+@dataclass
+class Payload:
+    """Everything the decoder needs: sizes, seed, mask, small networks, latents."""
+
+    height: int
+    width: int
+    seed: int  # regenerates the frozen random synthesis weights (see codec.prng)
+    mask_ratio: float  # fraction of synthesis weights removed (informational; the mask is exact)
+    architecture: Architecture
+    mask: torch.Tensor  # bool (architecture.n_synth_weights,), layer by layer, row-major (out, in)
+    modules: dict[str, QuantizedModule]  # keys MODULE_NAMES
+    latents: list[torch.Tensor]  # int64 grids, level 0 (full resolution) first
+
+    def latent_shapes(self) -> list[tuple[int, int]]:
+        return latent_shapes(self.height, self.width, self.architecture.n_levels)
+
+
+def latent_shapes(height: int, width: int, n_levels: int) -> list[tuple[int, int]]:
+    """Grid i has ceil(H / 2**i) x ceil(W / 2**i) values."""
+    return [(-(-height // (1 << i)), -(-width // (1 << i))) for i in range(n_levels)]

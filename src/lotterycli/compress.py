@@ -1,0 +1,115 @@
+"""Compression: fit a model to one image, quantize it, write a real .lottery file, decode it back.
+
+The reported numbers come from the file itself: its size in bytes, and the PSNR of the pixels
+that `decompress` will produce (the encoder decodes its own output before returning).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from .bitstream.container import decode_file, encode_file
+from .bitstream.param_coding import module_bits
+from .codec.architecture import Architecture
+from .codec.model import LotteryModel, decode_payload, macs_per_pixel
+from .codec.params import MODULE_NAMES, QuantizedModule
+from .config import TaskConfig
+from .fit import Distortion, FitResult, ProgressCallback, evaluate, fit, mse
+from .metrics import psnr
+
+SHIFT_CANDIDATES = range(4, 15)  # power-of-two steps 2**-4 .. 2**-14 tried per module
+
+
+@dataclass
+class CompressResult:
+    data: bytes
+    decoded: torch.Tensor  # uint8 (3, H, W): exactly what decompress gives
+    n_bytes: int
+    bpp: float
+    psnr: float
+    macs_per_pixel: float
+    seconds: float
+    steps: int
+    fit: FitResult | None = None
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' -> cuda when available, else cpu; 'cuda' without a GPU is an error."""
+    from .errors import LotteryError
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise LotteryError("--device cuda: no CUDA GPU is available (use --device auto or cpu)")
+    if device not in ("cpu", "cuda"):
+        raise LotteryError(f"--device must be auto, cpu or cuda, got {device!r}")
+    return torch.device(device)
+
+
+def quantize_networks(model: LotteryModel, distortion: Distortion, lam: float) -> dict[str, QuantizedModule]:
+    """Pick each small network's power-of-two step by rate-distortion search, real code lengths.
+
+    Modules are done in order (ARM, upsampling, ModNet), each search seeing the earlier ones
+    already quantized; the model is left holding the quantized values.
+    """
+    chosen: dict[str, QuantizedModule] = {}
+    for name in MODULE_NAMES:
+        module = model.modules_by_name()[name]
+        original = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        best_cost, best_q = float("inf"), None
+        for shift in SHIFT_CANDIDATES:
+            q = model.quantize_module(name, shift)
+            model.load_quantized(name, q)
+            _, d, bpp = evaluate(model, distortion, lam)
+            cost = d + lam * (bpp + module_bits(q) / model.n_pixels)
+            if cost < best_cost:
+                best_cost, best_q = cost, q
+            module.load_state_dict(original)
+        model.load_quantized(name, best_q)
+        chosen[name] = best_q
+    return chosen
+
+
+def compress_image(
+    image: torch.Tensor,
+    cfg: TaskConfig,
+    *,
+    device: str = "auto",
+    progress: ProgressCallback | None = None,
+    arch: Architecture | None = None,
+) -> CompressResult:
+    """Fit, quantize, write and re-decode. `image` is (3, H, W) float in [0, 1]."""
+    start = time.perf_counter()
+    dev = resolve_device(device)
+    _, height, width = image.shape
+    torch.manual_seed(cfg.seed)
+    model = LotteryModel(height, width, arch or Architecture(), cfg.seed, cfg.mask_ratio).to(dev)
+    target = image.to(dev)
+    distortion = mse(target)
+    fit_result = fit(model, distortion, cfg.lam, cfg.fitted_schedule(), progress)
+    model = model.cpu()
+    distortion = mse(image)
+    modules = quantize_networks(model, distortion, cfg.lam)
+    payload = model.to_payload(modules)
+    data = encode_file(payload)
+    decoded = decode_payload(decode_file(data))
+    n_pixels = height * width
+    return CompressResult(
+        data=data,
+        decoded=decoded,
+        n_bytes=len(data),
+        bpp=len(data) * 8 / n_pixels,
+        psnr=psnr(decoded, image),
+        macs_per_pixel=macs_per_pixel(payload.architecture, payload.mask, height, width),
+        seconds=time.perf_counter() - start,
+        steps=fit_result.steps,
+        fit=fit_result,
+    )
+
+
+def decompress_bytes(data: bytes) -> torch.Tensor:
+    """A .lottery file's bytes -> uint8 image (3, H, W), bit-exact on every machine."""
+    return decode_payload(decode_file(data))

@@ -1,0 +1,187 @@
+"""YAML task configs and presets -> a validated `TaskConfig`.
+
+Each task (compress, denoise, sr, inpaint) has a YAML file in `configs/`. A user file given with
+`--config` is merged over it key by key, then command-line overrides win. Unknown keys and wrong
+types are refused with one clear message naming the key.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import LotteryError
+from .fit import Schedule
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+TASKS = ("compress", "denoise", "sr", "inpaint")
+PRESETS = ("fast", "balanced", "best")
+
+_TOP_KEYS = {"task", "preset", "lambda", "lambda_by_sigma", "mask_ratio", "seed", "ensemble", "combine", "steps", "schedule", "presets"}
+_PRESET_KEYS = {"steps", "ensemble", "lambda", "mask_ratio"}
+_SCHEDULE_KEYS = {f.name for f in fields(Schedule) if f.name != "steps"}
+
+
+@dataclass
+class TaskConfig:
+    task: str
+    preset: str
+    steps: int
+    lam: float
+    mask_ratio: float
+    seed: int = 0
+    ensemble: int = 1
+    combine: str = "mean"
+    lambda_by_sigma: dict[float, float] = field(default_factory=dict)
+    schedule: Schedule = field(default_factory=Schedule)
+
+    def lambda_for_sigma(self, sigma_255: float | None) -> float:
+        """Lambda for a noise level (0-255 scale): log(lambda) interpolated linearly in sigma."""
+        if not self.lambda_by_sigma or sigma_255 is None:
+            return self.lam
+        pts = sorted(self.lambda_by_sigma.items())
+        s = sigma_255
+        if s <= pts[0][0]:
+            return pts[0][1]
+        if s >= pts[-1][0]:
+            return pts[-1][1]
+        for (s0, l0), (s1, l1) in zip(pts, pts[1:]):
+            if s0 <= s <= s1:
+                t = (s - s0) / (s1 - s0) if s1 > s0 else 0.0
+                return math.exp(math.log(l0) + t * (math.log(l1) - math.log(l0)))
+        return self.lam
+
+    def fitted_schedule(self) -> Schedule:
+        return replace(self.schedule, steps=self.steps)
+
+
+def _load_yaml(path: Path) -> dict:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise LotteryError(f"{path}: cannot read config ({exc.strerror or exc})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise LotteryError(f"{path}: invalid YAML{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise LotteryError(f"{path}: a config must be a mapping of keys to values")
+    return data
+
+
+def _check_keys(d: dict, allowed: set[str], where: str, source: str) -> None:
+    for key in d:
+        if key not in allowed:
+            raise LotteryError(f"{source}: unknown config key '{where}{key}' (allowed: {', '.join(sorted(allowed))})")
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _number(value: Any, key: str, source: str, *, integer: bool = False, lo: float | None = None, hi: float | None = None, lo_open: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not float(value).is_integer()):
+        kind = "an integer" if integer else "a number"
+        raise LotteryError(f"{source}: '{key}' must be {kind}, got {value!r}")
+    v = float(value)
+    if not math.isfinite(v) or (lo is not None and (v < lo or (lo_open and v == lo))) or (hi is not None and v > hi):
+        rng = f"{'(' if lo_open else '['}{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
+        raise LotteryError(f"{source}: '{key}' = {value!r} is out of range {rng}")
+    return int(v) if integer else v
+
+
+def load_task_config(task: str, *, preset: str | None = None, config_file: str | Path | None = None, overrides: dict | None = None) -> TaskConfig:
+    """The effective config for `task`: configs/<task>.yaml, then --config FILE, then overrides.
+
+    `overrides` uses the top-level key names (steps, lambda, mask_ratio, seed, ensemble); None
+    values are ignored.
+    """
+    if task not in TASKS:
+        raise LotteryError(f"unknown task '{task}' (choose from {', '.join(TASKS)})")
+    base_path = CONFIG_DIR / f"{task}.yaml"
+    data = _load_yaml(base_path)
+    source = str(base_path)
+    if config_file is not None:
+        user = _load_yaml(Path(config_file))
+        source = str(config_file)
+        _validate_shape(user, source)
+        data = _merge(data, user)
+    _validate_shape(data, source)
+
+    preset = preset or data.get("preset", "balanced")
+    presets = data.get("presets", {})
+    if preset not in presets:
+        raise LotteryError(f"unknown preset '{preset}' (choose from {', '.join(presets) or ', '.join(PRESETS)})")
+    merged = {k: v for k, v in data.items() if k not in ("presets", "preset")}
+    merged = _merge(merged, presets[preset] or {})
+    for k, v in (overrides or {}).items():
+        if v is not None:
+            merged[k] = v
+    src = "option" if overrides else source
+
+    schedule_d = dict(merged.get("schedule") or {})
+    sched_kwargs: dict[str, Any] = {}
+    for k, v in schedule_d.items():
+        if k in ("temperature", "noise"):
+            if not (isinstance(v, (list, tuple)) and len(v) == 2):
+                raise LotteryError(f"{source}: 'schedule.{k}' must be a pair [start, end]")
+            sched_kwargs[k] = tuple(_number(x, f"schedule.{k}", source, lo=0, lo_open=True) for x in v)
+        elif k == "eval_every":
+            sched_kwargs[k] = _number(v, f"schedule.{k}", source, integer=True, lo=1)
+        else:
+            sched_kwargs[k] = _number(v, f"schedule.{k}", source, lo=0)
+    if "hard_fraction" in sched_kwargs and sched_kwargs["hard_fraction"] > 1:
+        raise LotteryError(f"{source}: 'schedule.hard_fraction' must be between 0 and 1")
+
+    lbs = merged.get("lambda_by_sigma") or {}
+    if not isinstance(lbs, dict):
+        raise LotteryError(f"{source}: 'lambda_by_sigma' must map noise levels to lambdas")
+    lambda_by_sigma = {
+        _number(s, "lambda_by_sigma", source, lo=0): _number(l, "lambda_by_sigma", source, lo=0)
+        for s, l in lbs.items()
+    }
+    combine = merged.get("combine", "mean")
+    if combine not in ("mean", "median"):
+        raise LotteryError(f"{source}: 'combine' must be 'mean' or 'median', got {combine!r}")
+    if "lambda" not in merged:
+        raise LotteryError(f"{source}: missing config key 'lambda'")
+    return TaskConfig(
+        task=task,
+        preset=preset,
+        steps=_number(merged.get("steps", 1000), "steps", src, integer=True, lo=1, hi=1_000_000),
+        lam=_number(merged["lambda"], "lambda", src, lo=0, hi=10),
+        mask_ratio=_number(merged.get("mask_ratio", 0.3), "mask_ratio", src, lo=0, hi=0.99),
+        seed=_number(merged.get("seed", 0), "seed", src, integer=True, lo=0, hi=2**63 - 1),
+        ensemble=_number(merged.get("ensemble", 1), "ensemble", src, integer=True, lo=1, hi=64),
+        combine=combine,
+        lambda_by_sigma=lambda_by_sigma,
+        schedule=Schedule(**sched_kwargs),
+    )
+
+
+def _validate_shape(d: dict, source: str) -> None:
+    _check_keys(d, _TOP_KEYS, "", source)
+    sched = d.get("schedule")
+    if sched is not None:
+        if not isinstance(sched, dict):
+            raise LotteryError(f"{source}: 'schedule' must be a mapping")
+        _check_keys(sched, _SCHEDULE_KEYS, "schedule.", source)
+    presets = d.get("presets")
+    if presets is not None:
+        if not isinstance(presets, dict):
+            raise LotteryError(f"{source}: 'presets' must be a mapping")
+        for name, p in presets.items():
+            if p is not None and not isinstance(p, dict):
+                raise LotteryError(f"{source}: preset '{name}' must be a mapping")
+            _check_keys(p or {}, _PRESET_KEYS, f"presets.{name}.", source)

@@ -1,0 +1,60 @@
+"""Rich progress display on stderr behind the fitting loop's callback interface."""
+
+from __future__ import annotations
+
+import math
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from .fit import StepInfo
+
+
+class FitProgress:
+    """Context manager: `with FitProgress(enabled) as p: fit(..., progress=p)`.
+
+    Shows step, loss, PSNR of the fit (against the target for compression, the observation for
+    restoration), estimated latent rate, elapsed time and ETA. Disabled, it does nothing.
+    """
+
+    def __init__(self, enabled: bool = True, label: str = "fitting"):
+        self.enabled = enabled
+        self.label = label
+        self._progress: Progress | None = None
+        self._task = None
+
+    def __enter__(self) -> "FitProgress":
+        if self.enabled:
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total}"),
+                TextColumn("loss {task.fields[loss]}  PSNR {task.fields[psnr]}  {task.fields[bpp]} bpp"),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+                transient=False,
+            )
+            self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
+
+    def start(self, label: str, total: int) -> None:
+        """Begin a new bar (one per ensemble member)."""
+        if self._progress is None:
+            return
+        self._task = self._progress.add_task(label, total=total, loss="-", psnr="-", bpp="-")
+
+    def __call__(self, info: StepInfo) -> None:
+        if self._progress is None:
+            return
+        if self._task is None:
+            self.start(self.label, info.total)
+        psnr = -10 * math.log10(info.distortion) if info.distortion > 0 else float("inf")
+        self._progress.update(
+            self._task, completed=info.step, loss=f"{info.loss:.5f}", psnr=f"{psnr:5.2f} dB", bpp=f"{info.bpp:.3f}"
+        )
