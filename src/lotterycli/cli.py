@@ -131,7 +131,7 @@ def compress(
     )
     x = read_image(image)
     out = _output_path(output, image.with_suffix(".lottery"), [image], force)
-    with FitProgress(enabled=not quiet and not as_json, label=f"compress {image.name}") as progress:
+    with FitProgress(enabled=not quiet and not as_json, label="compress") as progress:
         result = compress_image(x, cfg, device=device.value, progress=progress)
     atomic_write_bytes(out, result.data)
     h, w = x.shape[1:]
@@ -162,7 +162,7 @@ def decompress(
 
     data = _read_bytes(file)
     default = file.with_suffix(".png")
-    if output is None and default.exists() and not force:
+    if output is None and default.exists():  # most likely the original image: never the default target
         default = file.with_suffix(".decoded.png")
     out = _output_path(output, default, [file], force)
     start = time.perf_counter()
@@ -235,7 +235,7 @@ def restore(
     """Restore a degraded image with no training data (denoise, super-resolve, inpaint)."""
     from .bitstream.container import encode_file
     from .config import load_task_config
-    from .images import atomic_write_bytes, read_image, write_png
+    from .images import atomic_write_bytes, check_size, read_image, write_png
     from .metrics import psnr, ssim
     from .operators import estimate_sigma, make_operator, read_mask
     from .progress import FitProgress
@@ -266,6 +266,8 @@ def restore(
         task.value, sigma=sigma_255 / 255.0, scale=scale, mask=read_mask(mask) if mask is not None else None
     )
     operator.check_observation(tuple(y.shape))
+    out_h, out_w = operator.output_shape(tuple(y.shape))
+    check_size(out_h, out_w, what="the restored image")  # an sr observation may be small, not its result
     clean = None
     if reference is not None:
         clean = read_image(reference)
@@ -363,21 +365,25 @@ def main() -> None:
     except SystemExit:
         raise
     except Exception as exc:  # click usage errors and anything unexpected: one line, no traceback
-        import click
-
-        if isinstance(exc, click.exceptions.Exit):
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
+        # typer >= 0.2x vendors click as typer._click (there may be no `click` module at all), so
+        # recognise its exceptions through typer's public names and by duck typing.
+        if isinstance(exc, typer.Exit) or type(exc).__name__ == "Exit":
+            sys.exit(getattr(exc, "exit_code", 0))
+        if isinstance(exc, typer.Abort) or type(exc).__name__ == "Abort":
             print("error: aborted", file=sys.stderr)
             sys.exit(1)
+        code = getattr(exc, "exit_code", None)
+        if isinstance(code, int) and callable(getattr(exc, "format_message", None)):
+            if type(exc).__name__ == "NoArgsIsHelpError":  # bare `lottery`: show the help
+                exc.show()
+                sys.exit(code)
+            message = " ".join(str(exc.format_message()).split())  # always one line
+            print(f"error: {message}", file=sys.stderr)
+            sys.exit(code)
         if os.environ.get("LOTTERY_DEBUG"):
             raise
         print(f"error: {exc.__class__.__name__}: {exc}", file=sys.stderr)
         sys.exit(1)
-
 
 if __name__ == "__main__":
     main()

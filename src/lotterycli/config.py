@@ -64,6 +64,8 @@ def _load_yaml(path: Path) -> dict:
         text = path.read_text()
     except OSError as exc:
         raise LotteryError(f"{path}: cannot read config ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise LotteryError(f"{path}: a config must be UTF-8 text (YAML)") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -91,10 +93,15 @@ def _merge(base: dict, over: dict) -> dict:
 
 
 def _number(value: Any, key: str, source: str, *, integer: bool = False, lo: float | None = None, hi: float | None = None, lo_open: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not float(value).is_integer()):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         kind = "an integer" if integer else "a number"
         raise LotteryError(f"{source}: '{key}' must be {kind}, got {value!r}")
-    v = float(value)
+    try:
+        v = float(value)
+    except OverflowError:  # an integer too large for a float
+        v = math.inf
+    if integer and math.isfinite(v) and not v.is_integer():
+        raise LotteryError(f"{source}: '{key}' must be an integer, got {value!r}")
     if not math.isfinite(v) or (lo is not None and (v < lo or (lo_open and v == lo))) or (hi is not None and v > hi):
         rng = f"{'(' if lo_open else '['}{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
         raise LotteryError(f"{source}: '{key}' = {value!r} is out of range {rng}")
@@ -112,6 +119,7 @@ def load_task_config(task: str, *, preset: str | None = None, config_file: str |
     base_path = CONFIG_DIR / f"{task}.yaml"
     data = _load_yaml(base_path)
     source = str(base_path)
+    user: dict = {}
     if config_file is not None:
         user = _load_yaml(Path(config_file))
         source = str(config_file)
@@ -125,10 +133,19 @@ def load_task_config(task: str, *, preset: str | None = None, config_file: str |
         raise LotteryError(f"unknown preset '{preset}' (choose from {', '.join(presets) or ', '.join(PRESETS)})")
     merged = {k: v for k, v in data.items() if k not in ("presets", "preset")}
     merged = _merge(merged, presets[preset] or {})
+    # The user's file beats the task file's preset values: its top-level steps/ensemble/lambda/
+    # mask_ratio, then its own entry for the chosen preset (otherwise `steps: 50` in a --config
+    # file would be silently ignored, since every preset sets steps).
+    merged.update({k: user[k] for k in _PRESET_KEYS if k in user})
+    merged = _merge(merged, (user.get("presets") or {}).get(preset) or {})
+    overridden = set()
     for k, v in (overrides or {}).items():
         if v is not None:
             merged[k] = v
-    src = "option" if overrides else source
+            overridden.add(k)
+
+    def src(key: str) -> str:  # name where a bad value came from: an option, or the config file
+        return "option" if key in overridden else source
 
     schedule_d = dict(merged.get("schedule") or {})
     sched_kwargs: dict[str, Any] = {}
@@ -148,7 +165,7 @@ def load_task_config(task: str, *, preset: str | None = None, config_file: str |
     if not isinstance(lbs, dict):
         raise LotteryError(f"{source}: 'lambda_by_sigma' must map noise levels to lambdas")
     lambda_by_sigma = {
-        _number(s, "lambda_by_sigma", source, lo=0): _number(l, "lambda_by_sigma", source, lo=0)
+        _number(s, "lambda_by_sigma", source, lo=0): _number(l, "lambda_by_sigma", source, lo=0, lo_open=True)
         for s, l in lbs.items()
     }
     combine = merged.get("combine", "mean")
@@ -159,11 +176,11 @@ def load_task_config(task: str, *, preset: str | None = None, config_file: str |
     return TaskConfig(
         task=task,
         preset=preset,
-        steps=_number(merged.get("steps", 1000), "steps", src, integer=True, lo=1, hi=1_000_000),
-        lam=_number(merged["lambda"], "lambda", src, lo=0, hi=10),
-        mask_ratio=_number(merged.get("mask_ratio", 0.3), "mask_ratio", src, lo=0, hi=0.99),
-        seed=_number(merged.get("seed", 0), "seed", src, integer=True, lo=0, hi=2**63 - 1),
-        ensemble=_number(merged.get("ensemble", 1), "ensemble", src, integer=True, lo=1, hi=64),
+        steps=_number(merged.get("steps", 1000), "steps", src("steps"), integer=True, lo=1, hi=1_000_000),
+        lam=_number(merged["lambda"], "lambda", src("lambda"), lo=0, hi=10),
+        mask_ratio=_number(merged.get("mask_ratio", 0.3), "mask_ratio", src("mask_ratio"), lo=0, hi=0.99),
+        seed=_number(merged.get("seed", 0), "seed", src("seed"), integer=True, lo=0, hi=2**63 - 1),
+        ensemble=_number(merged.get("ensemble", 1), "ensemble", src("ensemble"), integer=True, lo=1, hi=64),
         combine=combine,
         lambda_by_sigma=lambda_by_sigma,
         schedule=Schedule(**sched_kwargs),

@@ -32,6 +32,7 @@ class Schedule:
     noise: tuple[float, float] = (2.0, 1.0)
     grad_clip: float = 10.0
     eval_every: int = 25  # how often the hard-rounded loss is checked for best-state keeping
+    average_fraction: float = 0.0  # restoration: average the renders of this last fraction of steps
 
 
 @dataclass
@@ -56,6 +57,7 @@ class FitResult:
     best_loss: float
     best_step: int
     history: list[StepInfo] = field(default_factory=list)
+    average_render: torch.Tensor | None = None  # mean render over the averaging window, if any
 
 
 Distortion = Callable[[torch.Tensor], torch.Tensor]
@@ -98,6 +100,8 @@ def fit(
     start = time.perf_counter()
     best_loss, best_step, best_state = math.inf, 0, None
     history: list[StepInfo] = []
+    average_start = int(round(total * (1.0 - schedule.average_fraction))) if schedule.average_fraction > 0 else total
+    render_sum, n_averaged = None, 0
 
     for step in range(total):
         soft = step < soft_steps
@@ -119,6 +123,11 @@ def fit(
         if schedule.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, schedule.grad_clip)
         optimizer.step()
+        if step >= average_start:
+            # Renders of successive steps differ by the quantization noise and the optimiser's
+            # moves; their mean is a cheap self-ensemble (restoration only).
+            render_sum = image.detach().clone() if render_sum is None else render_sum.add_(image.detach())
+            n_averaged += 1
 
         last = step == total - 1
         if not soft and ((step - soft_steps) % schedule.eval_every == 0 or last):
@@ -136,7 +145,11 @@ def fit(
         best_step = total
     else:
         model.load_state_dict(best_state)
-    return FitResult(steps=total, seconds=time.perf_counter() - start, best_loss=best_loss, best_step=best_step, history=history)
+    average = render_sum / n_averaged if n_averaged else None
+    return FitResult(
+        steps=total, seconds=time.perf_counter() - start, best_loss=best_loss, best_step=best_step,
+        history=history, average_render=average,
+    )
 
 
 def mse(target: torch.Tensor) -> Distortion:

@@ -26,10 +26,10 @@ MAX_PIXELS = 64 * 1024 * 1024
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 
-def check_size(height: int, width: int, what: str = "image") -> None:
+def check_size(height: int, width: int, what: str = "image", min_side: int = MIN_SIDE) -> None:
     """Refuse sizes the model cannot handle (too small for the latent pyramid) or absurd ones."""
-    if height < MIN_SIDE or width < MIN_SIDE:
-        raise LotteryError(f"{what} is {width}x{height}: both sides must be at least {MIN_SIDE} pixels")
+    if height < min_side or width < min_side:
+        raise LotteryError(f"{what} is {width}x{height}: both sides must be at least {min_side} pixels")
     if height > MAX_SIDE or width > MAX_SIDE or height * width > MAX_PIXELS:
         raise LotteryError(f"{what} is {width}x{height}: larger than the supported {MAX_SIDE}x{MAX_SIDE} / {MAX_PIXELS} pixels")
 
@@ -38,7 +38,8 @@ def read_image(path: str | os.PathLike, *, allow_float: bool = False, min_side: 
     """Read a PNG/JPEG (or, with allow_float, a .npy float observation) as a (3, H, W) float32 tensor.
 
     Grayscale is replicated to RGB and RGBA drops its alpha channel, each with a warning.
-    16-bit PNGs are read at full precision (scaled by 1/65535).
+    16-bit grayscale PNGs are read at full precision (scaled by 1/65535); 16-bit colour PNGs at
+    8-bit precision (what Pillow gives), with a warning.
     """
     path = Path(path)
     if not path.exists():
@@ -51,15 +52,19 @@ def read_image(path: str | os.PathLike, *, allow_float: bool = False, min_side: 
         return _read_npy(path, min_side)
     try:
         with Image.open(path) as im:
+            # Pillow reads 16-bit colour PNGs as 8-bit RGB(A): say so instead of losing bits silently.
+            wide = not im.mode.startswith("I") and any(";16" in str(getattr(t, "args", "")) for t in (im.tile or []))
             im.load()
             tensor = _pil_to_tensor(im, path)
+        if wide:
+            warnings.warn(f"{path.name}: 16-bit colour image, read at 8-bit precision")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise LotteryError(f"{path}: not a readable image ({exc.__class__.__name__})") from None
     except Image.DecompressionBombError:
         raise LotteryError(f"{path}: image too large") from None
     if min(tensor.shape[1:]) < min_side:
         raise LotteryError(f"{path}: image is {tensor.shape[2]}x{tensor.shape[1]}, sides must be at least {min_side}")
-    check_size(tensor.shape[1], tensor.shape[2], what=str(path))
+    check_size(tensor.shape[1], tensor.shape[2], what=str(path), min_side=min_side)
     return tensor
 
 
@@ -104,7 +109,7 @@ def _read_npy(path: Path, min_side: int) -> torch.Tensor:
         raise LotteryError(f"{path}: .npy image holds NaN or infinite values")
     if min(arr.shape[:2]) < min_side:
         raise LotteryError(f"{path}: image is {arr.shape[1]}x{arr.shape[0]}, sides must be at least {min_side}")
-    check_size(arr.shape[0], arr.shape[1], what=str(path))
+    check_size(arr.shape[0], arr.shape[1], what=str(path), min_side=min_side)
     return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).permute(2, 0, 1).contiguous()
 
 

@@ -27,12 +27,12 @@ class FitProgress:
         if self.enabled:
             self._progress = Progress(
                 TextColumn("[bold]{task.description}"),
-                BarColumn(),
+                BarColumn(bar_width=16),
                 TextColumn("{task.completed}/{task.total}"),
-                TextColumn("loss {task.fields[loss]}  PSNR {task.fields[psnr]}  {task.fields[bpp]} bpp"),
+                TextColumn("loss {task.fields[loss]} {task.fields[psnr]} {task.fields[bpp]} bpp"),
                 TimeElapsedColumn(),
                 TextColumn("ETA"),
-                TimeRemainingColumn(),
+                TimeRemainingColumn(compact=True),
                 console=Console(stderr=True),
                 transient=False,
             )
@@ -56,5 +56,5 @@ class FitProgress:
             self.start(self.label, info.total)
         psnr = -10 * math.log10(info.distortion) if info.distortion > 0 else float("inf")
         self._progress.update(
-            self._task, completed=info.step, loss=f"{info.loss:.5f}", psnr=f"{psnr:5.2f} dB", bpp=f"{info.bpp:.3f}"
+            self._task, completed=info.step, loss=f"{info.loss:.5f}", psnr=f"{psnr:.2f} dB", bpp=f"{info.bpp:.3f}"
         )

@@ -68,9 +68,13 @@ def restore_image(
         def distortion(image, _y=y_dev):
             return operator.loss(image, _y)
 
-        fits.append(fit(model, distortion, lam, cfg.fitted_schedule(), progress))
-        with torch.no_grad():
-            image, _ = model("hard")
+        result = fit(model, distortion, lam, cfg.fitted_schedule(), progress)
+        fits.append(result)
+        if result.average_render is not None:
+            image = result.average_render
+        else:
+            with torch.no_grad():
+                image, _ = model("hard")
         members.append(image.detach().clamp(0, 1).cpu())
         if keep_payloads:
             model = model.cpu()

@@ -31,7 +31,7 @@ FORMAT_VERSION = 1
 # Limits checked before anything is allocated (also enforced when writing).
 MAX_SIDE = 16384
 MAX_PIXELS = 64 * 1024 * 1024
-MAX_LEVELS = 10
+MAX_LEVELS = 8  # the latent coder handles at most 8 grids
 MAX_WIDTH = 512
 MAX_KERNEL = 64
 MAX_ABS_SHIFT = 64

@@ -1,0 +1,163 @@
+"""The ARM: fused-convolution rate vs a naive gather, gradients, fixed-point exactness."""
+
+import numpy as np
+import pytest
+import torch
+
+from lotterycli.codec import fixedpoint
+from lotterycli.codec.arm import (
+    CONTEXT_OFFSETS,
+    PARAM_NAMES,
+    Arm,
+    ArmExact,
+    causal_contexts,
+    exact_gelu,
+    laplace_bits,
+)
+from lotterycli.errors import LotteryError
+
+
+def _random_arm(seed, std=0.2, dtype=torch.float32):
+    torch.manual_seed(seed)
+    arm = Arm().to(dtype)
+    with torch.no_grad():
+        for p in arm.parameters():
+            p.normal_(0, std)
+    return arm
+
+
+def _shapes():
+    return [(37, 53), (19, 27), (10, 14), (5, 7), (3, 4), (2, 2), (1, 1)]
+
+
+def test_offsets_are_causal_in_wavefront_order():
+    assert len(CONTEXT_OFFSETS) == 24 and len(set(CONTEXT_OFFSETS)) == 24
+    assert CONTEXT_OFFSETS[0] == (-4, 0) and CONTEXT_OFFSETS[-1] == (0, -1)
+    for dy, dx in CONTEXT_OFFSETS:
+        assert 4 * dy + dx < 0  # every neighbour is in an earlier wavefront t = 4y + x
+
+
+def test_fused_rate_equals_naive_gather():
+    for seed in range(3):
+        arm = _random_arm(seed)
+        lat = [torch.randn(s) * 4 for s in _shapes()]
+        fused = arm.rate_bits(lat)
+        naive = arm.rate_bits_naive(lat)
+        assert abs(float(fused) - float(naive)) <= 1e-4 * float(naive)
+
+
+def test_gradients_match_naive_and_reach_everything():
+    arm = _random_arm(3, dtype=torch.float64)
+    lat = [(torch.randn(s, dtype=torch.float64) * 3).requires_grad_() for s in _shapes()]
+    arm.rate_bits(lat).backward()
+    g_lat = [g.grad.clone() for g in lat]
+    g_par = {n: p.grad.clone() for n, p in arm.named_parameters()}
+    for g in lat:
+        g.grad = None
+    arm.zero_grad()
+    arm.rate_bits_naive(lat).backward()
+    for a, g in zip(g_lat, lat):
+        assert torch.allclose(a, g.grad, rtol=1e-6, atol=1e-8)
+        assert a.abs().sum() > 0
+    for n, p in arm.named_parameters():
+        assert torch.allclose(g_par[n], p.grad, rtol=1e-6, atol=1e-6), n
+        assert g_par[n].abs().sum() > 0, n
+
+
+def test_rate_of_empty_list_is_zero():
+    assert float(Arm().rate_bits([])) == 0.0
+
+
+def test_laplace_bits_sane():
+    mu = torch.zeros(5)
+    for ls in (-3.0, 0.0, 5.5):
+        q = torch.arange(-2.0, 3.0)
+        p = torch.exp2(-laplace_bits(q, mu, torch.full((5,), ls)))
+        assert (p > 0).all() and float(p.sum()) <= 1.0 + 5 * 2.0**-16 + 1e-6
+    # closed form for b = 1, q = 0: 1 - exp(-0.5)
+    b0 = laplace_bits(torch.zeros(1), torch.zeros(1), torch.zeros(1))
+    assert abs(float(b0) + np.log2(1 - np.exp(-0.5))) < 1e-5
+    # floor at 2**-16
+    far = laplace_bits(torch.tensor([1000.0]), torch.zeros(1), torch.tensor([-3.0]))
+    assert float(far) == 16.0
+
+
+def test_causal_contexts_match_padded_gather():
+    g = torch.randn(9, 11)
+    ys, xs = torch.meshgrid(torch.arange(9), torch.arange(11), indexing="ij")
+    ctx = causal_contexts(g, ys.reshape(-1), xs.reshape(-1))
+    for n, (y, x) in enumerate(zip(ys.reshape(-1).tolist(), xs.reshape(-1).tolist())):
+        for k, (dy, dx) in enumerate(CONTEXT_OFFSETS):
+            yy, xx = y + dy, x + dx
+            want = g[yy, xx] if 0 <= yy < 9 and 0 <= xx < 11 else 0.0
+            assert float(ctx[n, k]) == float(want)
+    arm = _random_arm(0)
+    mu, ls = arm.params_maps(g)
+    mu2, ls2 = arm.forward_from_context(ctx)
+    assert torch.allclose(mu.reshape(-1), mu2, atol=1e-5)
+    assert torch.allclose(ls.reshape(-1), ls2, atol=1e-5)
+
+
+def test_quantize_names_and_roundtrip():
+    arm = _random_arm(1)
+    q = arm.quantize(10)
+    assert list(q.tensors) == list(PARAM_NAMES)
+    assert all(t.dtype == torch.int64 for t in q.tensors.values())
+    arm2 = Arm.from_quantized(q)
+    for n, p in arm2.named_parameters():
+        assert torch.equal(p.detach().double(), q.dequantized()[n].float().double())
+    bad = arm.quantize(10)
+    bad.tensors["fc3.bias"] = torch.zeros(3, dtype=torch.int64)
+    with pytest.raises(LotteryError):
+        ArmExact(bad)
+
+
+def _int_contexts(n, seed, lim=40):
+    g = torch.Generator().manual_seed(seed)
+    ctx = torch.randint(-lim, lim + 1, (n, 24), generator=g).to(torch.float64)
+    return ctx * (torch.rand(n, 24, generator=g) < 0.6)
+
+
+def test_exact_matches_float_forward():
+    for seed in range(3):
+        arm = _random_arm(seed, std=0.15, dtype=torch.float64)
+        q = arm.quantize(12)
+        arm.load_quantized(q)
+        ex = ArmExact(q)
+        ctx = _int_contexts(2000, seed, lim=6)
+        mu, ls = ex(ctx)
+        with torch.no_grad():
+            mu_f, ls_f = arm.forward_from_context(ctx)
+        assert float((mu - mu_f).abs().max()) < 1e-3
+        assert float((ls - ls_f).abs().max()) < 1e-3
+
+
+def test_exact_gelu_is_fixedpoint_gelu():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(-12 << 16, 12 << 16, (20000,), generator=g).to(torch.float64) / fixedpoint.ONE
+    x = torch.cat([x, torch.tensor([-8.0, 8.0, -256.0, 256.0, 0.0, 8.0 + 2**-16, -8.0 - 2**-16])])
+    assert torch.equal(exact_gelu(x), fixedpoint.gelu(x))
+
+
+def test_exact_is_bit_identical_across_threads_batches_and_paths():
+    arm = _random_arm(5, std=0.5)
+    ex = ArmExact(arm.quantize(13))
+    ctx = _int_contexts(1000, 5, lim=300)
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        mu1, ls1 = ex(ctx)
+        torch.set_num_threads(2)
+        mu2, ls2 = ex(ctx)
+    finally:
+        torch.set_num_threads(old)
+    mu3 = torch.cat([ex(c)[0] for c in ctx.split(7)])
+    ls3 = torch.cat([ex(c)[1] for c in ctx.split(7)])
+    mu4, ls4 = ex.forward_numpy(ctx.numpy().copy())
+    mu5 = np.concatenate([ex.forward_numpy(c.numpy().copy())[0] for c in ctx.split(7)])
+    for m in (mu2, mu3, torch.from_numpy(mu4), torch.from_numpy(mu5)):
+        assert torch.equal(mu1, m)
+    for s in (ls2, ls3, torch.from_numpy(ls4)):
+        assert torch.equal(ls1, s)
+    # results are on the fixed-point grid
+    assert torch.equal(mu1 * fixedpoint.ONE, torch.round(mu1 * fixedpoint.ONE))

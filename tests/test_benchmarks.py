@@ -1,0 +1,298 @@
+"""Fast tests of the benchmark harness (no lottery fitting)."""
+
+import copy
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+# `benchmarks` lives at the repository root, which pytest does not put on sys.path by itself.
+_ROOT = str(Path(__file__).resolve().parent.parent)
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+from benchmarks import bdrate  # noqa: E402
+from benchmarks.data import center_crop, crop_box, image_index, kodak_dir, list_images  # noqa: E402
+from benchmarks.schema import SCHEMA, SchemaError, sanitize, validate_results  # noqa: E402
+
+LC_R = [0.126, 0.197, 0.520, 0.736, 1.093, 1.429]
+LC_D = [28.49, 30.08, 34.53, 36.60, 39.26, 41.18]
+VTM_R = [0.029, 0.057, 0.081, 0.113, 0.287, 0.492, 0.877, 1.074, 1.187, 1.433, 1.730]
+VTM_D = [24.89, 26.61, 27.54, 28.51, 31.84, 34.28, 37.40, 38.58, 39.18, 40.32, 41.46]
+
+
+# --------------------------------------------------------------------------- BD-rate
+
+def test_bd_rate_identical_curves_is_zero():
+    assert bdrate.bd_rate(LC_R, LC_D, LC_R, LC_D) == pytest.approx(0.0, abs=1e-9)
+    assert bdrate.bd_psnr(LC_R, LC_D, LC_R, LC_D) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_bd_rate_ten_percent_more_bits():
+    assert bdrate.bd_rate(LC_R, LC_D, [r * 1.1 for r in LC_R], LC_D) == pytest.approx(10.0, abs=1e-6)
+    assert bdrate.bd_rate([r * 1.1 for r in LC_R], LC_D, LC_R, LC_D) == pytest.approx(100 / 1.1 - 100, abs=1e-6)
+
+
+def test_bd_psnr_constant_shift():
+    assert bdrate.bd_psnr(LC_R, LC_D, LC_R, [d + 0.5 for d in LC_D]) == pytest.approx(0.5, abs=1e-9)
+    assert bdrate.bd_psnr(LC_R, LC_D, LC_R, [d - 1.0 for d in LC_D]) == pytest.approx(-1.0, abs=1e-9)
+    # more bits for the same quality = lower PSNR at equal rate
+    assert bdrate.bd_psnr(LC_R, LC_D, [r * 1.1 for r in LC_R], LC_D) < 0
+
+
+def test_bd_rate_unsorted_input_and_no_overlap():
+    order = [3, 0, 5, 1, 4, 2]
+    r = [LC_R[i] for i in order]
+    d = [LC_D[i] for i in order]
+    assert bdrate.bd_rate(LC_R, LC_D, r, d) == pytest.approx(0.0, abs=1e-9)
+    assert bdrate.bd_rate([0.1, 0.2], [20, 22], [1.0, 2.0], [40, 42]) is None
+    assert bdrate.bd_rate([0.1], [20], [0.1, 0.2], [20, 22]) is None
+
+
+def test_bd_rate_published_lotterycodec_vs_vtm():
+    # METHOD.md: "About -0.7 % BD-rate against VTM-19.1".
+    assert bdrate.bd_rate(VTM_R, VTM_D, LC_R, LC_D) == pytest.approx(-0.7, abs=0.1)
+
+
+def test_pchip_matches_scipy():
+    interp = pytest.importorskip("scipy.interpolate", reason="scipy not installed (bench extra)")
+    x = [0.0, 1.0, 2.5, 3.0, 5.0, 6.0]
+    y = [0.0, 2.0, 1.5, 4.0, 4.2, 7.0]
+    ours, ref = bdrate.Pchip(x, y), interp.PchipInterpolator(x, y)
+    q = [i * 0.13 for i in range(47)]
+    assert max(abs(a - b) for a, b in zip(ours(q), ref(q))) < 1e-12
+    assert ours.integrate(0.3, 5.7) == pytest.approx(float(ref.integrate(0.3, 5.7)), abs=1e-12)
+
+
+# --------------------------------------------------------------------------- data
+
+def test_center_crop_shape_and_position():
+    img = torch.arange(3 * 10 * 12, dtype=torch.float32).reshape(3, 10, 12)
+    c = center_crop(img, 4)
+    assert c.shape == (3, 4, 4)
+    assert crop_box(10, 12, 4) == (3, 4, 4, 4)
+    assert torch.equal(c, img[:, 3:7, 4:8])
+    # odd margin: the extra pixel goes to the bottom/right; deterministic
+    assert crop_box(11, 13, 4) == (3, 4, 4, 4)
+    assert torch.equal(center_crop(img, (4, 6)), center_crop(img, (4, 6)))
+    assert center_crop(img, (4, 6)).shape == (3, 4, 6)
+    # larger than the image: clipped; None: unchanged copy
+    assert center_crop(img, 64).shape == (3, 10, 12)
+    full = center_crop(img, None)
+    assert torch.equal(full, img) and full.data_ptr() != img.data_ptr()
+
+
+def test_image_list_and_index():
+    assert list_images() == [f"kodim0{i}" for i in range(1, 9)]
+    assert list_images(2) == ["kodim01", "kodim02"]
+    assert list_images(names=["kodim05"]) == ["kodim05"]
+    assert image_index("kodim07") == 7
+
+
+def test_kodak_crop_from_disk():
+    if not (kodak_dir() / "kodim01.png").exists():
+        pytest.skip(f"Kodak images not found in {kodak_dir()}")
+    from benchmarks.data import load_image
+
+    x = load_image("kodim01")
+    assert x.shape == (3, 512, 768) and x.dtype == torch.float32
+    c = center_crop(x, 256)
+    assert c.shape == (3, 256, 256)
+    assert torch.equal(c, x[:, 128:384, 256:512])
+
+
+def test_kodak_env_var(monkeypatch, tmp_path):
+    monkeypatch.setenv("LOTTERY_KODAK", str(tmp_path))
+    assert kodak_dir() == tmp_path
+    from benchmarks.data import DataMissing, image_path
+
+    with pytest.raises(DataMissing):
+        image_path("kodim01")
+
+
+# --------------------------------------------------------------------------- results schema
+
+MACHINE = {"cpu_model": "Test CPU", "cores": 2, "torch_version": "2.x", "torch_threads": 2, "device": "cpu",
+           "date": "2026-01-01T00:00:00+00:00", "git_commit": "abc123", "python": "3.11", "platform": "Linux"}
+
+
+def synthetic_results() -> dict:
+    comp_points = []
+    for img in ("kodim01", "kodim03"):
+        for q, (bpp, p) in zip((30, 60, 90), ((0.3, 28.0), (0.6, 31.0), (1.2, 35.0))):
+            comp_points.append({"method": "webp", "image": img, "setting": f"q={q}", "bpp": bpp, "psnr": p,
+                                "seconds": 0.01, "n_bytes": int(bpp * 128 * 128 / 8)})
+        for lam, (bpp, p) in zip((0.008, 0.001), ((0.25, 28.5), (0.9, 34.0))):
+            comp_points.append({"method": "lottery", "image": img, "setting": f"lam={lam:g}", "bpp": bpp, "psnr": p,
+                                "seconds": 12.0, "n_bytes": int(bpp * 128 * 128 / 8), "decode_seconds": 0.2,
+                                "decode_matches_encoder": True, "macs_per_pixel": 3569.0, "steps": 300})
+    from benchmarks.runner import REFERENCE, _bd_table, _curves, summarize_restore
+
+    curves = _curves(comp_points)
+    rows = []
+    for img in ("kodim01", "kodim03"):
+        for m, p, s in (("observation", 20.2, 0.0), ("BM3D", 29.0, 1.5), ("lottery K=1", 27.0, 10.0)):
+            rows.append({"task": "denoise-s25", "method": m, "image": img, "psnr": p, "ssim": 0.8, "seconds": s,
+                         "error": None})
+    rows.append({"task": "denoise-s25", "method": "lottery K=2", "image": "kodim01", "psnr": 28.0, "ssim": 0.82,
+                 "seconds": 20.0, "error": None, "member_psnr": [27.0, 27.1], "member_psnr_mean": 27.05})
+    return copy.deepcopy({
+        "schema": SCHEMA, "mode": "quick", "command": "python -m benchmarks --quick", "created": "2026-01-01T00:10:00+00:00",
+        "machine": MACHINE, "budget": {"estimated_seconds": 400.0, "limit_seconds": 1020.0, "wall_seconds": 380.0,
+                                       "breakdown": {"compress": 60.0, "restore": 300.0, "speed": 40.0}, "notes": []},
+        "config": {"images": ["kodim01", "kodim03"]},
+        "parts": {
+            "compress": {"status": "ok", "reason": None, "notes": [], "machine": MACHINE, "images": ["kodim01", "kodim03"],
+                         "crop": 128, "points": comp_points, "curves": curves, "bd_rate": _bd_table(comp_points, curves),
+                         "reference": REFERENCE},
+            "restore": {"status": "ok", "reason": None, "notes": [], "images": ["kodim01", "kodim03"], "crop": 128,
+                        "tasks": [{"name": "denoise-s25", "task": "denoise", "sigma255": 25, "scale": None,
+                                   "missing_ratio": None}],
+                        "rows": rows, "summary": summarize_restore(rows), "grids": {}},
+            "speed": {"status": "partial", "reason": None, "notes": ["x"], "torch_threads": 2,
+                      "step_rate": [{"height": 256, "width": 256, "steps": 5, "steps_per_second": 8.5, "error": None}],
+                      "presets": [{"preset": "fast", "height": 128, "width": 128, "seconds": 14.0, "steps": 300,
+                                   "bpp": 0.5, "psnr": 30.0, "error": None}],
+                      "decode": {"height": 512, "width": 768, "n_bytes": 20000, "seconds": 4.2, "repeats": 2,
+                                 "error": None},
+                      "rss": [{"command": "compress", "argv": ["/x/lottery", "compress"], "max_rss_mb": 400.0,
+                               "seconds": 30.0, "returncode": 0, "method": "/usr/bin/time -v", "error": None}]},
+        },
+        "skipped": [], "wall_seconds": 380.0,
+    })
+
+
+def test_schema_accepts_valid_results():
+    d = synthetic_results()
+    assert validate_results(d) is d
+    # survives a JSON round trip (no NaN / inf)
+    validate_results(json.loads(json.dumps(sanitize(d), allow_nan=False)))
+    # a skipped part needs only its reason
+    d2 = copy.deepcopy(d)
+    d2["parts"]["restore"] = {"status": "skipped", "reason": "no operators"}
+    validate_results(d2)
+
+
+@pytest.mark.parametrize("breakage", [
+    lambda d: d.pop("machine"),
+    lambda d: d.__setitem__("mode", "medium"),
+    lambda d: d.__setitem__("schema", "other/9"),
+    lambda d: d["machine"].pop("git_commit"),
+    lambda d: d["parts"]["compress"]["points"][0].__setitem__("bpp", -1.0),
+    lambda d: d["parts"]["compress"]["points"][0].__setitem__("psnr", "high"),
+    lambda d: d["parts"]["restore"]["rows"][0].__setitem__("task", "deblur"),
+    lambda d: d["parts"]["restore"]["rows"][0].pop("ssim"),
+    lambda d: d["parts"].__setitem__("bogus", {"status": "ok"}),
+    lambda d: d["parts"]["speed"].pop("rss"),
+    lambda d: d["parts"]["speed"].__setitem__("status", "fine"),
+    lambda d: d["parts"]["compress"]["reference"]["VTM-19.1 (published)"].__setitem__("points", [[1.0]]),
+])
+def test_schema_rejects_broken_results(breakage):
+    d = synthetic_results()
+    breakage(d)
+    with pytest.raises(SchemaError) as info:
+        validate_results(d)
+    assert info.value.problems
+
+
+def test_sanitize_replaces_non_finite():
+    assert sanitize({"a": math.inf, "b": [math.nan, 1.0], "c": (1, 2)}) == {"a": None, "b": [None, 1.0], "c": [1, 2]}
+
+
+def test_bd_table_from_points():
+    d = synthetic_results()
+    rows = d["parts"]["compress"]["bd_rate"]
+    assert [r["anchor"] for r in rows] == ["webp"]
+    assert rows[0]["bd_rate_percent"] is not None and rows[0]["bd_rate_percent"] < 0  # lottery above webp here
+    assert set(rows[0]["per_image"]) == {"kodim01", "kodim03"}
+
+
+# --------------------------------------------------------------------------- docs rendering
+
+def test_render_markdown_tables():
+    from benchmarks.report import render_markdown
+
+    text = render_markdown(synthetic_results(), {"rd": "img/rd.png"})
+    assert "python -m benchmarks --quick" in text
+    assert "Test CPU" in text and "abc123" in text
+    assert "| method | setting | bpp | PSNR (dB) |" in text
+    assert "| anchor | BD-rate | BD-PSNR |" in text
+    assert "| webp |" in text
+    assert "### denoise-s25" in text and "| method | PSNR (dB) | SSIM | seconds | images |" in text
+    assert "| BM3D | 29.00 | 0.8000 | 1.50 | 2 |" in text
+    assert "steps/s" in text and "peak RSS" in text and "4.20 s" in text
+    assert "published, not measured here" in text
+    assert "![rate-distortion curves](img/rd.png)" in text
+
+
+def test_render_docs_writes_page(tmp_path):
+    from benchmarks.report import render_docs
+
+    d = synthetic_results()
+    written = render_docs(d, tmp_path / "docs" / "benchmarks.md", tmp_path / "docs" / "img", plots=False)
+    page = tmp_path / "docs" / "benchmarks.md"
+    assert page in written and page.read_text().startswith("<!-- lottery-bench mode=quick")
+
+
+def test_render_docs_plots(tmp_path):
+    pytest.importorskip("matplotlib", reason="matplotlib not installed (bench extra)")
+    from benchmarks.report import render_docs
+
+    written = render_docs(synthetic_results(), tmp_path / "b.md", tmp_path / "img")
+    names = {p.name for p in written}
+    assert {"bench-quick-rd.png", "bench-quick-psnr-time.png", "b.md"} <= names
+    assert "](img/bench-quick-rd.png)" in (tmp_path / "b.md").read_text()
+
+
+# --------------------------------------------------------------------------- baselines
+
+def _smooth_image(h=32, w=32):
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
+    g = torch.Generator().manual_seed(0)
+    return (torch.stack([xx, yy, (xx + yy) / 2]) * 0.8 + 0.1 + 0.03 * torch.randn(3, h, w, generator=g)).clamp(0, 1)
+
+
+@pytest.mark.parametrize("codec", ["jpeg", "webp", "avif"])
+def test_codec_bpp_increases_with_quality(codec):
+    from benchmarks import baselines
+
+    why = baselines.available()[codec]
+    if why:
+        pytest.skip(why)
+    pts = baselines.codec_sweep(_smooth_image(), codec, [10, 50, 95])
+    bpps = [p["bpp"] for p in pts]
+    assert bpps == sorted(bpps) and bpps[0] < bpps[-1]
+    assert pts[-1]["psnr"] > pts[0]["psnr"]
+    assert all(p["n_bytes"] * 8 / (32 * 32) == pytest.approx(p["bpp"]) for p in pts)
+
+
+def test_restoration_baselines_shapes():
+    from benchmarks import baselines
+
+    x = _smooth_image(24, 24)
+    up, secs = baselines.bicubic_upsample(x[:, ::2, ::2].contiguous(), (24, 24))
+    assert up.shape == (3, 24, 24) and secs >= 0 and float(up.min()) >= 0 and float(up.max()) <= 1
+    out, secs = baselines.dip_restore(x, lambda a, b: torch.mean((a - b) ** 2), (24, 24), iters=2, channels=8)
+    assert out.shape == (3, 24, 24) and secs > 0
+
+
+def test_classical_baselines_run():
+    from benchmarks import baselines
+
+    avail = baselines.available()
+    if avail["skimage"]:
+        pytest.skip(avail["skimage"])
+    x = _smooth_image(24, 24)
+    g = torch.Generator().manual_seed(1)
+    y = x + 0.1 * torch.randn(x.shape, generator=g)
+    out, _ = baselines.nlmeans_denoise(y, 0.1)
+    assert out.shape == x.shape
+    mask = torch.rand(24, 24, generator=g) > 0.5
+    out, _ = baselines.biharmonic_inpaint(x * mask, mask)
+    assert out.shape == x.shape
+    if not avail["bm3d"]:
+        out, _ = baselines.bm3d_denoise(y, 0.1)
+        assert out.shape == x.shape

@@ -1,0 +1,170 @@
+"""Entropy coding of integer latents: exact round trips, sizes, robustness, pinned table."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lotterycli.codec import entropy
+from lotterycli.codec.arm import Arm, ArmExact
+from lotterycli.codec.entropy import decode_latents, encode_latents, estimate_bits, table_fingerprint
+from lotterycli.codec.params import latent_shapes
+from lotterycli.errors import LotteryError
+
+PINNED_TABLE = "3cc779380c8890697bab1970026b6e399cd678c25f925bbbf5e69c066feb38b6"
+
+
+def _exact_arm(seed, std=0.2, shift=12):
+    torch.manual_seed(seed)
+    arm = Arm()
+    with torch.no_grad():
+        for p in arm.parameters():
+            p.normal_(0, std)
+    q = arm.quantize(shift)
+    return arm.load_quantized(q), ArmExact(q)
+
+
+def _laplace_latents(shapes, seed, scale=2.0, big=0):
+    rng = np.random.default_rng(seed)
+    out = []
+    for i, s in enumerate(shapes):
+        v = np.round(rng.laplace(0, scale / (1 + i), size=s)).astype(np.int64)
+        if big and v.size:
+            idx = rng.integers(0, v.size, size=min(big, v.size))
+            v.reshape(-1)[idx] = rng.integers(-5000, 5000, size=idx.size)
+        out.append(torch.from_numpy(v))
+    return out
+
+
+def _roundtrip(lat, ex):
+    data = encode_latents(lat, ex)
+    out = decode_latents(data, [tuple(g.shape) for g in lat], ex)
+    assert len(out) == len(lat)
+    for a, b in zip(lat, out):
+        assert b.dtype == torch.int64 and torch.equal(a, b)
+    return data
+
+
+def test_table_pinned_and_well_formed():
+    assert table_fingerprint() == PINNED_TABLE
+    t = entropy._table_ints()
+    assert t.shape == (entropy.MU_STEPS * entropy.N_LS, entropy.N_SYMBOLS)
+    assert (t >= 1).all() and (t.sum(1) == entropy.FREQ_TOTAL).all()
+
+
+def test_portable_exp_is_accurate():
+    x = np.linspace(-60, 6, 10001)
+    ours = entropy._exp(x)
+    ref = np.array([math.exp(v) for v in x])
+    assert np.max(np.abs(ours - ref) / ref) < 1e-14
+
+
+def test_roundtrip_odd_sizes_several_seeds():
+    shapes = latent_shapes(37, 53, 7)
+    assert shapes[-1] == (1, 1)
+    for seed in range(4):
+        _, ex = _exact_arm(seed)
+        _roundtrip(_laplace_latents(shapes, seed, scale=3.0), ex)
+
+
+def test_roundtrip_large_values_need_escapes():
+    shapes = latent_shapes(37, 53, 7)
+    _, ex = _exact_arm(7)
+    lat = _laplace_latents(shapes, 7, scale=2.0, big=40)
+    lat[0][0, 0] = entropy.LATENT_LIMIT
+    lat[1][3, 3] = -entropy.LATENT_LIMIT
+    lat[2][0, 1] = 64 + 1
+    _roundtrip(lat, ex)
+    lat[0][0, 0] = entropy.LATENT_LIMIT + 1
+    with pytest.raises(LotteryError):
+        encode_latents(lat, ex)
+
+
+def test_all_zero_grids_are_skipped():
+    shapes = latent_shapes(37, 53, 7)
+    _, ex = _exact_arm(2)
+    zeros = [torch.zeros(s, dtype=torch.int64) for s in shapes]
+    data = _roundtrip(zeros, ex)
+    assert len(data) <= 8
+    lat = _laplace_latents(shapes, 2)
+    for i in (1, 3, 5):
+        lat[i].zero_()
+    lat[6][0, 0] = 1
+    mixed = _roundtrip(lat, ex)
+    assert mixed[0] == 0b1010101
+    _roundtrip([torch.zeros(0, 5, dtype=torch.int64), torch.ones(1, 1, dtype=torch.int64)], ex)
+
+
+def test_decode_same_with_one_or_two_threads():
+    shapes = latent_shapes(40, 31, 7)
+    _, ex = _exact_arm(11, std=0.4)
+    lat = _laplace_latents(shapes, 11, scale=4.0, big=5)
+    data = encode_latents(lat, ex)
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        a = decode_latents(data, shapes, ex)
+        data1 = encode_latents(lat, ex)
+        torch.set_num_threads(2)
+        b = decode_latents(data, shapes, ex)
+        data2 = encode_latents(lat, ex)
+    finally:
+        torch.set_num_threads(old)
+    assert data1 == data2 == data
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_size_matches_estimate_and_float_rate():
+    # Constant model (context weights zero): latents drawn from the model's own Laplace.
+    torch.manual_seed(0)
+    arm = Arm()
+    with torch.no_grad():
+        for p in arm.parameters():
+            p.zero_()
+        arm.fc3.bias.copy_(torch.tensor([0.25, 0.75]))
+    q = arm.quantize(12)
+    arm.load_quantized(q)
+    ex = ArmExact(q)
+    shapes = latent_shapes(96, 128, 7)
+    rng = np.random.default_rng(0)
+    lat = [torch.from_numpy(np.round(0.25 + rng.laplace(0, math.exp(0.75), size=s)).astype(np.int64)) for s in shapes]
+    data = _roundtrip(lat, ex)
+    est = estimate_bits(lat, ex)
+    with torch.no_grad():
+        rate = float(arm.rate_bits([g.float() for g in lat]))
+    assert abs(len(data) * 8 - est) <= 0.02 * est + 64
+    assert abs(est - rate) <= 0.02 * rate
+    # random ARM weights: estimate still predicts the real size
+    arm2, ex2 = _exact_arm(4, std=0.1)
+    lat2 = _laplace_latents(shapes, 4, scale=3.0)
+    est2 = estimate_bits(lat2, ex2)
+    assert abs(len(encode_latents(lat2, ex2)) * 8 - est2) <= 0.02 * est2 + 64
+    with torch.no_grad():
+        rate2 = float(arm2.rate_bits([g.float() for g in lat2]))
+    assert abs(est2 - rate2) <= 0.05 * rate2
+
+
+def test_truncated_or_corrupted_data_raises():
+    shapes = latent_shapes(37, 53, 7)
+    _, ex = _exact_arm(3)
+    lat = _laplace_latents(shapes, 3, scale=3.0, big=3)
+    data = encode_latents(lat, ex)
+    for cut in (0, 1, 3, 6, len(data) // 2, len(data) - 5, len(data) - 1):
+        with pytest.raises(LotteryError):
+            decode_latents(data[:cut], shapes, ex)
+    rng = np.random.default_rng(0)
+    for _ in range(12):
+        bad = bytearray(data)
+        i = int(rng.integers(0, len(bad)))
+        bad[i] ^= int(rng.integers(1, 256))
+        try:
+            out = decode_latents(bytes(bad), shapes, ex)
+        except LotteryError:
+            continue
+        # a flip may only survive if it did not change the decoded values (checksum)
+        assert all(torch.equal(a, b) for a, b in zip(lat, out))
+    with pytest.raises(LotteryError):
+        decode_latents(bytes(rng.integers(0, 256, size=300, dtype=np.uint8)), shapes, ex)
+    with pytest.raises(LotteryError):
+        decode_latents(b"\x7f" + b"\xff" * 40, shapes, ex)

@@ -1,0 +1,247 @@
+"""The codec model: seeded weights, mask, straight-through, latent proxies, exact decoding."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import edges_scene, scene
+from lotterycli.bitstream.container import decode_file, encode_file
+from lotterycli.codec import fixedpoint, prng, synthesis
+from lotterycli.codec.architecture import Architecture
+from lotterycli.codec.latents import LatentGrids, kumaraswamy_noise, soft_round
+from lotterycli.codec.model import LotteryModel, decode_payload, macs_per_pixel, model_from_payload
+from lotterycli.compress import quantize_networks
+from lotterycli.fit import Schedule, fit, mse
+from lotterycli.metrics import psnr
+
+# Pinned values. If one of these changes, every existing .lottery file decodes differently:
+# that needs a format version bump, not a new pin.
+WEIGHTS_SEED_1234_SHA256 = "da0e15e99ab07bc21de7c878050e7870077861ce77064e2792e438de953159fd"
+TABLE_FINGERPRINT = "7eb573e891e45ba8040a83991e3236a727fba60b89a9b8ec6e4a7092b0273a06"
+
+
+# -- PRNG and frozen weights --------------------------------------------------------------------
+def test_splitmix64_reference_values():
+    assert prng.splitmix64(0, 3) == [0xE220A8397B1DCDAF, 0x6E789E6AA1B965F4, 0x06C45D188009454F]
+    # a longer run starts with the same values (the generator is a plain sequence)
+    assert prng.splitmix64(0, 5)[:3] == prng.splitmix64(0, 3)
+    # seeds are taken mod 2**64
+    assert prng.splitmix64(2**64 + 7, 4) == prng.splitmix64(7, 4)
+
+
+def test_uniform_odd_integers_range():
+    vals = prng.uniform_odd_integers(5, 4000, bits=13)
+    arr = np.array(vals)
+    assert np.all(arr % 2 != 0)
+    assert arr.min() >= -(2**13 - 1) and arr.max() <= 2**13 - 1
+    assert abs(arr.mean()) < 300  # symmetric around zero (std is ~4700)
+
+
+def _weights_sha256(weights) -> str:
+    h = hashlib.sha256()
+    for w in weights:
+        h.update(w.detach().numpy().astype("<f4").tobytes())
+    return h.hexdigest()
+
+
+def test_random_weights_pinned_hash():
+    weights = synthesis.random_weights(Architecture(), seed=1234)
+    assert [tuple(w.shape) for w in weights] == Architecture().synth_layer_shapes
+    assert all(w.dtype == torch.float32 for w in weights)
+    assert _weights_sha256(weights) == WEIGHTS_SEED_1234_SHA256
+
+
+def test_random_weights_depend_on_seed_and_are_reproducible():
+    a = synthesis.random_weights(Architecture(), seed=1)
+    b = synthesis.random_weights(Architecture(), seed=2)
+    a2 = synthesis.random_weights(Architecture(), seed=1)
+    assert all(torch.equal(x, y) for x, y in zip(a, a2))
+    assert all(not torch.equal(x, y) for x, y in zip(a, b))
+    # most individual weights differ, not just a few
+    assert float((torch.cat([x.flatten() for x in a]) != torch.cat([y.flatten() for y in b])).float().mean()) > 0.9
+
+
+def test_random_weights_are_exact_dyadics():
+    shift = synthesis.WEIGHT_BITS + synthesis.SCALE_BITS  # 21
+    w32 = synthesis.random_weights(Architecture(), seed=99)
+    w64 = synthesis.random_weights(Architecture(), seed=99, dtype=torch.float64)
+    for a, b in zip(w32, w64):
+        scaled = b * 2.0**shift
+        assert torch.equal(scaled, torch.round(scaled)), "w * 2**21 must be an integer"
+        assert torch.equal(a.double(), b), "float32 weights must be exact (no rounding)"
+        assert bool((a != 0).all()), "odd integers: no weight is exactly zero"
+    # Kaiming-like bound per layer: |w| <= sqrt(6 / fan_in) (rounded to 2**-8)
+    for (fan_out, fan_in), w in zip(Architecture().synth_layer_shapes, w64):
+        assert float(w.abs().max()) <= math.sqrt(6.0 / fan_in) + 2**-8
+
+
+# -- mask and straight-through ------------------------------------------------------------------
+@pytest.mark.parametrize("n", [1, 7, 100, 2897])
+@pytest.mark.parametrize("ratio", [0.0, 0.3, 0.5, 0.99])
+def test_topk_mask_keeps_exact_count(n, ratio):
+    scores = torch.randn(n, generator=torch.Generator().manual_seed(n))
+    mask = synthesis.topk_mask(scores, ratio)
+    assert mask.dtype == torch.bool and mask.shape == (n,)
+    keep = int(round((1 - ratio) * n))
+    assert int(mask.sum()) == n - int(round(ratio * n))
+    assert abs(int(mask.sum()) - keep) <= 1  # the two roundings agree up to a half-way tie
+    if 0 < int(mask.sum()) < n:  # the kept ones are the highest scores
+        assert float(scores[mask].min()) >= float(scores[~mask].max())
+
+
+def test_topk_mask_keeps_highest():
+    scores = torch.tensor([0.1, 5.0, -1.0, 3.0, 2.0])
+    assert synthesis.topk_mask(scores, 0.4).tolist() == [False, True, False, True, True]
+
+
+def test_straight_through_gradient_reaches_scores():
+    arch = Architecture()
+    syn = synthesis.MaskedSynthesis(arch, seed=3, mask_ratio=0.3)
+    assert int(syn.mask().sum()) == arch.n_synth_weights - round(0.3 * arch.n_synth_weights)
+    coords = synthesis.pixel_coordinates(8, 8)
+    m1, m2, m3 = arch.modulation_channels
+    o = arch.modnet_out
+    gen = torch.Generator().manual_seed(0)
+    mods = (torch.randn(2 * o, 64, generator=gen), torch.randn(o, 64, generator=gen), torch.randn(m3 - m2, 64, generator=gen))
+    out = syn(coords, mods)
+    assert out.shape == (3, 64)
+    assert float(out.detach().min()) >= 0.0 and float(out.detach().max()) <= 1.0
+    out.sum().backward()
+    g = syn.scores.grad
+    assert g is not None and torch.isfinite(g).all()
+    assert float(g.abs().sum()) > 0
+    # the forward pass uses W0 * hard mask: weights removed by the mask still get a gradient
+    assert float(g[~syn.mask()].abs().sum()) > 0
+
+
+# -- latent proxies -----------------------------------------------------------------------------
+def test_hard_proxy_gives_integers_and_straight_through():
+    grids = LatentGrids(20, 12, 3, gain=16.0)
+    with torch.no_grad():
+        for g in grids.grids:
+            g.copy_(torch.randn(g.shape) * 0.3)
+    rate_in, synth_in = grids.proxies("hard")
+    for r, s, q in zip(rate_in, synth_in, grids.quantized()):
+        assert torch.equal(r, torch.round(r)) and torch.equal(r, s)
+        assert torch.equal(r.detach().to(torch.int64), q)
+    sum(s.sum() for s in synth_in).backward()
+    for g in grids.grids:  # straight-through: d(round(16 g))/dg == 16
+        assert torch.allclose(g.grad, torch.full_like(g, 16.0))
+
+
+def test_soft_round_tends_to_round():
+    y = torch.linspace(-3.2, 3.2, 97)
+    y = y[(y - torch.round(y)).abs() < 0.3]  # away from the half-way points
+    err_hot = (soft_round(y, 1.0) - torch.round(y)).abs().max()
+    err_cold = (soft_round(y, 0.02) - torch.round(y)).abs().max()
+    assert err_cold < 1e-3
+    assert err_cold < err_hot
+    # monotone, and exact at half-integers
+    s = soft_round(torch.linspace(-2, 2, 401), 0.1)
+    assert bool((s[1:] >= s[:-1]).all())
+    half = torch.tensor([-1.5, -0.5, 0.5, 2.5])
+    assert torch.allclose(soft_round(half, 0.2), half, atol=1e-6)
+
+
+def test_kumaraswamy_noise_range_and_uniform_case():
+    gen = torch.Generator().manual_seed(0)
+    n = kumaraswamy_noise((20000,), 2.0, generator=gen)
+    assert float(n.min()) >= -0.5 and float(n.max()) <= 0.5
+    u = kumaraswamy_noise((20000,), 1.0, generator=torch.Generator().manual_seed(1))
+    assert abs(float(u.mean())) < 0.02 and abs(float(u.var()) - 1 / 12) < 0.01
+    assert float(n.var()) < float(u.var())  # a > 1 concentrates the noise around 0
+
+
+# -- fixed point and exact decoding -------------------------------------------------------------
+def test_table_fingerprint_pinned():
+    assert fixedpoint.table_fingerprint() == TABLE_FINGERPRINT
+
+
+def test_fixedpoint_gelu_tanh_close_to_float():
+    x = fixedpoint.round_fixed(torch.linspace(-10, 10, 2001, dtype=torch.float64))
+    assert torch.allclose(fixedpoint.gelu(x), torch.nn.functional.gelu(x), atol=2e-4)
+    assert torch.allclose(fixedpoint.tanh(x), torch.tanh(x), atol=2e-4)
+    for y in (fixedpoint.gelu(x), fixedpoint.tanh(x)):  # results stay on the grid
+        assert torch.equal(y * fixedpoint.ONE, torch.round(y * fixedpoint.ONE))
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    """A tiny model fitted briefly, its networks quantized; (model, payload, target)."""
+    torch.set_num_threads(1)
+    target = edges_scene(24, 20) * 0.6 + scene(24, 20) * 0.4
+    torch.manual_seed(0)
+    model = LotteryModel(24, 20, Architecture(), seed=11, mask_ratio=0.3)
+    fit(model, mse(target), 0.002, Schedule(steps=25, eval_every=5))
+    modules = quantize_networks(model, mse(target), 0.002)
+    return model, model.to_payload(modules), target
+
+
+def test_decode_payload_deterministic_across_threads_and_calls(fitted):
+    _, payload, _ = fitted
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = decode_payload(payload)
+        again = decode_payload(payload)
+        torch.set_num_threads(2)
+        two = decode_payload(payload)
+    finally:
+        torch.set_num_threads(before)
+    assert one.dtype == torch.uint8 and one.shape == (3, 24, 20)
+    assert torch.equal(one, again)
+    assert torch.equal(one, two)
+    # and through the real bitstream
+    assert torch.equal(decode_payload(decode_file(encode_file(payload))), one)
+
+
+def test_decode_payload_matches_float_render(fitted):
+    model, payload, target = fitted
+    with torch.no_grad():
+        render, _ = model("hard")
+    decoded = decode_payload(payload).double() / 255.0
+    assert psnr(decoded, render.double().clamp(0, 1)) > 40.0
+    # and the fit did something: better than a flat grey image
+    assert psnr(decoded, target) > psnr(torch.full_like(target, 0.5), target)
+
+
+def test_model_from_payload_keeps_latents_and_networks(fitted):
+    _, payload, _ = fitted
+    model = model_from_payload(payload)
+    p2 = model.to_payload({n: payload.modules[n] for n in payload.modules})
+    assert all(torch.equal(a, b) for a, b in zip(p2.latents, payload.latents))
+    for name, q in payload.modules.items():
+        assert all(torch.equal(a, b) for a, b in zip(model.quantize_module(name, q.shift).tensors.values(), q.tensors.values()))
+
+
+@pytest.mark.xfail(reason="codec.model.model_from_payload does not restore the payload's synthesis mask "
+                          "(scores are re-initialised, so the model renders a different image)")
+def test_model_from_payload_keeps_mask(fitted):
+    _, payload, _ = fitted
+    model = model_from_payload(payload)
+    assert torch.equal(model.synthesis.mask().cpu(), payload.mask)
+
+
+def test_payload_mask_count(fitted):
+    _, payload, _ = fitted
+    n = Architecture().n_synth_weights
+    assert payload.mask.dtype == torch.bool and payload.mask.numel() == n
+    assert int(payload.mask.sum()) == n - round(0.3 * n)
+
+
+def test_macs_per_pixel_sane():
+    arch = Architecture()
+    n = arch.n_synth_weights
+    mask = synthesis.topk_mask(torch.rand(n, generator=torch.Generator().manual_seed(0)), 0.3)
+    macs = macs_per_pixel(arch, mask, 256, 256)
+    assert 1000 < macs < 10000
+    full = macs_per_pixel(arch, torch.ones(n, dtype=torch.bool), 256, 256)
+    # every kept synthesis weight costs one MAC per pixel
+    assert full - macs == pytest.approx(n - int(mask.sum()))
+    # per-pixel cost barely depends on the image size
+    assert macs_per_pixel(arch, mask, 512, 384) == pytest.approx(macs, rel=0.05)

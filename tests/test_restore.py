@@ -1,0 +1,263 @@
+"""Zero-shot restoration: `lottery degrade`, `lottery restore`, the library API, combine.
+
+Images are 32x32 and fits are short; the quality tests use the library API with a fixed seed
+and ask for a clear margin over the baseline, not for a particular PSNR.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import edges_scene, png_pixels, run_inprocess, save_png, scene
+from lotterycli.api import restore
+from lotterycli.errors import LotteryError
+from lotterycli.images import read_image
+from lotterycli.metrics import psnr
+from lotterycli.operators import Denoise, Inpaint, SuperResolution, bicubic_downsample, read_mask, upsample_bicubic
+from lotterycli.restore import combine
+
+run = run_inprocess
+QUICK = ("--preset", "fast", "--device", "cpu")
+
+
+def listing(directory) -> set[str]:
+    return {p.name for p in directory.iterdir()}
+
+
+@pytest.fixture
+def clean(tmp_path):
+    return save_png(tmp_path / "clean.png", scene(32, 32))
+
+
+# -- degrade ------------------------------------------------------------------------------------
+def test_degrade_denoise_png_and_float(clean, tmp_path):
+    x = read_image(clean)
+    res = run("degrade", clean, "--task", "denoise", "--sigma", 25, "--seed", 3, "-o", tmp_path / "noisy.png", "--json")
+    assert res.returncode == 0, res.stderr
+    assert res.json["output"] == str(tmp_path / "noisy.png")
+    res = run("degrade", clean, "--task", "denoise", "--sigma", 25, "--seed", 3, "-o", tmp_path / "noisy.png", "--float", "--quiet")
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "noisy.npy").exists(), "--float writes a .npy beside the requested name"
+    y = np.load(tmp_path / "noisy.npy")
+    assert y.dtype == np.float32 and y.shape == (32, 32, 3)
+    expected = Denoise(sigma=25 / 255).simulate(x, 3)
+    assert np.array_equal(y, expected.permute(1, 2, 0).numpy())
+    noise = y - x.permute(1, 2, 0).numpy()
+    assert abs(noise.std() * 255 - 25) < 3
+    assert y.min() < 0 or y.max() > 1, "the float observation is not clipped"
+    png = png_pixels(tmp_path / "noisy.png")
+    assert np.array_equal(png, np.floor(np.clip(y, 0, 1).astype(np.float64) * 255 + 0.5).astype(np.uint8))
+    # another seed gives other noise
+    run("degrade", clean, "--task", "denoise", "--sigma", 25, "--seed", 4, "-o", tmp_path / "other.npy", "--quiet")
+    assert not np.array_equal(np.load(tmp_path / "other.npy"), y)
+
+
+def test_degrade_sr_writes_low_resolution(clean, tmp_path):
+    res = run("degrade", clean, "--task", "sr", "--scale", 2, "-o", tmp_path / "low.png", "--json")
+    assert res.returncode == 0, res.stderr
+    assert (res.json["width"], res.json["height"]) == (16, 16)
+    low = png_pixels(tmp_path / "low.png")
+    assert low.shape == (16, 16, 3)
+    ref = bicubic_downsample(read_image(clean), 2).clamp(0, 1)
+    assert np.abs(low.astype(float) / 255 - ref.permute(1, 2, 0).numpy()).max() <= 0.5 / 255 + 1e-6
+
+
+def test_degrade_inpaint_writes_image_and_mask(clean, tmp_path):
+    out = tmp_path / "holes.png"
+    res = run("degrade", clean, "--task", "inpaint", "--missing-ratio", 0.5, "--seed", 1, "-o", out, "--json")
+    assert res.returncode == 0, res.stderr
+    mask_path = tmp_path / "holes.mask.png"
+    assert res.json["mask"] == str(mask_path)
+    assert listing(tmp_path) == {"clean.png", "holes.png", "holes.mask.png"}
+    mask = read_mask(mask_path)
+    assert mask.shape == (32, 32)
+    assert int((~mask).sum()) == 512  # exactly round(0.5 * 32 * 32) missing
+    img = png_pixels(out)
+    assert (img[~mask.numpy()] == 0).all()
+    assert np.array_equal(img[mask.numpy()], png_pixels(clean)[mask.numpy()])
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--task", "sr", "--scale", "5"], "scale"),
+        (["--task", "sr"], "scale"),
+        (["--task", "inpaint"], "--missing-ratio"),
+    ],
+)
+def test_degrade_bad_options(clean, tmp_path, args, words):
+    before = listing(tmp_path)
+    msg = run("degrade", clean, *args, "-o", tmp_path / "out.png").assert_one_line_error()
+    assert words in msg
+    assert listing(tmp_path) == before
+
+
+def test_degrade_sr_size_not_divisible(odd_png, tmp_path):
+    before = listing(tmp_path)
+    msg = run("degrade", odd_png, "--task", "sr", "--scale", 2, "-o", tmp_path / "low.png").assert_one_line_error()
+    assert "divisible" in msg
+    assert listing(tmp_path) == before
+
+
+# -- restore through the CLI --------------------------------------------------------------------
+@pytest.fixture
+def noisy(clean, tmp_path):
+    assert run("degrade", clean, "--task", "denoise", "--sigma", 25, "--seed", 7, "-o", tmp_path / "noisy.png", "--quiet").returncode == 0
+    return tmp_path / "noisy.png"
+
+
+def test_restore_cli_reference_ensemble_and_bitstream(clean, noisy, tmp_path):
+    out = tmp_path / "restored.png"
+    res = run("restore", noisy, "--task", "denoise", "--sigma", 25, "--steps", 40, "--ensemble", 2, "--seed", 1,
+              "--reference", clean, "--save-bitstream", "-o", out, "--json", *QUICK)
+    assert res.returncode == 0, res.stderr
+    s = res.json
+    assert s["output"] == str(out) and out.exists()
+    assert (s["steps"], s["ensemble"], s["seed"], s["sigma_estimated"]) == (40, 2, 1, False)
+    assert len(s["member_psnr"]) == 2 and len(s["member_ssim"]) == 2
+    assert 0 < s["ssim"] <= 1
+    restored = png_pixels(out)
+    ref = png_pixels(clean)
+    noisy_px = png_pixels(noisy)
+    p_out = 10 * np.log10(255.0**2 / np.mean((restored.astype(float) - ref) ** 2))
+    p_obs = 10 * np.log10(255.0**2 / np.mean((noisy_px.astype(float) - ref) ** 2))
+    assert p_out == pytest.approx(s["psnr"], abs=0.1)  # the reported number is the written image's
+    assert p_out > p_obs + 1.0, f"restoration {p_out:.2f} dB vs noisy {p_obs:.2f} dB"
+    # the ensemble mean is at least as good as its weaker member
+    assert s["psnr"] >= min(s["member_psnr"]) - 0.05
+    # --save-bitstream writes OUTPUT.lottery that decompress reads
+    bitstream = tmp_path / "restored.lottery"
+    assert s["bitstream"] == str(bitstream) and bitstream.exists()
+    dec = run("decompress", bitstream, "-o", tmp_path / "member.png", "--json")
+    assert dec.returncode == 0, dec.stderr
+    member = png_pixels(tmp_path / "member.png")
+    assert member.shape == (32, 32, 3)
+    p_member = 10 * np.log10(255.0**2 / np.mean((member.astype(float) - ref) ** 2))
+    assert p_member > p_obs, "the saved best member is a restoration too"
+
+
+def test_restore_cli_estimates_sigma_and_reads_float(clean, tmp_path):
+    run("degrade", clean, "--task", "denoise", "--sigma", 25, "--seed", 2, "-o", tmp_path / "obs.npy", "--quiet")
+    res = run("restore", tmp_path / "obs.npy", "--task", "denoise", "--steps", 3, "--json", *QUICK)
+    assert res.returncode == 0, res.stderr
+    s = res.json
+    assert s["sigma_estimated"] is True
+    assert 15 < s["sigma"] < 35
+    assert s["output"] == str(tmp_path / "obs.restored.png")
+    assert png_pixels(tmp_path / "obs.restored.png").shape == (32, 32, 3)
+    # without --json the estimate is announced on stderr
+    res = run("restore", tmp_path / "obs.npy", "--task", "denoise", "--steps", 3, "-o", tmp_path / "b.png", *QUICK)
+    assert res.returncode == 0 and "estimated noise level" in res.stderr
+
+
+def test_restore_cli_sr_and_inpaint_shapes(clean, tmp_path):
+    run("degrade", clean, "--task", "sr", "--scale", 2, "-o", tmp_path / "low.png", "--quiet")
+    res = run("restore", tmp_path / "low.png", "--task", "sr", "--scale", 2, "--steps", 3, "--json", *QUICK)
+    assert res.returncode == 0, res.stderr
+    assert png_pixels(tmp_path / "low.restored.png").shape == (32, 32, 3)
+    run("degrade", clean, "--task", "inpaint", "--missing-ratio", 0.3, "-o", tmp_path / "h.png", "--quiet")
+    res = run("restore", tmp_path / "h.png", "--task", "inpaint", "--mask", tmp_path / "h.mask.png", "--steps", 3,
+              "--reference", clean, "--json", *QUICK)
+    assert res.returncode == 0, res.stderr
+    assert png_pixels(tmp_path / "h.restored.png").shape == (32, 32, 3)
+    assert "psnr" in res.json and len(res.json["member_psnr"]) == 1
+
+
+def test_restore_sr_from_small_observation(tmp_path):
+    # an 8x8 observation is fine for x2 super-resolution: the result is 16x16
+    small = save_png(tmp_path / "small.png", scene(8, 8))
+    res = run("restore", small, "--task", "sr", "--scale", 2, "--steps", 2, "--json", *QUICK)
+    assert res.returncode == 0, res.stderr
+    assert png_pixels(tmp_path / "small.restored.png").shape == (16, 16, 3)
+    # but a result below 16x16 is refused clearly
+    tiny = save_png(tmp_path / "tiny.png", scene(6, 6))
+    msg = run("restore", tiny, "--task", "sr", "--scale", 2, "--steps", 2, *QUICK).assert_one_line_error()
+    assert "16" in msg
+
+
+@pytest.mark.parametrize("case", ["scale5", "noscale", "inpaint_nomask", "mask_missing", "mask_size",
+                                  "scale_for_denoise", "mask_for_denoise", "reference_size"])
+def test_restore_bad_inputs(case, clean, noisy, tmp_path):
+    Image.fromarray(np.full((20, 24), 255, np.uint8), mode="L").save(tmp_path / "wrong.mask.png")
+    save_png(tmp_path / "ref16.png", scene(16, 16))
+    args = {
+        "scale5": ["--task", "sr", "--scale", "5"],
+        "noscale": ["--task", "sr"],
+        "inpaint_nomask": ["--task", "inpaint"],
+        "mask_missing": ["--task", "inpaint", "--mask", tmp_path / "absent.png"],
+        "mask_size": ["--task", "inpaint", "--mask", tmp_path / "wrong.mask.png"],
+        "scale_for_denoise": ["--task", "denoise", "--scale", "2"],
+        "mask_for_denoise": ["--task", "denoise", "--mask", tmp_path / "wrong.mask.png"],
+        "reference_size": ["--task", "denoise", "--sigma", "25", "--reference", tmp_path / "ref16.png"],
+    }[case]
+    before = listing(tmp_path)
+    res = run("restore", noisy, *args, "--steps", 2, *QUICK)
+    msg = res.assert_one_line_error()
+    assert res.returncode == 1
+    assert listing(tmp_path) == before, "no output may be left behind"
+    words = {"scale5": "scale", "noscale": "--scale", "inpaint_nomask": "--mask", "mask_missing": "absent.png",
+             "mask_size": "mask", "scale_for_denoise": "--scale", "mask_for_denoise": "--mask",
+             "reference_size": "reference"}[case]
+    assert words in msg
+
+
+# -- combine ------------------------------------------------------------------------------------
+def test_combine_mean_and_median():
+    a = torch.tensor([[0.0, 1.0], [0.2, 0.9]])
+    b = torch.tensor([[0.5, 0.0], [0.4, 0.1]])
+    c = torch.tensor([[1.0, 0.3], [0.3, 0.5]])
+    assert torch.allclose(combine([a, b, c], "mean"), (a + b + c) / 3)
+    assert torch.equal(combine([a, b, c], "median"), torch.tensor([[0.5, 0.3], [0.3, 0.5]]))
+    assert torch.equal(combine([a]), a)
+    # median is robust to one outlier member, the mean is not
+    outlier = torch.full_like(a, 100.0)
+    assert float(combine([a, a, outlier], "median").max()) <= 1.0
+    assert float(combine([a, a, outlier], "mean").max()) > 30
+
+
+# -- quality through the library API -------------------------------------------------------------
+def test_denoise_improves_psnr():
+    x = scene(32, 32)
+    op = Denoise(sigma=25 / 255)
+    y = op.simulate(x, 1)
+    res = restore(y, op, task="denoise", preset="fast", steps=60, seed=0, device="cpu")
+    assert res.image.shape == x.shape and len(res.members) == 1
+    assert float(res.image.min()) >= 0 and float(res.image.max()) <= 1
+    base = psnr(y.clamp(0, 1), x)
+    assert psnr(res.image, x) > base + 2.0, (psnr(res.image, x), base)
+
+
+def test_inpaint_half_missing_improves_psnr():
+    x = scene(32, 32)
+    op = Inpaint.random(32, 32, 0.5, seed=0)
+    y = op.simulate(x, 0)
+    res = restore(y, op, task="inpaint", preset="fast", steps=60, seed=0, device="cpu")
+    m = op.mask
+    # better than the observation, and than filling the holes with the observed mean colour
+    mean_fill = torch.where(m, y, y[:, m].mean(dim=1)[:, None, None])
+    out = psnr(res.image, x)
+    assert out > psnr(y, x) + 10
+    assert out > psnr(mean_fill, x) + 3
+    # the known pixels are kept close to the observation
+    assert psnr(res.image[:, m], x[:, m]) > 24
+
+
+def test_sr_x2_beats_bicubic():
+    x = edges_scene(32, 32)
+    op = SuperResolution(scale=2)
+    y = op.simulate(x, 0)
+    res = restore(y, op, task="sr", preset="fast", steps=150, seed=0, device="cpu")
+    assert res.image.shape == (3, 32, 32)
+    bicubic = upsample_bicubic(y, 2).clamp(0, 1)
+    assert psnr(res.image, x) > psnr(bicubic, x) + 0.5, (psnr(res.image, x), psnr(bicubic, x))
+    # consistent with the observation
+    assert psnr(op.forward(res.image), y) > 28
+
+
+def test_restore_api_rejects_mismatched_observation():
+    op = Inpaint.random(32, 32, 0.5, seed=0)
+    with pytest.raises(LotteryError, match="mask"):
+        restore(torch.zeros(3, 24, 24), op, task="inpaint", preset="fast", steps=1, device="cpu")
