@@ -219,8 +219,6 @@ def test_model_from_payload_keeps_latents_and_networks(fitted):
         assert all(torch.equal(a, b) for a, b in zip(model.quantize_module(name, q.shift).tensors.values(), q.tensors.values()))
 
 
-@pytest.mark.xfail(reason="codec.model.model_from_payload does not restore the payload's synthesis mask "
-                          "(scores are re-initialised, so the model renders a different image)")
 def test_model_from_payload_keeps_mask(fitted):
     _, payload, _ = fitted
     model = model_from_payload(payload)

@@ -261,3 +261,16 @@ def test_restore_api_rejects_mismatched_observation():
     op = Inpaint.random(32, 32, 0.5, seed=0)
     with pytest.raises(LotteryError, match="mask"):
         restore(torch.zeros(3, 24, 24), op, task="inpaint", preset="fast", steps=1, device="cpu")
+
+
+def test_kodak_crop_denoise(kodak):
+    """On a real photo crop (Kodak; skipped when the set is absent) denoising still helps."""
+    files = sorted(kodak.glob("*.png"))
+    x_full = read_image(files[len(files) // 2])
+    assert x_full.shape[0] == 3 and sorted(x_full.shape[1:]) == [512, 768]
+    h, w = x_full.shape[1:]
+    x = x_full[:, h // 2 - 16 : h // 2 + 16, w // 2 - 16 : w // 2 + 16].contiguous()
+    op = Denoise(sigma=25 / 255)
+    y = op.simulate(x, 0)
+    res = restore(y, op, task="denoise", preset="fast", steps=60, seed=0, device="cpu")
+    assert psnr(res.image, x) > psnr(y.clamp(0, 1), x) + 1.0

@@ -104,6 +104,11 @@ def model_from_payload(payload: Payload) -> LotteryModel:
     for name in MODULE_NAMES:
         model.load_quantized(name, payload.modules[name])
     model.latents.set_from_integers(payload.latents)
+    # Scores equal to the mask and a ratio matching its exact count make topk_mask reproduce it.
+    mask = payload.mask.to(torch.bool)
+    with torch.no_grad():
+        model.synthesis.scores.copy_(mask.to(model.synthesis.scores.dtype))
+    model.synthesis.mask_ratio = 1.0 - float(mask.sum()) / mask.numel()
     return model
 
 
