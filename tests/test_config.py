@@ -194,6 +194,7 @@ def test_config_must_be_mapping(tmp_path, text):
         ("schedule:\n  noise: [1, 2, 3]\n", "schedule.noise"),
         ("schedule:\n  eval_every: 0\n", "schedule.eval_every"),
         ("schedule:\n  hard_fraction: 1.5\n", "schedule.hard_fraction"),
+        ("schedule:\n  average_fraction: 2\n", "schedule.average_fraction"),
         ("schedule: 5\n", "schedule"),
         ("presets: [fast]\n", "presets"),
         ("presets:\n  fast: 300\n", "fast"),

@@ -158,8 +158,9 @@ def load_task_config(task: str, *, preset: str | None = None, config_file: str |
             sched_kwargs[k] = _number(v, f"schedule.{k}", source, integer=True, lo=1)
         else:
             sched_kwargs[k] = _number(v, f"schedule.{k}", source, lo=0)
-    if "hard_fraction" in sched_kwargs and sched_kwargs["hard_fraction"] > 1:
-        raise LotteryError(f"{source}: 'schedule.hard_fraction' must be between 0 and 1")
+    for frac in ("hard_fraction", "average_fraction", "lr_floor"):
+        if frac in sched_kwargs and sched_kwargs[frac] > 1:
+            raise LotteryError(f"{source}: 'schedule.{frac}' must be between 0 and 1")
 
     lbs = merged.get("lambda_by_sigma") or {}
     if not isinstance(lbs, dict):
