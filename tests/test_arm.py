@@ -159,5 +159,9 @@ def test_exact_is_bit_identical_across_threads_batches_and_paths():
         assert torch.equal(mu1, m)
     for s in (ls2, ls3, torch.from_numpy(ls4)):
         assert torch.equal(ls1, s)
+    # the decoder's path: contexts clipped beforehand, the clamp skipped
+    clipped = np.clip(ctx.numpy(), -fixedpoint.ACT_LIMIT, fixedpoint.ACT_LIMIT)
+    mu6, ls6 = ex.forward_numpy(clipped, clipped=True)
+    assert torch.equal(mu1, torch.from_numpy(mu6)) and torch.equal(ls1, torch.from_numpy(ls6))
     # results are on the fixed-point grid
     assert torch.equal(mu1 * fixedpoint.ONE, torch.round(mu1 * fixedpoint.ONE))

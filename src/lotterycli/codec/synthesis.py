@@ -126,17 +126,29 @@ class MaskedSynthesis(nn.Module):
         return (torch.tanh(v) + 1) * 0.5
 
 
-def synthesis_exact(
-    arch: Architecture, seed: int, mask: torch.Tensor, coords: torch.Tensor, modulations: torch.Tensor
-) -> torch.Tensor:
-    """Bit-exact fixed-point synthesis for the decoder: (2, N), (57, N) float64 grid values -> (3, N)."""
+def exact_weights(arch: Architecture, seed: int, mask: torch.Tensor) -> list[torch.Tensor]:
+    """The four masked random layers as exact float64 dyadic matrices (out, in), for the decoder."""
     weights = random_weights(arch, seed, dtype=torch.float64)
     masks = split_layers(mask.to(torch.float64), arch)
-    w1, w2, w3, w4 = [w * m for w, m in zip(weights, masks)]
+    return [w * m for w, m in zip(weights, masks)]
+
+
+def synthesis_exact(
+    arch: Architecture, weights: list[torch.Tensor], coords: torch.Tensor, small: torch.Tensor, from_u0: torch.Tensor
+) -> torch.Tensor:
+    """Bit-exact fixed-point synthesis of a block of pixels -> RGB (3, N) on the 2**-16 grid.
+
+    coords (2, N); small = [U3, U2, U1] (3*modnet_out, N); from_u0 = the last layer's exact,
+    unrounded product with U0 (3, N), computed while U0 was at hand. Each layer's input is split
+    into its hidden and modulation parts; the partial products are exact, so their sum equals the
+    product with the concatenation, whatever the order.
+    """
+    w1, w2, w3, w4 = weights
+    h1, h2, h3 = arch.synth_hidden
     m1, m2, _ = arch.modulation_channels
-    lin = fixedpoint.round_fixed
-    h = fixedpoint.gelu(lin(w1 @ coords))
-    h = fixedpoint.gelu(lin(w2 @ torch.cat([h, modulations[:m1]])))
-    h = fixedpoint.gelu(lin(w3 @ torch.cat([h, modulations[:m2]])))
-    v = lin(w4 @ torch.cat([h, modulations]))
-    return fixedpoint.round_fixed((fixedpoint.tanh(v) + 1) * 0.5)
+    g, r, one = fixedpoint.gelu, fixedpoint.round_fixed_, fixedpoint.ONE
+    h = g(r((w1 @ coords).mul_(one)))
+    h = g(r(torch.addmm(w2[:, h1:] @ small[:m1], w2[:, :h1], h).mul_(one)))
+    h = g(r(torch.addmm(w3[:, h2:] @ small[:m2], w3[:, :h2], h).mul_(one)))
+    v = r(torch.addmm(w4[:, h3 : h3 + m2] @ small[:m2] + from_u0, w4[:, :h3], h).mul_(one))
+    return r(fixedpoint.tanh(v).add_(1.0).mul_(0.5 * one))
