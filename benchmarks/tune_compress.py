@@ -1,7 +1,7 @@
 """Schedule tuning for compression: run fits listed in a JSON-lines job file on N single-thread workers.
 
     python benchmarks/tune_compress.py jobs.jsonl results.jsonl 2
-    # each job: {"img": 3, "steps": 600, "lam": 0.002, "sched": {"lr": 0.02}}
+    # each job: {"img": 3, "steps": 600, "lam": 0.002, "sched": {"lr": 0.02}, "arch": {"arm_hidden": 16}}
 
 Each result line adds bpp (real file), PSNR (decoded file), cost = MSE + lambda * bpp (x 1e4), seconds and
 the file's size breakdown. benchmarks/results/tuning-compress-600steps.jsonl was made this way.
@@ -24,7 +24,9 @@ def job(spec):
     cfg = load_task_config('compress', overrides={'steps': spec['steps'], 'lambda': spec['lam'], 'mask_ratio': spec.get('mask_ratio')})
     sched = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.get('sched', {}).items()}
     cfg.schedule = dataclasses.replace(cfg.schedule, **sched)
-    r = compress_image(x, cfg, device='cpu')
+    from lotterycli.codec.architecture import Architecture
+    arch = Architecture.from_dict(spec.get('arch', {}))
+    r = compress_image(x, cfg, device='cpu', arch=arch)
     d = describe(r.data)['sizes']
     cost = (10 ** (-r.psnr / 10)) + spec['lam'] * r.bpp
     return dict(spec, bpp=round(r.bpp, 4), psnr=round(r.psnr, 2), cost=round(cost * 1e4, 3), s=round(r.seconds, 1),

@@ -17,9 +17,9 @@ from lotterycli.codec.arm import (
 from lotterycli.errors import LotteryError
 
 
-def _random_arm(seed, std=0.2, dtype=torch.float32):
+def _random_arm(seed, std=0.2, dtype=torch.float32, hidden=24):
     torch.manual_seed(seed)
-    arm = Arm().to(dtype)
+    arm = Arm(hidden).to(dtype)
     with torch.no_grad():
         for p in arm.parameters():
             p.normal_(0, std)
@@ -37,17 +37,19 @@ def test_offsets_are_causal_in_wavefront_order():
         assert 4 * dy + dx < 0  # every neighbour is in an earlier wavefront t = 4y + x
 
 
-def test_fused_rate_equals_naive_gather():
+@pytest.mark.parametrize("hidden", [24, 16, 8])
+def test_fused_rate_equals_naive_gather(hidden):
     for seed in range(3):
-        arm = _random_arm(seed)
+        arm = _random_arm(seed, hidden=hidden)
         lat = [torch.randn(s) * 4 for s in _shapes()]
         fused = arm.rate_bits(lat)
         naive = arm.rate_bits_naive(lat)
         assert abs(float(fused) - float(naive)) <= 1e-4 * float(naive)
 
 
-def test_gradients_match_naive_and_reach_everything():
-    arm = _random_arm(3, dtype=torch.float64)
+@pytest.mark.parametrize("hidden", [24, 12])
+def test_gradients_match_naive_and_reach_everything(hidden):
+    arm = _random_arm(3, dtype=torch.float64, hidden=hidden)
     lat = [(torch.randn(s, dtype=torch.float64) * 3).requires_grad_() for s in _shapes()]
     arm.rate_bits(lat).backward()
     g_lat = [g.grad.clone() for g in lat]
@@ -118,9 +120,10 @@ def _int_contexts(n, seed, lim=40):
     return ctx * (torch.rand(n, 24, generator=g) < 0.6)
 
 
-def test_exact_matches_float_forward():
+@pytest.mark.parametrize("hidden", [24, 16, 8])
+def test_exact_matches_float_forward(hidden):
     for seed in range(3):
-        arm = _random_arm(seed, std=0.15, dtype=torch.float64)
+        arm = _random_arm(seed, std=0.15, dtype=torch.float64, hidden=hidden)
         q = arm.quantize(12)
         arm.load_quantized(q)
         ex = ArmExact(q)
@@ -139,8 +142,9 @@ def test_exact_gelu_is_fixedpoint_gelu():
     assert torch.equal(exact_gelu(x), fixedpoint.gelu(x))
 
 
-def test_exact_is_bit_identical_across_threads_batches_and_paths():
-    arm = _random_arm(5, std=0.5)
+@pytest.mark.parametrize("hidden", [24, 8])
+def test_exact_is_bit_identical_across_threads_batches_and_paths(hidden):
+    arm = _random_arm(5, std=0.5, hidden=hidden)
     ex = ArmExact(arm.quantize(13))
     ctx = _int_contexts(1000, 5, lim=300)
     old = torch.get_num_threads()

@@ -136,6 +136,7 @@ def test_missing_config_file(tmp_path):
         ("schedule:\n  steps: 10\n", "schedule.steps"),
         ("presets:\n  fast: {steps: 10, bogus: 1}\n", "presets.fast.bogus"),
         ("presets:\n  turbo: {seed: 1}\n", "presets.turbo.seed"),
+        ("architecture:\n  arm_hiden: 8\n", "architecture.arm_hiden"),
     ],
 )
 def test_unknown_key_is_named(tmp_path, text, key):
@@ -146,6 +147,28 @@ def test_unknown_key_is_named(tmp_path, text, key):
     assert f"'{key}'" in msg
     assert "unknown config key" in msg
     assert str(user) in msg
+
+
+def test_architecture_section_overrides_sizes(tmp_path):
+    user = write(tmp_path, "architecture:\n  arm_hidden: 8\n  synth_hidden: [16, 12, 8]\n")
+    arch = load_task_config("denoise", config_file=user).architecture
+    assert arch.arm_hidden == 8 and arch.synth_hidden == (16, 12, 8)
+    assert arch.n_levels == load_task_config("denoise").architecture.n_levels  # the rest untouched
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("architecture: 3\n", "'architecture' must be a mapping"),
+        ("architecture: {arm_hidden: 40}\n", "arm_hidden 40 is outside"),
+        ("architecture: {arm_hidden: 2.5}\n", "'architecture.arm_hidden' must be an integer"),
+        ("architecture: {synth_hidden: [8, 8]}\n", "list of 3 widths"),
+        ("architecture: {latent_gain: 0}\n", "architecture.latent_gain"),
+    ],
+)
+def test_bad_architecture_values(tmp_path, text, needle):
+    with pytest.raises(LotteryError, match=needle.replace("(", "\\(")):
+        load_task_config("compress", config_file=write(tmp_path, text))
 
 
 @pytest.mark.parametrize("text", ["steps: [1, 2\n", "a: b: c\n", "key: 'unterminated\n"])

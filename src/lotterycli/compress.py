@@ -81,12 +81,14 @@ def compress_image(
     progress: ProgressCallback | None = None,
     arch: Architecture | None = None,
 ) -> CompressResult:
-    """Fit, quantize, write and re-decode. `image` is (3, H, W) float in [0, 1]."""
+    """Fit, quantize, write and re-decode. `image` is (3, H, W) float in [0, 1].
+
+    `arch` overrides the config's architecture (cfg.architecture)."""
     start = time.perf_counter()
     dev = resolve_device(device)
     _, height, width = image.shape
     torch.manual_seed(cfg.seed)
-    model = LotteryModel(height, width, arch or Architecture(), cfg.seed, cfg.mask_ratio).to(dev)
+    model = LotteryModel(height, width, arch or cfg.architecture, cfg.seed, cfg.mask_ratio).to(dev)
     target = image.to(dev)
     distortion = mse(target)
     fit_result = fit(model, distortion, cfg.lam, cfg.fitted_schedule(), progress)

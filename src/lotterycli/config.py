@@ -15,13 +15,18 @@ from typing import Any
 import yaml
 
 from .errors import LotteryError
+from .codec.architecture import Architecture
 from .fit import Schedule
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 TASKS = ("compress", "denoise", "sr", "inpaint")
 PRESETS = ("fast", "balanced", "best")
 
-_TOP_KEYS = {"task", "preset", "lambda", "lambda_by_sigma", "mask_ratio", "seed", "ensemble", "combine", "steps", "schedule", "presets"}
+_TOP_KEYS = {
+    "task", "preset", "lambda", "lambda_by_sigma", "mask_ratio", "seed", "ensemble", "combine", "steps",
+    "schedule", "presets", "architecture",
+}
+_ARCH_KEYS = {f.name for f in fields(Architecture)}
 _PRESET_KEYS = {"steps", "ensemble", "lambda", "mask_ratio"}
 _SCHEDULE_KEYS = {f.name for f in fields(Schedule) if f.name != "steps"}
 
@@ -38,6 +43,7 @@ class TaskConfig:
     combine: str = "mean"
     lambda_by_sigma: dict[float, float] = field(default_factory=dict)
     schedule: Schedule = field(default_factory=Schedule)
+    architecture: Architecture = field(default_factory=Architecture)
 
     def lambda_for_sigma(self, sigma_255: float | None) -> float:
         """Lambda for a noise level (0-255 scale): log(lambda) interpolated linearly in sigma."""
@@ -185,7 +191,31 @@ def load_task_config(task: str, *, preset: str | None = None, config_file: str |
         combine=combine,
         lambda_by_sigma=lambda_by_sigma,
         schedule=Schedule(**sched_kwargs),
+        architecture=_architecture(merged.get("architecture") or {}, source),
     )
+
+
+def _architecture(d: dict, source: str) -> Architecture:
+    """The `architecture:` mapping (any subset of Architecture's fields) -> a checked Architecture."""
+    from .bitstream.container import check_architecture
+
+    kwargs: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"architecture.{k}"
+        if k == "synth_hidden":
+            if not (isinstance(v, (list, tuple)) and len(v) == 3):
+                raise LotteryError(f"{source}: '{key}' must be a list of 3 widths")
+            kwargs[k] = tuple(_number(x, key, source, integer=True, lo=1) for x in v)
+        elif k == "latent_gain":
+            kwargs[k] = _number(v, key, source, lo=0, lo_open=True)
+        else:
+            kwargs[k] = _number(v, key, source, integer=True, lo=1)
+    arch = Architecture(**kwargs)
+    try:
+        check_architecture(arch)
+    except LotteryError as exc:
+        raise LotteryError(f"{source}: {exc}") from None
+    return arch
 
 
 def _validate_shape(d: dict, source: str) -> None:
@@ -195,6 +225,11 @@ def _validate_shape(d: dict, source: str) -> None:
         if not isinstance(sched, dict):
             raise LotteryError(f"{source}: 'schedule' must be a mapping")
         _check_keys(sched, _SCHEDULE_KEYS, "schedule.", source)
+    arch = d.get("architecture")
+    if arch is not None:
+        if not isinstance(arch, dict):
+            raise LotteryError(f"{source}: 'architecture' must be a mapping")
+        _check_keys(arch, _ARCH_KEYS, "architecture.", source)
     presets = d.get("presets")
     if presets is not None:
         if not isinstance(presets, dict):

@@ -63,7 +63,7 @@ def restore_image(
             on_member(k, cfg.ensemble)
         seed = cfg.seed + k
         torch.manual_seed(seed)
-        model = LotteryModel(height, width, arch or Architecture(), seed, cfg.mask_ratio).to(dev)
+        model = LotteryModel(height, width, arch or cfg.architecture, seed, cfg.mask_ratio).to(dev)
 
         def distortion(image, _y=y_dev):
             return operator.loss(image, _y)

@@ -109,7 +109,8 @@ def _check_image(height: int, width: int) -> None:
         raise LotteryError(f"image size {width}x{height} exceeds the supported {MAX_PIXELS} pixels")
 
 
-def _check_arch(arch: Architecture) -> None:
+def check_architecture(arch: Architecture) -> None:
+    """Refuse sizes the format or the exact decoder cannot handle (LotteryError naming the field)."""
     if not 1 <= arch.n_levels <= MAX_LEVELS:
         raise LotteryError(f"n_levels {arch.n_levels} is outside the supported range 1..{MAX_LEVELS}")
     if not 1 <= arch.upsample_kernel <= MAX_KERNEL:
@@ -126,6 +127,10 @@ def _check_arch(arch: Architecture) -> None:
         for v in arch.synth_hidden if w is None else (w,):
             if not 1 <= v <= MAX_WIDTH:
                 raise LotteryError(f"{name} width {v} is outside the supported range 1..{MAX_WIDTH}")
+    from ..codec.arm import MAX_HIDDEN as max_arm_hidden  # exactness bound of the fixed-point ARM
+
+    if arch.arm_hidden > max_arm_hidden:
+        raise LotteryError(f"arm_hidden {arch.arm_hidden} is outside the supported range 1..{max_arm_hidden}")
     g = arch.latent_gain
     if not (math.isfinite(g) and 0.0 < g <= MAX_LATENT_GAIN):
         raise LotteryError(f"latent_gain {g} is outside the supported range (0, {MAX_LATENT_GAIN:g}]")
@@ -175,7 +180,7 @@ def encode_file(payload: Payload, latent_coder: LatentCoder | None = None) -> by
     coder = latent_coder if latent_coder is not None else DefaultLatentCoder()
     arch = payload.architecture
     _check_image(payload.height, payload.width)
-    _check_arch(arch)
+    check_architecture(arch)
     if set(payload.modules) != set(MODULE_NAMES):
         raise ValueError(f"payload modules {sorted(payload.modules)} differ from {list(MODULE_NAMES)}")
     mask = payload.mask
@@ -241,7 +246,7 @@ def read_header(data: bytes, check_crc: bool = True) -> Header:
             synth_hidden=(h1, h2, h3),
             arm_hidden=a_hid,
         )
-        _check_arch(arch)
+        check_architecture(arch)
     except LotteryError as exc:
         raise _corrupt(str(exc)) from None
     if channels != CHANNELS:

@@ -4,9 +4,13 @@ Each latent value is modelled by a Laplace distribution whose mean and log-scale
 MLP applied to its 24 causal neighbours on the same grid (METHOD.md section 2):
 
     x  = context (24 values, zero outside the grid)
-    h1 = GELU(fc1(x) + x)
+    h1 = GELU(fc1(x) + x)        (the "+ x" residual only when the hidden width is 24)
     h2 = GELU(fc2(h1) + h1)
     (mu, log_scale) = fc3(h2)
+
+The hidden width is an architecture choice stored in the file: the reference's 24 costs ~1,250
+parameters, which is a large share of a small image's file; narrower ARMs trade modelling power
+for fewer parameter bits.
 
 Two implementations of the same math:
 
@@ -138,12 +142,12 @@ class _CausalConv(torch.autograd.Function):
 
 
 class Arm(nn.Module):
-    """Float ARM: 24 -> 24 (+res) GELU -> 24 (+res) GELU -> 2 (mu, log_scale)."""
+    """Float ARM: 24 -> hidden (+res if hidden == 24) GELU -> hidden (+res) GELU -> 2 (mu, log_scale)."""
 
     def __init__(self, hidden: int = 24):
         super().__init__()
-        if hidden != CONTEXT_SIZE:
-            raise ValueError(f"ARM hidden width must be {CONTEXT_SIZE} (residual connections)")
+        if not 1 <= hidden <= MAX_HIDDEN:
+            raise ValueError(f"ARM hidden width must be 1..{MAX_HIDDEN}, got {hidden}")
         self.hidden = hidden
         self.fc1 = nn.Linear(CONTEXT_SIZE, hidden)
         self.fc2 = nn.Linear(hidden, hidden)
@@ -159,7 +163,8 @@ class Arm(nn.Module):
     # Float path on explicit contexts --------------------------------------------------------
     def forward_from_context(self, ctx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """ctx (N, 24) -> (mu, log_scale), each (N,). Reference float implementation."""
-        h1 = F.gelu(self.fc1(ctx) + ctx)
+        a1 = self.fc1(ctx)
+        h1 = F.gelu(a1 + ctx if self.hidden == CONTEXT_SIZE else a1)
         h2 = F.gelu(self.fc2(h1) + h1)
         out = self.fc3(h2)
         return out[:, 0], out[:, 1]
@@ -168,6 +173,8 @@ class Arm(nn.Module):
 
     # Fused convolutional path ------------------------------------------------------------
     def _w1res(self) -> torch.Tensor:
+        if self.hidden != CONTEXT_SIZE:
+            return self.fc1.weight
         return self.fc1.weight + torch.eye(CONTEXT_SIZE, dtype=self.fc1.weight.dtype)
 
     def params_maps(self, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -177,7 +184,7 @@ class Arm(nn.Module):
 
     def _maps(self, xpad, w1res, h, w):
         """xpad (h+4, w+8) padded grid -> (mu, log_scale) maps (h, w)."""
-        a1 = _CausalConv.apply(xpad, w1res, self.fc1.bias)  # (24, h*w)
+        a1 = _CausalConv.apply(xpad, w1res, self.fc1.bias)  # (hidden, h*w)
         h1 = F.gelu(a1)
         h2 = F.gelu(torch.addmm(self.fc2.bias.reshape(-1, 1), self._w2res(), h1))
         out = torch.addmm(self.fc3.bias.reshape(-1, 1), self.fc3.weight, h2)
@@ -238,19 +245,21 @@ class Arm(nn.Module):
 
     @classmethod
     def from_quantized(cls, q: QuantizedModule) -> "Arm":
-        return cls(CONTEXT_SIZE).load_quantized(q)
+        return cls(int(q.tensors["fc1.bias"].shape[0])).load_quantized(q)
 
 
-_EXPECTED_SHAPES = {
-    "fc1.weight": (CONTEXT_SIZE, CONTEXT_SIZE),
-    "fc1.bias": (CONTEXT_SIZE,),
-    "fc2.weight": (CONTEXT_SIZE, CONTEXT_SIZE),
-    "fc2.bias": (CONTEXT_SIZE,),
-    "fc3.weight": (2, CONTEXT_SIZE),
-    "fc3.bias": (2,),
-}
+def expected_shapes(hidden: int) -> dict[str, tuple[int, ...]]:
+    return {
+        "fc1.weight": (hidden, CONTEXT_SIZE),
+        "fc1.bias": (hidden,),
+        "fc2.weight": (hidden, hidden),
+        "fc2.bias": (hidden,),
+        "fc3.weight": (2, hidden),
+        "fc3.bias": (2,),
+    }
 MAX_SHIFT = 16
 MAX_ABS_PARAM = 64.0  # keeps every fixed-point partial sum far below 2**53
+MAX_HIDDEN = 32  # with MAX_ABS_PARAM and |activation| <= 256, sums of <= 32 products stay below 2**53
 
 
 @lru_cache(maxsize=None)
@@ -296,18 +305,21 @@ class ArmExact:
             raise LotteryError(f"ARM parameter shift {q.shift} out of range 0..{MAX_SHIFT}")
         if list(q.tensors) != list(PARAM_NAMES):
             raise LotteryError(f"ARM parameters must be {list(PARAM_NAMES)}")
-        for name, shape in _EXPECTED_SHAPES.items():
+        hidden = int(q.tensors["fc1.bias"].shape[0]) if q.tensors["fc1.bias"].dim() == 1 else -1
+        if not 1 <= hidden <= MAX_HIDDEN:
+            raise LotteryError(f"ARM hidden width must be 1..{MAX_HIDDEN}")
+        for name, shape in expected_shapes(hidden).items():
             if tuple(q.tensors[name].shape) != shape:
                 raise LotteryError(f"ARM parameter {name} has shape {tuple(q.tensors[name].shape)}, expected {shape}")
         deq = q.dequantized()
         for name, t in deq.items():
             if t.numel() and float(t.abs().max()) > MAX_ABS_PARAM:
                 raise LotteryError(f"ARM parameter {name} out of range")
-        eye = torch.eye(CONTEXT_SIZE, dtype=torch.float64)
         self.qmodule = q
-        self.w1 = (deq["fc1.weight"] + eye).contiguous()
+        residual1 = torch.eye(CONTEXT_SIZE, dtype=torch.float64) if hidden == CONTEXT_SIZE else 0.0
+        self.w1 = (deq["fc1.weight"] + residual1).contiguous()
         self.b1 = deq["fc1.bias"].contiguous()
-        self.w2 = (deq["fc2.weight"] + eye).contiguous()
+        self.w2 = (deq["fc2.weight"] + torch.eye(hidden, dtype=torch.float64)).contiguous()
         self.b2 = deq["fc2.bias"].contiguous()
         self.w3 = deq["fc3.weight"].contiguous()
         self.b3 = deq["fc3.bias"].contiguous()
