@@ -62,8 +62,10 @@ def render_markdown(d: dict, images: dict[str, str] | None = None, results_path:
         L += ["> **Quick run: smoke-scale numbers** (few small crops, few fitting steps). They show that every "
               "code path works and give a first impression; they are not the protocol's results. "
               "`python -m benchmarks --full` produces those.", ""]
+    part_commands = sorted({p["command"] for p in d["parts"].values() if isinstance(p, dict) and p.get("command")})
+    commands = part_commands if len(part_commands) > 1 else [d["command"]]
     L += [
-        f"- Command: `{d['command']}`",
+        *[f"- Command: `{c}`" for c in commands],
         f"- Date: {d['created']} (run took {_f(d.get('wall_seconds', 0) / 60, '.1f')} min; "
         f"estimated budget {_f((b.get('estimated_seconds') or 0) / 60, '.1f')} min"
         + (f", hard limit {_f(b['limit_seconds'] / 60, '.0f')} min" if b.get("limit_seconds") else "") + ")",
@@ -207,8 +209,8 @@ def _md_speed(p: dict) -> list[str]:
     L += [f"torch threads: {p['torch_threads']}.", ""]
     if p["step_rate"]:
         L += ["Fitting steps per second (forward, backward, optimiser step; `lotterycli.fit.measure_step_rate`):", "",
-              _table(["size", "steps timed", "steps/s", "s/step"],
-                     [[f"{r['width']}x{r['height']}", str(r["steps"]), _f(r["steps_per_second"]),
+              _table(["architecture", "size", "steps timed", "steps/s", "s/step"],
+                     [[r.get("arch", "reference"), f"{r['width']}x{r['height']}", str(r["steps"]), _f(r["steps_per_second"]),
                        _f(1 / r["steps_per_second"] if r.get("steps_per_second") else None, ".3f")
                        + (f" ({r['error']})" if r.get("error") else "")] for r in p["step_rate"]]), ""]
     if p["presets"]:

@@ -474,8 +474,9 @@ def _baseline_methods(spec: dict, cfg: Config, op, y: torch.Tensor, size: tuple[
     else:
         methods.append(("bicubic", lambda: B.bicubic_upsample(y, size)))
         methods.append(("BM3D+bicubic", (lambda: B.bm3d_then_bicubic(y, sigma, size)) if not avail["bm3d"] else avail["bm3d"]))
-    methods.append((f"DIP ({cfg.dip_iters} it)", lambda: B.dip_restore(
-        y, op.loss, size, iters=cfg.dip_iters, channels=cfg.dip_channels, seed=0, device=cfg.device)))
+    if cfg.dip_iters > 0:  # --dip-iters 0 leaves the (slow) deep image prior out
+        methods.append((f"DIP ({cfg.dip_iters} it)", lambda: B.dip_restore(
+            y, op.loss, size, iters=cfg.dip_iters, channels=cfg.dip_channels, seed=0, device=cfg.device)))
     return methods
 
 
@@ -672,16 +673,20 @@ def run_speed(cfg: Config, deadline: Deadline) -> dict:
         part["status"] = "partial"
         part["notes"].append(f"step rate skipped: lotterycli.fit.measure_step_rate not available ({_err(exc)})")
     if measure_step_rate is not None:
-        for h, w, steps in cfg.step_rate_sizes:
-            row = {"height": h, "width": w, "steps": steps, "steps_per_second": None, "error": None}
-            try:
-                log(f"speed: step rate at {w}x{h} ({steps} steps)")
-                row["steps_per_second"] = float(measure_step_rate(h, w, steps, cfg.device))
-                log(f"speed:   -> {row['steps_per_second']:.2f} steps/s")
-            except Exception as exc:
-                row["error"] = _err(exc)
-                part["status"] = "partial"
-            part["step_rate"].append(row)
+        from lotterycli.codec.architecture import Architecture
+
+        # the compression config's architecture (what users fit) and the reference sizes of METHOD.md
+        for label, arch in (("configs/compress.yaml", None), ("reference (METHOD.md)", Architecture())):
+            for h, w, steps in cfg.step_rate_sizes:
+                row = {"height": h, "width": w, "steps": steps, "steps_per_second": None, "error": None, "arch": label}
+                try:
+                    log(f"speed: step rate at {w}x{h} ({steps} steps, {label} architecture)")
+                    row["steps_per_second"] = float(measure_step_rate(h, w, steps, cfg.device, arch=arch))
+                    log(f"speed:   -> {row['steps_per_second']:.2f} steps/s")
+                except Exception as exc:
+                    row["error"] = _err(exc)
+                    part["status"] = "partial"
+                part["step_rate"].append(row)
 
     api, why = _import_api()
     if api is None:
@@ -805,6 +810,18 @@ def _rss_commands(cfg: Config, tmp: Path, x_full: torch.Tensor, lottery_file: Pa
 PART_RUNNERS = {"compress": run_compress, "restore": run_restore, "speed": run_speed}
 
 
+def run_merge(results: dict, previous: dict, parts: list[str]) -> dict:
+    """Add the parts of an earlier results dict of the same mode that were not re-run now."""
+    if previous.get("mode") != results["mode"]:
+        return results
+    for name, p in previous.get("parts", {}).items():
+        if name not in parts:
+            results["parts"][name] = p
+            results["skipped"].extend(s for s in previous.get("skipped", []) if s.get("part") == name)
+    results["merged_from_previous"] = sorted(set(previous.get("parts", {})) - set(parts))
+    return validate_results(sanitize(results))
+
+
 def run(cfg: Config, parts: list[str], command: str, previous: dict | None = None) -> dict:
     machine = machine_info(cfg.device)
     budget = estimate_budget(cfg, parts)
@@ -813,13 +830,6 @@ def run(cfg: Config, parts: list[str], command: str, previous: dict | None = Non
         "schema": SCHEMA, "mode": cfg.mode, "command": command, "created": "", "machine": machine,
         "budget": budget, "config": dataclasses.asdict(cfg), "parts": {}, "skipped": [], "wall_seconds": 0.0,
     }
-    if previous and previous.get("mode") == cfg.mode:
-        # --only: keep the parts of an earlier run that were not re-run now.
-        for name, p in previous.get("parts", {}).items():
-            if name not in parts:
-                results["parts"][name] = p
-                results["skipped"].extend(s for s in previous.get("skipped", []) if s.get("part") == name)
-        results["merged_from_previous"] = sorted(set(previous.get("parts", {})) - set(parts))
     for name in parts:
         log(f"=== part {name} ===")
         t0 = time.perf_counter()
@@ -829,6 +839,7 @@ def run(cfg: Config, parts: list[str], command: str, previous: dict | None = Non
             traceback.print_exc(file=sys.stderr)
             part = {"status": "skipped", "reason": f"crashed: {_err(exc)}", "notes": []}
         part["machine"] = machine
+        part["command"] = command
         part["seconds"] = time.perf_counter() - t0
         results["parts"][name] = part
         if part["status"] == "skipped":
@@ -842,6 +853,8 @@ def run(cfg: Config, parts: list[str], command: str, previous: dict | None = Non
     results["wall_seconds"] = deadline.elapsed()
     budget["wall_seconds"] = results["wall_seconds"]
     results["created"] = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+    if previous is not None:
+        return run_merge(results, previous, parts)
     return validate_results(sanitize(results))
 
 
@@ -887,7 +900,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="lottery fitting steps for compress and restore (default: mode's)")
     p.add_argument("--lambdas", metavar="L1,L2", help="compression lambdas")
     p.add_argument("--ensembles", metavar="K1,K2", help="restoration ensemble sizes, e.g. 1,4")
-    p.add_argument("--dip-iters", type=int, help="deep image prior iterations")
+    p.add_argument("--dip-iters", type=int, help="deep image prior iterations (0 = leave DIP out)")
     p.add_argument("--threads", type=int, help="torch.set_num_threads for this process")
     p.add_argument("--time-limit", type=float, metavar="MIN", help="skip items still pending after MIN minutes "
                    "(quick default 17, full none)")
@@ -953,14 +966,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.budget:
         return 0
     out = args.out or (RESULTS_DIR / f"{cfg.mode}.json")
-    previous = None
+    command = "python -m benchmarks " + " ".join(sys.argv[1:] if argv is None else argv)
+    d = run(cfg, parts, command.strip())
     if args.only and out.exists():
+        # Read the earlier results only now, so two --only runs of different parts started side by
+        # side both end up in the file (the later writer keeps the earlier one's part).
         try:
-            previous = load_json(out)
+            d = run_merge(d, load_json(out), parts)
         except Exception as exc:
             log(f"not merging with {out}: {_err(exc)}")
-    command = "python -m benchmarks " + " ".join(sys.argv[1:] if argv is None else argv)
-    d = run(cfg, parts, command.strip(), previous)
     write_json(d, out)
     log(f"wrote {out}")
     args._results_path = out

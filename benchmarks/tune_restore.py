@@ -1,42 +1,69 @@
-"""Restoration tuning: render averaging (schedule.average_fraction) on/off, one member, 300 steps.
+"""Restoration tuning: run fits listed in a JSON-lines job file on N single-thread workers.
 
-    python benchmarks/tune_restore.py [crop_size]
+    python benchmarks/tune_restore.py jobs.jsonl results.jsonl 2
+    # each job: {"img": 3, "task": "denoise-s25", "steps": 600, "k": 2, "size": 256,
+    #            "lam": 0.003, "sched": {"average_fraction": 0.5}, "arch": {"modnet_hidden": 16}}
 
-Prints PSNR per task (denoise sigma 25, inpaint 50 %, SR x2 sigma 5) on kodim01/kodim03 centre
-crops with the benchmark protocol's noise seeds (1234 + i). docs/tuning.md quotes its output.
+Tasks are the benchmark's: denoise-s15/s25/s50, inpaint-50, sr-x2-s5, sr-x4-s5, with the
+protocol's observations (noise from numpy default_rng(1234 + i), float, unclipped). "lam" defaults
+to the task config's lambda for the noise level. Each result line adds the combined PSNR of the
+first k members for every k up to "k" (psnr_k), each member's PSNR and the fit seconds.
+docs/tuning.md quotes results made this way.
 """
 import dataclasses
-import os
+import json
 import sys
+from multiprocessing import Pool
 from pathlib import Path
 
-import torch
-
-from lotterycli.config import load_task_config
-from lotterycli.images import read_image
-from lotterycli.metrics import psnr
-from lotterycli.operators import Denoise, Inpaint, SuperResolution
-from lotterycli.restore import restore_image
-
-KODAK = Path(os.environ.get("LOTTERY_KODAK", Path(__file__).resolve().parents[2] / "shared/data/kodak"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks` importable when run as a script
 
 
-def main(size: int = 128) -> None:
-    torch.set_num_threads(2)
-    for i in (1, 3):
-        img = read_image(KODAK / f"kodim{i:02d}.png")
-        h, w = img.shape[1:]
-        x = img[:, (h - size) // 2:(h - size) // 2 + size, (w - size) // 2:(w - size) // 2 + size].contiguous()
-        for task, op in (("denoise", Denoise(25 / 255)), ("inpaint", Inpaint.random(size, size, 0.5, 1234 + i)),
-                         ("sr", SuperResolution(2, 5 / 255))):
-            y = op.simulate(x, 1234 + i)
-            for avg in (0.0, 0.5):
-                cfg = load_task_config(task, overrides={"steps": 300, "ensemble": 1})
-                cfg.schedule = dataclasses.replace(cfg.schedule, average_fraction=avg)
-                lam = cfg.lambda_for_sigma(None if task == "inpaint" else op.sigma * 255)
-                r = restore_image(y, op, cfg, lam=lam, device="cpu")
-                print(f"kodim{i:02d} {task:8s} average_fraction {avg:.1f}: {psnr(r.image, x):.2f} dB, {r.seconds:.1f} s", flush=True)
+def _operator(task: str, size: int, index: int):
+    from lotterycli.operators import Denoise, Inpaint, SuperResolution
+
+    if task.startswith("denoise-s"):
+        return "denoise", Denoise(float(task.split("-s")[1]) / 255)
+    if task == "inpaint-50":
+        return "inpaint", Inpaint.random(size, size, 0.5, 1234 + index)
+    if task.startswith("sr-x"):
+        scale, sigma = task[4:].split("-s")
+        return "sr", SuperResolution(int(scale), float(sigma) / 255)
+    raise ValueError(f"unknown task {task}")
+
+
+def job(spec: dict) -> dict:
+    import torch
+
+    torch.set_num_threads(1)
+    from benchmarks.data import center_crop, load_image
+    from lotterycli.codec.architecture import Architecture
+    from lotterycli.config import load_task_config
+    from lotterycli.metrics import psnr
+    from lotterycli.restore import combine, restore_image
+
+    i, size = spec["img"], spec.get("size", 256)
+    x = center_crop(load_image(f"kodim{i:02d}"), size)
+    task, op = _operator(spec["task"], size, i)
+    y = op.simulate(x, 1234 + i)
+    cfg = load_task_config(task, overrides={"steps": spec["steps"], "ensemble": spec.get("k", 1)})
+    sched = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.get("sched", {}).items()}
+    cfg.schedule = dataclasses.replace(cfg.schedule, **sched)
+    if "mask_ratio" in spec:
+        cfg.mask_ratio = spec["mask_ratio"]
+    arch = dataclasses.replace(cfg.architecture, **spec.get("arch", {}))
+    sigma = getattr(op, "sigma", 0.0)
+    lam = spec.get("lam") or cfg.lambda_for_sigma(sigma * 255 if task != "inpaint" else None)
+    r = restore_image(y, op, cfg, lam=lam, device="cpu", arch=arch)
+    members = [round(psnr(m, x), 2) for m in r.members]
+    psnr_k = [round(psnr(combine(r.members[:k], cfg.combine).clamp(0, 1), x), 2) for k in range(1, len(members) + 1)]
+    return dict(spec, lam=lam, psnr_k=psnr_k, members=members, s=round(sum(f.seconds for f in r.fits), 1))
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 128)
+    specs = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+    workers = int(sys.argv[3]) if len(sys.argv) > 3 else 2
+    with Pool(workers) as pool, open(sys.argv[2], "a") as out:
+        for res in pool.imap_unordered(job, specs):
+            out.write(json.dumps(res) + "\n")
+            out.flush()

@@ -156,11 +156,16 @@ def mse(target: torch.Tensor) -> Distortion:
     return lambda image: torch.mean((image - target) ** 2)
 
 
-def measure_step_rate(height: int, width: int, steps: int = 20, device: str = "cpu") -> float:
-    """Fitting steps per second on a random image of the given size (after 3 warm-up steps)."""
-    from .codec.architecture import Architecture
+def measure_step_rate(height: int, width: int, steps: int = 20, device: str = "cpu", arch=None) -> float:
+    """Fitting steps per second on a random image of the given size (after 3 warm-up steps).
 
-    model = LotteryModel(height, width, Architecture(), seed=0, mask_ratio=0.3).to(device)
+    `arch`: an Architecture; default: the compression config's (what `lottery compress` fits).
+    """
+    if arch is None:
+        from .config import load_task_config
+
+        arch = load_task_config("compress").architecture
+    model = LotteryModel(height, width, arch, seed=0, mask_ratio=0.3).to(device)
     target = torch.rand(3, height, width, device=device)
     fit(model, mse(target), 1e-3, Schedule(steps=3))
     start = time.perf_counter()
