@@ -53,7 +53,7 @@ def job(spec: dict) -> dict:
         cfg.mask_ratio = spec["mask_ratio"]
     arch = dataclasses.replace(cfg.architecture, **spec.get("arch", {}))
     sigma = getattr(op, "sigma", 0.0)
-    lam = spec.get("lam") or cfg.lambda_for_sigma(sigma * 255 if task != "inpaint" else None)
+    lam = spec.get("lam") or cfg.lambda_for(sigma * 255 if task != "inpaint" else None, getattr(op, "scale", None))
     r = restore_image(y, op, cfg, lam=lam, device="cpu", arch=arch)
     members = [round(psnr(m, x), 2) for m in r.members]
     psnr_k = [round(psnr(combine(r.members[:k], cfg.combine).clamp(0, 1), x), 2) for k in range(1, len(members) + 1)]

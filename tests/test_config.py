@@ -285,3 +285,13 @@ def test_lambda_by_sigma_from_user_file(tmp_path):
     assert cfg.lambda_for_sigma(10) == pytest.approx(0.001)
     assert cfg.lambda_for_sigma(20) == pytest.approx(0.002)
     assert cfg.lambda_for_sigma(30) == pytest.approx(0.004)
+
+
+def test_sr_lambda_scales_with_the_square_of_the_factor():
+    cfg = load_task_config("sr")
+    ref = cfg.lambda_reference_scale
+    assert ref == 4
+    base = cfg.lambda_for(5.0, int(ref))
+    assert base == pytest.approx(cfg.lambda_for_sigma(5.0))
+    assert cfg.lambda_for(5.0, 2) == pytest.approx(base / 4)
+    assert load_task_config("denoise").lambda_for(25.0, 2) == load_task_config("denoise").lambda_for_sigma(25.0)

@@ -218,6 +218,32 @@ def test_combine_mean_and_median():
     assert float(combine([a, a, outlier], "mean").max()) > 30
 
 
+def test_concurrent_members_equal_sequential_single_thread():
+    """Members fitted in threads compute what they compute one after another on one thread."""
+    from lotterycli.config import load_task_config
+    from lotterycli.restore import default_workers, restore_image
+
+    x = scene(20, 20)
+    op = Denoise(sigma=25 / 255)
+    y = op.simulate(x, 3)
+    cfg = load_task_config("denoise", overrides={"steps": 12, "ensemble": 3})
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = restore_image(y, op, cfg, lam=3e-3, device="cpu", workers=1)
+        torch.set_num_threads(2)
+        three = restore_image(y, op, cfg, lam=3e-3, device="cpu", workers=3)
+        assert torch.get_num_threads() == 2  # restored after the concurrent fits
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(one.members, three.members):
+        assert torch.equal(a, b)
+    assert torch.equal(one.image, three.image)
+    assert not torch.equal(one.members[0], one.members[1])  # members really differ (own seeds)
+    assert default_workers(4, torch.device("cpu")) == min(4, torch.get_num_threads())
+    assert default_workers(1, torch.device("cpu")) == 1
+
+
 # -- quality through the library API -------------------------------------------------------------
 def test_denoise_improves_psnr():
     x = scene(32, 32)

@@ -68,5 +68,6 @@ def restore(
         overrides={"steps": steps, "ensemble": ensemble, "seed": seed, "mask_ratio": mask_ratio, "lambda": lam},
     )
     sigma = getattr(operator, "sigma", None)
-    chosen = lam if lam is not None else cfg.lambda_for_sigma(None if sigma is None else sigma * 255.0)
+    scale = getattr(operator, "scale", None)
+    chosen = lam if lam is not None else cfg.lambda_for(None if sigma is None else sigma * 255.0, scale)
     return restore_image(y, operator, cfg, lam=chosen, device=device, progress=progress, keep_payloads=keep_payloads)

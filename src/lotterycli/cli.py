@@ -221,6 +221,10 @@ def restore(
     preset: Optional[Preset] = _preset_opt,
     steps: Optional[int] = typer.Option(None, "--steps", min=1, max=1_000_000, help="Fitting steps per ensemble member."),
     ensemble: Optional[int] = typer.Option(None, "--ensemble", "-k", min=1, max=64, help="Number of models (seeds) averaged."),
+    workers: Optional[int] = typer.Option(
+        None, "--workers", min=1, max=64,
+        help="Members fitted at once on the CPU, one torch thread each (default: one per core).",
+    ),
     lam: Optional[float] = typer.Option(None, "--lambda", min=0.0, max=10.0, help="Rate weight (the prior's strength)."),
     mask_ratio: Optional[float] = typer.Option(None, "--mask-ratio", min=0.0, max=0.99, help="Fraction of random weights removed."),
     seed: Optional[int] = typer.Option(None, "--seed", min=0, help="Seed of the first member (member k uses seed + k)."),
@@ -277,12 +281,12 @@ def restore(
     stem = image.name[: -len(image.suffix)] if image.suffix else image.name
     out = _output_path(output, image.with_name(f"{stem}.restored.png"), [image] + ([reference] if reference else []), force)
     bitstream_out = _output_path(None, out.with_suffix(".lottery"), [image], force) if save_bitstream else None
-    chosen_lam = lam if lam is not None else cfg.lambda_for_sigma(sigma_255 if task is not Task.inpaint else None)
+    chosen_lam = lam if lam is not None else cfg.lambda_for(sigma_255 if task is not Task.inpaint else None, scale)
 
     with FitProgress(enabled=not quiet and not as_json) as progress:
         result = restore_image(
             y, operator, cfg, lam=chosen_lam, device=device.value, progress=progress,
-            on_member=lambda k, n: progress.start(f"member {k + 1}/{n}", cfg.steps), keep_payloads=save_bitstream,
+            on_member=lambda k, n: progress.member(k, n, cfg.steps), keep_payloads=save_bitstream, workers=workers,
         )
     write_png(out, result.image)
     if bitstream_out is not None:

@@ -24,7 +24,7 @@ PRESETS = ("fast", "balanced", "best")
 
 _TOP_KEYS = {
     "task", "preset", "lambda", "lambda_by_sigma", "mask_ratio", "seed", "ensemble", "combine", "steps",
-    "schedule", "presets", "architecture",
+    "schedule", "presets", "architecture", "lambda_reference_scale",
 }
 _ARCH_KEYS = {f.name for f in fields(Architecture)}
 _PRESET_KEYS = {"steps", "ensemble", "lambda", "mask_ratio"}
@@ -42,6 +42,7 @@ class TaskConfig:
     ensemble: int = 1
     combine: str = "mean"
     lambda_by_sigma: dict[float, float] = field(default_factory=dict)
+    lambda_reference_scale: float | None = None  # sr: lambda_by_sigma holds the values for this scale
     schedule: Schedule = field(default_factory=Schedule)
     architecture: Architecture = field(default_factory=Architecture)
 
@@ -60,6 +61,18 @@ class TaskConfig:
                 t = (s - s0) / (s1 - s0) if s1 > s0 else 0.0
                 return math.exp(math.log(l0) + t * (math.log(l1) - math.log(l0)))
         return self.lam
+
+    def lambda_for(self, sigma_255: float | None, scale: int | None = None) -> float:
+        """Lambda for a noise level and, for super-resolution, a scale factor.
+
+        Why the scale: the data term of x`s` super-resolution averages over 1/s^2 as many values as
+        there are output pixels, while the rate is counted per output pixel, so the balance between
+        the two (the description-length optimum, 2 sigma^2 ln2 s^2 / 3) grows like s^2.
+        """
+        lam = self.lambda_for_sigma(sigma_255)
+        if scale and self.lambda_reference_scale:
+            lam *= (scale / self.lambda_reference_scale) ** 2
+        return lam
 
     def fitted_schedule(self) -> Schedule:
         return replace(self.schedule, steps=self.steps)
@@ -190,6 +203,10 @@ def load_task_config(task: str, *, preset: str | None = None, config_file: str |
         ensemble=_number(merged.get("ensemble", 1), "ensemble", src("ensemble"), integer=True, lo=1, hi=64),
         combine=combine,
         lambda_by_sigma=lambda_by_sigma,
+        lambda_reference_scale=(
+            _number(merged["lambda_reference_scale"], "lambda_reference_scale", source, lo=1, hi=16)
+            if merged.get("lambda_reference_scale") is not None else None
+        ),
         schedule=Schedule(**sched_kwargs),
         architecture=_architecture(merged.get("architecture") or {}, source),
     )

@@ -49,12 +49,22 @@ class FitProgress:
             return
         self._task = self._progress.add_task(label, total=total, loss="-", psnr="-", bpp="-")
 
+    def member(self, k: int, n: int, total: int):
+        """A callback with its own bar "member k+1/n": members fitted side by side update their own."""
+        if self._progress is None:
+            return lambda info: None
+        task = self._progress.add_task(f"member {k + 1}/{n}", total=total, loss="-", psnr="-", bpp="-")
+        return lambda info: self._update(task, info)
+
     def __call__(self, info: StepInfo) -> None:
         if self._progress is None:
             return
         if self._task is None:
             self.start(self.label, info.total)
+        self._update(self._task, info)
+
+    def _update(self, task, info: StepInfo) -> None:
         psnr = -10 * math.log10(info.distortion) if info.distortion > 0 else float("inf")
         self._progress.update(
-            self._task, completed=info.step, loss=f"{info.loss:.5f}", psnr=f"{psnr:.2f} dB", bpp=f"{info.bpp:.3f}"
+            task, completed=info.step, loss=f"{info.loss:.5f}", psnr=f"{psnr:.2f} dB", bpp=f"{info.bpp:.3f}"
         )

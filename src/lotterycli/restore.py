@@ -7,6 +7,7 @@ scores and noise); members' errors are largely independent, so their mean is bet
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
@@ -36,6 +37,17 @@ def combine(members: list[torch.Tensor], how: str = "mean") -> torch.Tensor:
     return stack.median(dim=0).values if how == "median" else stack.mean(dim=0)
 
 
+def default_workers(ensemble: int, device: torch.device) -> int:
+    """Members fitted at once: on a CPU one per core (up to K), each on one torch thread.
+
+    Why: at these tensor sizes two single-thread fits side by side do ~1.3x the steps of one fit on
+    two threads (docs/tuning.md). On a GPU members run one after the other.
+    """
+    if device.type != "cpu" or ensemble < 2:
+        return 1
+    return max(1, min(ensemble, torch.get_num_threads()))
+
+
 def restore_image(
     y: torch.Tensor,
     operator: Operator,
@@ -47,40 +59,62 @@ def restore_image(
     on_member=None,
     keep_payloads: bool = False,
     arch: Architecture | None = None,
+    workers: int | None = None,
 ) -> RestoreResult:
     """Fit `cfg.ensemble` members to observation `y` (3, h, w) through `operator`.
 
-    `on_member(k, K)` is called before each member starts (for progress displays).
+    `on_member(k, K)` is called as member k starts; it may return a progress callback for that
+    member (used instead of `progress`, so concurrent members can show separate bars).
+    `workers`: members fitted concurrently in threads (default: `default_workers`). Member k always
+    uses seed + k and its own noise generator, so concurrent members compute exactly what they
+    would one after another on one thread (float sums may differ in the last bit with more threads).
     """
     start = time.perf_counter()
     dev = resolve_device(device)
     operator.check_observation(tuple(y.shape))
     height, width = operator.output_shape(tuple(y.shape))
     y_dev = y.to(dev)
-    members, fits, payloads = [], [], []
-    for k in range(cfg.ensemble):
-        if on_member is not None:
-            on_member(k, cfg.ensemble)
-        seed = cfg.seed + k
-        torch.manual_seed(seed)
-        model = LotteryModel(height, width, arch or cfg.architecture, seed, cfg.mask_ratio).to(dev)
+    n = cfg.ensemble
+    workers = default_workers(n, dev) if workers is None else max(1, min(int(workers), n))
+    models = []
+    for k in range(n):  # built in order: initialisation draws from torch's global generator
+        torch.manual_seed(cfg.seed + k)
+        models.append(LotteryModel(height, width, arch or cfg.architecture, cfg.seed + k, cfg.mask_ratio).to(dev))
 
-        def distortion(image, _y=y_dev):
-            return operator.loss(image, _y)
+    def distortion(image, _y=y_dev):
+        return operator.loss(image, _y)
 
-        result = fit(model, distortion, lam, cfg.fitted_schedule(), progress)
-        fits.append(result)
+    def fit_member(k: int) -> tuple[torch.Tensor, FitResult, Payload | None]:
+        member_progress = on_member(k, n) if on_member is not None else None
+        model = models[k]
+        result = fit(model, distortion, lam, cfg.fitted_schedule(), member_progress or progress)
         if result.average_render is not None:
             image = result.average_render
         else:
             with torch.no_grad():
                 image, _ = model("hard")
-        members.append(image.detach().clamp(0, 1).cpu())
+        payload = None
         if keep_payloads:
             model = model.cpu()
             y_cpu = y.cpu()
             modules = quantize_networks(model, lambda im: operator.loss(im, y_cpu), lam)
-            payloads.append(model.to_payload(modules))
+            payload = model.to_payload(modules)
+        models[k] = None  # free the member's memory once done
+        return image.detach().clamp(0, 1).cpu(), result, payload
+
+    if workers == 1:
+        outputs = [fit_member(k) for k in range(n)]
+    else:
+        threads_before = torch.get_num_threads()
+        torch.set_num_threads(1)  # process-wide: each member's ops run on its own worker thread
+        try:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                outputs = list(pool.map(fit_member, range(n)))
+        finally:
+            torch.set_num_threads(threads_before)
+    members = [o[0] for o in outputs]
+    fits = [o[1] for o in outputs]
+    payloads = [o[2] for o in outputs if o[2] is not None]
     best = min(range(len(fits)), key=lambda i: fits[i].best_loss)
     return RestoreResult(
         image=combine(members, cfg.combine).clamp(0, 1),

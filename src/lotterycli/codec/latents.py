@@ -33,11 +33,21 @@ def kumaraswamy_noise(shape, a: float, generator: torch.Generator | None = None,
 class LatentGrids(nn.Module):
     """`n_levels` single-channel grids, level 0 at full resolution, zero-initialised."""
 
-    def __init__(self, height: int, width: int, n_levels: int, gain: float):
+    def __init__(self, height: int, width: int, n_levels: int, gain: float, noise_seed: int = 0):
         super().__init__()
         self.gain = gain
         self.shapes = latent_shapes(height, width, n_levels)
         self.grids = nn.ParameterList([nn.Parameter(torch.zeros(h, w)) for h, w in self.shapes])
+        # The quantization noise has its own generator: fits running side by side in threads (the
+        # ensemble members of a restoration) must not share, and race on, torch's global one.
+        self.noise_seed = noise_seed
+        self._generator: torch.Generator | None = None
+
+    def _noise_generator(self, device: torch.device) -> torch.Generator:
+        if self._generator is None or self._generator.device != device:
+            self._generator = torch.Generator(device=device)
+            self._generator.manual_seed(self.noise_seed)
+        return self._generator
 
     def scaled(self) -> list[torch.Tensor]:
         return [g * self.gain for g in self.grids]
@@ -59,7 +69,8 @@ class LatentGrids(nn.Module):
                 rate_in.append(q)
                 synth_in.append(q)
             else:
-                noisy = soft_round(y, temperature) + kumaraswamy_noise(y.shape, noise_a, device=y.device)
+                noise = kumaraswamy_noise(y.shape, noise_a, generator=self._noise_generator(y.device), device=y.device)
+                noisy = soft_round(y, temperature) + noise
                 rate_in.append(noisy)
                 synth_in.append(soft_round(noisy, temperature))
         return rate_in, synth_in

@@ -25,7 +25,7 @@ class LotteryModel(nn.Module):
         super().__init__()
         self.height, self.width = height, width
         self.arch, self.seed, self.mask_ratio = arch, seed, mask_ratio
-        self.latents = LatentGrids(height, width, arch.n_levels, arch.latent_gain)
+        self.latents = LatentGrids(height, width, arch.n_levels, arch.latent_gain, noise_seed=seed)
         self.upsampling = Upsampling(arch.upsample_kernel)
         self.modnet = ModNet(arch)
         self.synthesis = MaskedSynthesis(arch, seed, mask_ratio)
