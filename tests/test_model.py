@@ -179,6 +179,12 @@ def test_gelu_table_ends_are_exact():
     assert fixedpoint.gelu(fixedpoint.round_fixed(x)).tolist() == [0.0, 0.0, 8.0 + 2**-16, 100.0, 256.0, 256.0]
 
 
+def test_gelu_on_grid_equals_gelu_everywhere():
+    n = int(2 * fixedpoint.LUT_RANGE * fixedpoint.ONE) + 1
+    x = torch.arange(n, dtype=torch.float64) / fixedpoint.ONE - fixedpoint.LUT_RANGE
+    assert torch.equal(fixedpoint.gelu_on_grid(), fixedpoint.gelu(x))
+
+
 @pytest.mark.parametrize("size", [2, 3, 4, 5, 7, 8])
 def test_polyphase_upsampling_equals_transposed_convolution(size):
     gen = torch.Generator().manual_seed(size)

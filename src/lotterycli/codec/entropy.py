@@ -91,9 +91,12 @@ def _table_ints() -> np.ndarray:
     r = np.arange(-HALF_ALPHABET, HALF_ALPHABET + 1, dtype=np.float64)[None, None, :]
     lo = (r - 0.5 - frac) * inv_b  # bin edges relative to mu, in units of b
     hi = (r + 0.5 - frac) * inv_b
-    above = 0.5 * (_exp(-np.maximum(lo, 0.0)) - _exp(-np.maximum(hi, 0.0)))
-    below = 0.5 * (_exp(np.minimum(hi, 0.0)) - _exp(np.minimum(lo, 0.0)))
-    inside = 1.0 - 0.5 * _exp(np.minimum(lo, 0.0)) - 0.5 * _exp(-np.maximum(hi, 0.0))
+    # Each branch below only uses exp(-|edge|) at the edges where it applies (above: lo, hi >= 0;
+    # below: lo, hi <= 0; inside: lo < 0 < hi), so two exp evaluations serve all three.
+    e_lo, e_hi = _exp(-np.abs(lo)), _exp(-np.abs(hi))
+    above = 0.5 * (e_lo - e_hi)
+    below = 0.5 * (e_hi - e_lo)
+    inside = 1.0 - 0.5 * e_lo - 0.5 * e_hi
     p = np.where(lo >= 0.0, above, np.where(hi <= 0.0, below, inside))
     frac2 = frac[:, :, 0]
     inv_b2 = inv_b[:, :, 0]
