@@ -214,7 +214,7 @@ def _md_speed(p: dict) -> list[str]:
                        _f(1 / r["steps_per_second"] if r.get("steps_per_second") else None, ".3f")
                        + (f" ({r['error']})" if r.get("error") else "")] for r in p["step_rate"]]), ""]
     if p["presets"]:
-        L += ["Wall time of `compress` per preset (kodim01 centre crop, preset's own step count and lambda):", "",
+        L += ["Wall time per preset (kodim01 centre crop, preset's own step count and lambda; `compress` unless the row says `restore`, whose PSNR is against the clean crop):", "",
               _table(["preset", "size", "steps", "seconds", "bpp", "PSNR (dB)"],
                      [[r["preset"], f"{r['width']}x{r['height']}", str(r.get("steps") or "–"),
                        _f(r["seconds"], ".1f") + (f" ({r['error']})" if r.get("error") else ""),
@@ -223,7 +223,9 @@ def _md_speed(p: dict) -> list[str]:
     if dec:
         L += [f"Decode time of a {dec['width']}x{dec['height']} file (kodim01, encoded with "
               f"{dec.get('encode_steps')} steps, {dec.get('n_bytes') or '–'} bytes): "
-              f"**{_f(dec['seconds'], '.2f')} s** (median of {dec.get('repeats')})"
+              f"**{_f(dec['seconds'], '.2f')} s** (median of {dec.get('repeats')}, in the benchmark process)"
+              + (f"; `lottery decompress` as a fresh process (Python start, imports, tables): {_f(dec['cli_seconds'], '.2f')} s"
+                 if dec.get("cli_seconds") is not None else "")
               + (f" ({dec['error']})" if dec.get("error") else "") + ".", ""]
     if p["rss"]:
         L += ["Peak resident memory of the command-line tool (separate processes):", "",

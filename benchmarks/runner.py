@@ -719,6 +719,7 @@ def run_speed(cfg: Config, deadline: Deadline) -> dict:
                         row["error"] = _err(exc)
                         part["status"] = "partial"
                 part["presets"].append(row)
+            part["presets"].append(_restore_preset_row(cfg, x, deadline))
             # 3. decode time of a 768x512 file
             h, w = x_full.shape[-2:]
             dec = {"height": h, "width": w, "n_bytes": None, "seconds": None, "all_seconds": [],
@@ -741,6 +742,15 @@ def run_speed(cfg: Config, deadline: Deadline) -> dict:
                     dec["all_seconds"] = times
                     dec["seconds"] = statistics.median(times)
                     log(f"speed:   -> decode {dec['seconds']:.2f} s (median of {len(times)})")
+                    # the same file through the command line: a fresh process (imports, tables) each time
+                    cli_times = []
+                    for _ in range(cfg.decode_repeats):
+                        t0 = time.perf_counter()
+                        subprocess.run([*lottery_cli(), "decompress", str(lottery_file), "-o", str(tmp / "k.png"),
+                                        "--quiet", "--force"], check=True, capture_output=True)
+                        cli_times.append(time.perf_counter() - t0)
+                    dec["cli_seconds"] = statistics.median(cli_times)
+                    log(f"speed:   -> lottery decompress (whole process) {dec['cli_seconds']:.2f} s")
                 except Exception as exc:
                     dec["error"] = _err(exc)
                     part["status"] = "partial"
@@ -754,6 +764,31 @@ def run_speed(cfg: Config, deadline: Deadline) -> dict:
     part["notes"].append(f"torch threads in the benchmark process: {torch.get_num_threads()}; CLI subprocesses "
                          f"inherit OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')!r}")
     return part
+
+
+def _restore_preset_row(cfg: Config, x: torch.Tensor, deadline: Deadline) -> dict:
+    """Wall time of `restore` with the balanced preset (denoise sigma 25, protocol noise for kodim01)."""
+    from lotterycli.api import restore
+    from lotterycli.config import load_task_config
+    from lotterycli.operators import Denoise
+
+    cfg_d = load_task_config("denoise", preset="balanced")
+    row = {"preset": f"restore denoise-s25 balanced (K={cfg_d.ensemble})", "height": x.shape[-2], "width": x.shape[-1],
+           "seconds": None, "steps": None, "bpp": None, "psnr": None, "error": None}
+    if deadline.passed():
+        row["error"] = "skipped: time budget exhausted"
+        return row
+    try:
+        op = Denoise(25 / 255)
+        y = op.simulate(x, 1234 + 1)
+        log(f"speed: restore preset balanced at {x.shape[-1]}x{x.shape[-2]}")
+        t0 = time.perf_counter()
+        res = restore(y, op, task="denoise", preset="balanced", seed=0, device=cfg.device)
+        row.update(seconds=time.perf_counter() - t0, steps=cfg_d.steps, psnr=_metrics(res.image, x)["psnr"])
+        log(f"speed:   -> {row['seconds']:.1f} s")
+    except Exception as exc:
+        row["error"] = _err(exc)
+    return row
 
 
 def _rss_commands(cfg: Config, tmp: Path, x_full: torch.Tensor, lottery_file: Path | None, deadline: Deadline) -> list[dict]:
