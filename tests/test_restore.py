@@ -218,6 +218,13 @@ def test_combine_mean_and_median():
     assert float(combine([a, a, outlier], "mean").max()) > 30
 
 
+def test_restore_workers_option_is_checked(noisy, tmp_path):
+    before = listing(tmp_path)
+    res = run("restore", noisy, "--task", "denoise", "--workers", "0", "--steps", 2, *QUICK)
+    assert "--workers" in res.assert_one_line_error()
+    assert res.returncode == 2 and listing(tmp_path) == before
+
+
 def test_concurrent_members_equal_sequential_single_thread():
     """Members fitted in threads compute what they compute one after another on one thread."""
     from lotterycli.config import load_task_config
