@@ -848,10 +848,35 @@ def _rss_commands(cfg: Config, tmp: Path, x_full: torch.Tensor, lottery_file: Pa
 PART_RUNNERS = {"compress": run_compress, "restore": run_restore, "speed": run_speed}
 
 
-def run_merge(results: dict, previous: dict, parts: list[str]) -> dict:
-    """Add the parts of an earlier results dict of the same mode that were not re-run now."""
+def add_restore_images(new: dict, old: dict) -> dict:
+    """The restore part of a run on more images: `old`'s rows for images not in `new`, then `new`'s.
+
+    For running the protocol's images in several sittings (`--add-images`); tasks, crop and
+    settings must match. The image grids of the first sitting are kept.
+    """
+    same = all(new.get(k) == old.get(k) for k in ("crop", "tasks", "lottery_settings"))
+    if not same:
+        raise ValueError("--add-images: crop, tasks and lottery settings must match the earlier restore part")
+    kept = [r for r in old["rows"] if r["image"] not in new["images"]]
+    images = sorted(set(old["images"]) | set(new["images"]))
+    merged = dict(new, rows=kept + new["rows"], images=images, summary=summarize_restore(kept + new["rows"]),
+                  grids=old.get("grids") or new.get("grids", {}), seconds=old.get("seconds", 0.0) + new.get("seconds", 0.0),
+                  notes=list(dict.fromkeys(old.get("notes", []) + new.get("notes", []))),
+                  command="; ".join(c for c in (old.get("command"), new.get("command")) if c))
+    if "partial" in (old.get("status"), new.get("status")):
+        merged["status"] = "partial"
+    return merged
+
+
+def run_merge(results: dict, previous: dict, parts: list[str], add_images: bool = False) -> dict:
+    """Add the parts of an earlier results dict of the same mode that were not re-run now.
+
+    add_images: the restore part re-run now covers other images; combine it with the earlier one.
+    """
     if previous.get("mode") != results["mode"]:
         return results
+    if add_images and "restore" in parts and isinstance(previous.get("parts", {}).get("restore"), dict):
+        results["parts"]["restore"] = add_restore_images(results["parts"]["restore"], previous["parts"]["restore"])
     for name, p in previous.get("parts", {}).items():
         if name not in parts:
             results["parts"][name] = p
@@ -938,6 +963,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="lottery fitting steps for compress and restore (default: mode's)")
     p.add_argument("--lambdas", metavar="L1,L2", help="compression lambdas")
     p.add_argument("--ensembles", metavar="K1,K2", help="restoration ensemble sizes, e.g. 1,4")
+    p.add_argument("--add-images", action="store_true",
+                   help="with --only restore: add this run's images to the restore part already in the results file")
     p.add_argument("--dip-iters", type=int, help="deep image prior iterations (0 = leave DIP out)")
     p.add_argument("--threads", type=int, help="torch.set_num_threads for this process")
     p.add_argument("--time-limit", type=float, metavar="MIN", help="skip items still pending after MIN minutes "
@@ -1010,7 +1037,7 @@ def main(argv: list[str] | None = None) -> int:
         # Read the earlier results only now, so two --only runs of different parts started side by
         # side both end up in the file (the later writer keeps the earlier one's part).
         try:
-            d = run_merge(d, load_json(out), parts)
+            d = run_merge(d, load_json(out), parts, add_images=args.add_images)
         except Exception as exc:
             log(f"not merging with {out}: {_err(exc)}")
     write_json(d, out)

@@ -296,3 +296,24 @@ def test_classical_baselines_run():
     if not avail["bm3d"]:
         out, _ = baselines.bm3d_denoise(y, 0.1)
         assert out.shape == x.shape
+
+
+def test_add_restore_images_combines_sittings():
+    from benchmarks.runner import add_restore_images
+
+    def row(image, psnr):
+        return {"task": "denoise-s25", "method": "lottery K=1", "image": image, "psnr": psnr, "ssim": 0.9,
+                "seconds": 1.0, "error": None}
+
+    base = {"crop": 256, "tasks": ["t"], "lottery_settings": {"preset": "balanced"}, "status": "ok", "notes": [],
+            "seconds": 10.0, "command": "first"}
+    old = dict(base, images=["kodim01", "kodim02"], rows=[row("kodim01", 30.0), row("kodim02", 26.0)], grids={"g": 1})
+    new = dict(base, images=["kodim02", "kodim03"], rows=[row("kodim02", 27.0), row("kodim03", 31.0)], grids={"g": 2},
+               command="second")
+    merged = add_restore_images(new, old)
+    assert merged["images"] == ["kodim01", "kodim02", "kodim03"]
+    assert [r["image"] for r in merged["rows"]] == ["kodim01", "kodim02", "kodim03"]  # kodim02 from the new run
+    assert merged["summary"][0]["psnr"] == pytest.approx((30.0 + 27.0 + 31.0) / 3)
+    assert merged["grids"] == {"g": 1} and merged["command"] == "first; second"
+    with pytest.raises(ValueError):
+        add_restore_images(dict(new, crop=128), old)
