@@ -963,6 +963,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="lottery fitting steps for compress and restore (default: mode's)")
     p.add_argument("--lambdas", metavar="L1,L2", help="compression lambdas")
     p.add_argument("--ensembles", metavar="K1,K2", help="restoration ensemble sizes, e.g. 1,4")
+    p.add_argument("--presets", metavar="A,B", help="compression presets timed by the speed part (default fast,balanced,best)")
     p.add_argument("--add-images", action="store_true",
                    help="with --only restore: add this run's images to the restore part already in the results file")
     p.add_argument("--dip-iters", type=int, help="deep image prior iterations (0 = leave DIP out)")
@@ -995,6 +996,8 @@ def config_from_args(args) -> Config:
         cfg.ensembles = [int(s) for s in args.ensembles.split(",")]
     if args.dip_iters is not None:
         cfg.dip_iters = args.dip_iters
+    if args.presets:
+        cfg.presets = [s.strip() for s in args.presets.split(",") if s.strip()]
     if args.time_limit is not None:
         cfg.time_limit_s = args.time_limit * 60 if args.time_limit > 0 else None
     return cfg
