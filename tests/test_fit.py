@@ -42,12 +42,12 @@ def test_best_state_survives_a_late_soft_stage_blow_up():
     model, target = _model_and_target(3)
 
     def blow_up(info):
-        if info.step == 61:  # after step 60, in the tracked second half of the soft stage
+        if info.step == 61:  # after step 60, in the tracked part of the soft stage
             with torch.no_grad():
                 for g in model.latents.grids:
                     g.add_(torch.randn_like(g) * 5.0)
 
     result = fit(model, mse(target), 1e-3, Schedule(steps=80, hard_fraction=0.1, eval_every=5), progress=blow_up)
-    assert 36 <= result.best_step <= 61  # an evaluation before the blow-up won
+    assert 14 <= result.best_step <= 61  # an evaluation before the blow-up won
     loss, _, _ = evaluate(model, mse(target), 1e-3)
     assert abs(loss - result.best_loss) < 1e-6
