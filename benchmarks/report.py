@@ -71,7 +71,11 @@ def render_markdown(d: dict, images: dict[str, str] | None = None, results_path:
         + (f", hard limit {_f(b['limit_seconds'] / 60, '.0f')} min" if b.get("limit_seconds") else "") + ")",
         f"- Machine: {m['cpu_model']}, {m['cores']} cores available, device {m['device']}, "
         f"torch {m['torch_version']} ({m['torch_threads']} threads), Python {m.get('python', '?')}",
-        f"- Code: git commit {m['git_commit']}",
+        f"- Code: git commit {m['git_commit']}"
+        + (" (last part run); per part: " + ", ".join(f"{n} {p['machine'].get('git_commit', '?')[:12]}" for n, p in d["parts"].items()
+                                               if isinstance(p, dict) and isinstance(p.get("machine"), dict))
+           if len({p["machine"].get("git_commit") for p in d["parts"].values()
+                   if isinstance(p, dict) and isinstance(p.get("machine"), dict)}) > 1 else ""),
         f"- Raw results: `{results_path or f'benchmarks/results/{mode}.json'}` (schema in `benchmarks/schema.py`)",
         "",
     ]
