@@ -76,16 +76,20 @@ def tanh_table() -> torch.Tensor:
     return _knots(math.tanh)
 
 
+def _table(name: str) -> torch.Tensor:
+    return gelu_table() if name == "gelu" else tanh_table()
+
+
 @lru_cache(maxsize=None)
 def _slopes(name: str) -> torch.Tensor:
     """Knot-to-knot differences (exact: both knots are on the grid), so interpolation needs one gather less."""
-    table = gelu_table() if name == "gelu" else tanh_table()
+    table = _table(name)
     return torch.cat([table[1:] - table[:-1], table.new_zeros(1)])
 
 
 def _interp(x: torch.Tensor, name: str) -> torch.Tensor:
     """Table value at x (clamped to the table range), rounded to the grid; x is not modified."""
-    table = gelu_table() if name == "gelu" else tanh_table()
+    table = _table(name)
     pos = x.clamp(-LUT_RANGE, LUT_RANGE).add_(LUT_RANGE).mul_(float(1 << LUT_STEP_BITS))  # exact
     idx = torch.floor(pos)
     frac = pos.sub_(idx)

@@ -92,8 +92,9 @@ DECODE_BLOCK_PIXELS = 16384  # pixels per block of the per-pixel decoder layers 
 def decode_payload(payload: Payload, block_pixels: int = DECODE_BLOCK_PIXELS) -> torch.Tensor:
     """Render a payload with exact fixed-point arithmetic -> uint8 image (3, H, W).
 
-    Per-pixel layers run on blocks of `block_pixels` pixels so their wide intermediates (U0 has
-    48 channels, the synthesis 32) stay in cache; only 3-channel maps are kept for the whole image.
+    Per-pixel layers run on blocks of `block_pixels` pixels so their wide intermediates (U0 with
+    modnet_hidden channels, the synthesis layers with up to 32) stay in cache; only 3-channel maps
+    are kept for the whole image.
     The result does not depend on the block size (all sums are exact).
     """
     arch, h, w = payload.architecture, payload.height, payload.width
