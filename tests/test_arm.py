@@ -84,6 +84,44 @@ def test_laplace_bits_sane():
     assert float(far) == 16.0
 
 
+def test_rate_gradient_survives_the_scale_clamp_and_the_16_bit_cap():
+    """A latent far from a confident prediction must still pull the prediction's scale up (the
+    high-lambda collapse: with both limits flat, the ARM could never recover)."""
+    q = torch.tensor([3.0])
+    mu = torch.zeros(1, requires_grad=True)
+    ls = torch.tensor([-6.0], requires_grad=True)  # below LOG_SCALE_MIN and capped at 16 bits
+    bits = laplace_bits(q, mu, ls)
+    assert float(bits) == 16.0  # the value is unchanged
+    bits.sum().backward()
+    assert float(ls.grad) < 0  # descent raises the scale
+    assert float(mu.grad) < 0  # descent moves mu towards q
+
+
+def test_scale_clamp_blocks_gradients_pointing_further_out():
+    # q = mu exactly: a smaller scale always helps, so below the minimum nothing flows
+    q, mu = torch.zeros(1), torch.zeros(1)
+    low = torch.tensor([-6.0], requires_grad=True)
+    laplace_bits(q, mu, low).sum().backward()
+    assert float(low.grad) == 0.0
+    inside = torch.tensor([-2.0], requires_grad=True)
+    laplace_bits(q, mu, inside).sum().backward()
+    assert float(inside.grad) > 0.0
+
+
+def test_weight_gradient_paths_agree():
+    """The CPU path (one correlation conv2d) and the GPU path (stacked shifted views)."""
+    from lotterycli.codec.arm import _context_matrix, _pad, _weight_grad
+
+    torch.manual_seed(0)
+    h, w = 13, 21
+    xpad = _pad(torch.randn(h, w))
+    grad = torch.randn(16, h * w)
+    via_conv = _weight_grad(xpad, grad, h, w)
+    via_matmul = grad @ _context_matrix(xpad, h, w).t()
+    assert via_conv.shape == (16, 24)
+    assert torch.allclose(via_conv, via_matmul, atol=1e-4, rtol=1e-5)
+
+
 def test_causal_contexts_match_padded_gather():
     g = torch.randn(9, 11)
     ys, xs = torch.meshgrid(torch.arange(9), torch.arange(11), indexing="ij")

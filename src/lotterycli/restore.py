@@ -6,6 +6,7 @@ scores and noise); members' errors are largely independent, so their mean is bet
 
 from __future__ import annotations
 
+import contextlib
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -49,6 +50,20 @@ def default_workers(ensemble: int, device: torch.device) -> int:
     return max(1, min(ensemble, torch.get_num_threads()))
 
 
+@contextlib.contextmanager
+def _member_stream(dev: torch.device, workers: int):
+    """On a GPU with concurrent members, give each member its own CUDA stream so their many small
+    kernels can overlap; elsewhere a no-op."""
+    if dev.type != "cuda" or workers < 2:
+        yield
+        return
+    stream = torch.cuda.Stream(device=dev)
+    stream.wait_stream(torch.cuda.current_stream(dev))
+    with torch.cuda.stream(stream):
+        yield
+    stream.synchronize()
+
+
 def restore_image(
     y: torch.Tensor,
     operator: Operator,
@@ -88,7 +103,8 @@ def restore_image(
     def fit_member(k: int) -> tuple[torch.Tensor, FitResult, Payload | None]:
         member_progress = on_member(k, n) if on_member is not None else None
         model = models[k]
-        result = fit(model, distortion, lam, cfg.fitted_schedule(), member_progress or progress)
+        with _member_stream(dev, workers):
+            result = fit(model, distortion, lam, cfg.fitted_schedule(), member_progress or progress)
         if result.average_render is not None:
             image = result.average_render
         else:
@@ -105,6 +121,9 @@ def restore_image(
 
     if workers == 1:
         outputs = [fit_member(k) for k in range(n)]
+    elif dev.type == "cuda":
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            outputs = list(pool.map(fit_member, range(n)))
     else:
         threads_before = torch.get_num_threads()
         torch.set_num_threads(1)  # process-wide: each member's ops run on its own worker thread

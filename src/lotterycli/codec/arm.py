@@ -71,13 +71,40 @@ def causal_contexts(grid: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor) -> t
     return padded[ys + 4 + dy, xs + 4 + dx]
 
 
+class _InwardClamp(torch.autograd.Function):
+    """clamp(x, lo, hi) whose gradient still flows where it would move x back inside [lo, hi].
+
+    A plain clamp has zero gradient outside the range. At large lambda the ARM drove most
+    log-scales below LOG_SCALE_MIN; with no gradient there it could never raise them again when
+    a latent moved off zero, and the estimated rate jumped by 80 % and stayed there
+    (docs/tuning.md, "Instability at high lambda"). Gradients pointing further out stay blocked.
+    """
+
+    @staticmethod
+    def forward(ctx, x, lo, hi):
+        ctx.save_for_backward(x)
+        ctx.lo, ctx.hi = lo, hi
+        return x.clamp(lo, hi)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        # A descent step moves x by -grad: below lo it helps when grad < 0, above hi when grad > 0.
+        blocked = ((x < ctx.lo) & (grad > 0)) | ((x > ctx.hi) & (grad < 0))
+        return grad.masked_fill(blocked, 0.0), None, None
+
+
 def laplace_bits(q: torch.Tensor, mu: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
     """-log2 P(q) elementwise for a Laplace(mu, b) integrated over [q - 0.5, q + 0.5].
 
-    b = exp(clamp(log_scale)); P floored at 2**-16. Stable: outside the central bin the log
-    probability is computed in closed form in the log domain, inside it with expm1.
+    b = exp(clamp(log_scale)); P floored at 2**-16 (a symbol costs at most 16 bits, as in the
+    coder's table). Stable: outside the central bin the log probability is computed in closed
+    form in the log domain, inside it with expm1. For training, neither limit stops the gradient:
+    the log-scale clamp passes gradients pointing back into range (`_InwardClamp`), and a capped
+    symbol keeps the gradient of its uncapped cost, so a latent far from its prediction still
+    pulls the prediction (and itself) closer.
     """
-    ls = log_scale.clamp(LOG_SCALE_MIN, LOG_SCALE_MAX)
+    ls = _InwardClamp.apply(log_scale, LOG_SCALE_MIN, LOG_SCALE_MAX)
     inv_b = torch.exp(-ls)
     d = (q - mu).abs()
     # |q - mu| >= 0.5: P = 0.5 * exp(-(d - 0.5) / b) * (1 - exp(-1 / b))
@@ -88,7 +115,9 @@ def laplace_bits(q: torch.Tensor, mu: torch.Tensor, log_scale: torch.Tensor) -> 
     p_in = -0.5 * (torch.expm1(-(0.5 - d_in) * inv_b) + torch.expm1(-(0.5 + d_in) * inv_b))
     log_p_in = torch.log(p_in.clamp(min=2.0 ** PROB_FLOOR_LOG2))
     log_p = torch.where(d < 0.5, log_p_in, log_p_out)
-    return (-log_p / _LN2).clamp(max=-PROB_FLOOR_LOG2)
+    bits = -log_p / _LN2
+    excess = (bits + PROB_FLOOR_LOG2).clamp(min=0.0).detach()  # value capped, gradient kept
+    return bits - excess
 
 
 def _pad(grid: torch.Tensor) -> torch.Tensor:
@@ -104,13 +133,35 @@ def _scatter_kernel(w1res: torch.Tensor) -> torch.Tensor:
     return k.reshape(w1res.shape[0], 1, _KH, _KW)
 
 
+def _weight_grad(xpad: torch.Tensor, grad: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """d loss / d w1res (hidden, 24) from the output gradient (hidden, h*w).
+
+    On a CPU one conv2d correlates the input with the output gradient (oneDNN handles it well).
+    On a GPU that convolution has an image-sized kernel, for which cuDNN's choice took 10 ms a
+    call on an H200 (93 % of a step's GPU time); there the 24 shifted views are stacked and
+    multiplied instead (one small matrix product).
+    """
+    hp, wp = xpad.shape
+    if xpad.device.type == "cpu":
+        full = F.conv2d(xpad.reshape(1, 1, hp, wp), grad.reshape(-1, 1, h, w))  # (1, hidden, 5, 9)
+        return full.reshape(grad.shape[0], _KH * _KW)[:, _TAP_INDEX]
+    return grad @ _context_matrix(xpad, h, w).t()
+
+
+def _context_matrix(xpad: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """(24, h*w): row k holds every position's k-th causal neighbour."""
+    rows = [xpad[4 + dy: 4 + dy + h, 4 + dx: 4 + dx + w] for dy, dx in CONTEXT_OFFSETS]
+    return torch.stack(rows).reshape(CONTEXT_SIZE, h * w)
+
+
 class _CausalConv(torch.autograd.Function):
     """a1 = (fc1.weight + I) @ context + bias for every position, as (24, h*w).
 
     Forward is one conv2d (1 -> 24 channels, 5x9 kernel with 24 nonzero taps). The backward is
     hand-written because oneDNN's input gradient of a 1-channel convolution is ~5x slower than
     the forward: grad_input = 24 shifted adds of (W^T @ grad), grad_weight = one conv2d that
-    correlates the input with the output gradient (only the 24 causal taps are kept).
+    correlates the input with the output gradient on a CPU, a small matrix product elsewhere
+    (`_weight_grad`).
     """
 
     @staticmethod
@@ -134,8 +185,7 @@ class _CausalConv(torch.autograd.Function):
             for k, (dy, dx) in enumerate(CONTEXT_OFFSETS):
                 gx[4 + dy: 4 + dy + h, 4 + dx: 4 + dx + w] += g_taps[k]
         if ctx.needs_input_grad[1]:
-            full = F.conv2d(xpad.reshape(1, 1, hp, wp), grad.reshape(-1, 1, h, w))  # (1, 24, 5, 9)
-            gw = full.reshape(grad.shape[0], _KH * _KW)[:, _TAP_INDEX]
+            gw = _weight_grad(xpad, grad, h, w)
         if ctx.needs_input_grad[2]:
             gb = grad.sum(1)
         return gx, gw, gb
@@ -175,7 +225,7 @@ class Arm(nn.Module):
     def _w1res(self) -> torch.Tensor:
         if self.hidden != CONTEXT_SIZE:
             return self.fc1.weight
-        return self.fc1.weight + torch.eye(CONTEXT_SIZE, dtype=self.fc1.weight.dtype)
+        return self.fc1.weight + torch.eye(CONTEXT_SIZE, dtype=self.fc1.weight.dtype, device=self.fc1.weight.device)
 
     def params_maps(self, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(mu, log_scale) maps (h, w) for every position of one grid (differentiable)."""
@@ -191,7 +241,7 @@ class Arm(nn.Module):
         return out[0].reshape(h, w), out[1].reshape(h, w)
 
     def _w2res(self) -> torch.Tensor:
-        return self.fc2.weight + torch.eye(self.hidden, dtype=self.fc2.weight.dtype)
+        return self.fc2.weight + torch.eye(self.hidden, dtype=self.fc2.weight.dtype, device=self.fc2.weight.device)
 
     def rate_bits(self, latents: list[torch.Tensor]) -> torch.Tensor:
         """Total bits of all grids under the model (scalar, differentiable).

@@ -1,0 +1,123 @@
+"""GPU checks and timings, for a session lent a CUDA machine (not part of the CPU protocol).
+
+    KODAK_DIR=... PYTHONPATH=src:. python benchmarks/gpu_check.py OUT.json [DEVICE] [--smoke]
+
+`--smoke` (64x64 crop, 20 steps) only checks that the script runs, e.g. on a CPU before a lease.
+
+Measures, on the GPU: fitting steps/s at 256x256 and 768x512 (default and reference sizes);
+`compress` of a 256x256 Kodak crop (time, bpp, PSNR; the file is decoded on the CPU by the same
+code path `decompress` uses, and two fits with the same seed are compared byte for byte, with and
+without torch's deterministic-algorithms mode); `restore` denoise sigma 25 with the balanced
+preset, members one after another vs concurrently (threads, one CUDA stream each).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed by deterministic mode
+
+import torch
+
+from benchmarks.data import center_crop, load_image
+from lotterycli.codec.architecture import Architecture
+from lotterycli.compress import compress_image, decompress_bytes
+from lotterycli.config import load_task_config
+from lotterycli.fit import measure_step_rate
+from lotterycli.metrics import psnr
+from lotterycli.operators import Denoise
+from lotterycli.restore import restore_image
+
+
+DEVICE = "cuda"
+SMOKE = False
+
+
+def log(*a):
+    print(*a, flush=True)
+
+
+def step_rates(out: dict) -> None:
+    rates = {}
+    for name, arch in (("config", None), ("reference", Architecture())):
+        sizes = ((64, 64, 5),) if SMOKE else ((256, 256, 300), (512, 768, 200))
+        for h, w, steps in sizes:
+            r = measure_step_rate(h, w, steps=steps, device=DEVICE, arch=arch)
+            rates[f"{name}_{w}x{h}"] = round(r, 2)
+            log("steps/s", name, f"{w}x{h}", round(r, 2))
+    out["step_rates_cuda"] = rates
+
+
+def compress_runs(out: dict, image: str, lam: float) -> None:
+    x = center_crop(load_image(image), 64 if SMOKE else 256)
+    cfg = load_task_config("compress", overrides={"lambda": lam, **({"steps": 20} if SMOKE else {})})
+    runs = []
+    for deterministic in (False, True):
+        torch.use_deterministic_algorithms(deterministic, warn_only=True)  # warns where no such kernel
+        torch.backends.cudnn.deterministic = deterministic
+        torch.backends.cudnn.benchmark = False
+        files = []
+        for _ in range(2):
+            t0 = time.perf_counter()
+            r = compress_image(x, cfg, device=DEVICE)
+            seconds = time.perf_counter() - t0
+            decoded = decompress_bytes(r.data)
+            files.append(r.data)
+            runs.append({
+                "deterministic_mode": deterministic, "seconds": round(seconds, 2), "fit_seconds": round(r.fit.seconds, 2),
+                "bpp": r.bpp, "psnr": r.psnr, "decode_matches_encoder": bool(torch.equal(decoded, r.decoded)),
+            })
+            log("compress", runs[-1])
+        runs[-1]["same_bytes_as_previous_run"] = files[0] == files[1]
+        log("same bytes:", files[0] == files[1])
+    torch.use_deterministic_algorithms(False)
+    torch.backends.cudnn.deterministic = False
+    out["compress_cuda"] = {"image": image, "crop": 256, "lambda": lam, "preset": cfg.preset, "steps": cfg.steps, "runs": runs}
+
+
+def restore_runs(out: dict, image: str) -> None:
+    x = center_crop(load_image(image), 64 if SMOKE else 256)
+    op = Denoise(sigma=25 / 255)
+    y = op.simulate(x, seed=1234 + int(image[-2:]))
+    cfg = load_task_config("denoise", overrides={"steps": 20, "ensemble": 2} if SMOKE else None)
+    lam = cfg.lambda_for(25.0)
+    runs = []
+    for workers in (1, cfg.ensemble):
+        t0 = time.perf_counter()
+        r = restore_image(y, op, cfg, lam=lam, device=DEVICE, workers=workers)
+        seconds = time.perf_counter() - t0
+        runs.append({"workers": workers, "seconds": round(seconds, 2), "psnr": psnr(r.image, x),
+                     "member_psnr": [round(psnr(m, x), 3) for m in r.members]})
+        log("restore", runs[-1])
+    out["restore_cuda"] = {"image": image, "task": "denoise sigma 25", "preset": cfg.preset, "steps": cfg.steps,
+                           "ensemble": cfg.ensemble, "runs": runs}
+
+
+def main() -> None:
+    global DEVICE, SMOKE
+    path = sys.argv[1]
+    args = sys.argv[2:]
+    SMOKE = "--smoke" in args
+    DEVICE = next((a for a in args if not a.startswith("--")), DEVICE)
+    out: dict = {
+        "torch": torch.__version__, "device": DEVICE,
+        "gpu": torch.cuda.get_device_name(0) if DEVICE == "cuda" else None, "python": platform.python_version(),
+        "cpu_threads": torch.get_num_threads(),
+    }
+    log(out)
+    for part in (step_rates, lambda o: restore_runs(o, "kodim03"), lambda o: compress_runs(o, "kodim03", 0.004)):
+        try:
+            part(out)
+        except Exception as exc:  # keep what was measured so far
+            out.setdefault("errors", []).append(repr(exc))
+            log("error", repr(exc))
+        with open(path, "w") as f:
+            json.dump(out, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
