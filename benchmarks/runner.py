@@ -868,6 +868,24 @@ def add_restore_images(new: dict, old: dict) -> dict:
     return merged
 
 
+def add_compress_images(new: dict, old: dict) -> dict:
+    """The compress part of a run on more images: `old`'s points for images not in `new`, then
+    `new`'s, with curves and BD-rates recomputed (settings must match)."""
+    if new.get("crop") != old.get("crop") or new.get("lottery_settings") != old.get("lottery_settings"):
+        raise ValueError("--add-images: crop and lottery settings must match the earlier compress part")
+    kept = [p for p in old["points"] if p["image"] not in new["images"]]
+    points = kept + new["points"]
+    images = sorted(set(old["images"]) | set(new["images"]))
+    curves = _curves(points)
+    merged = dict(new, points=points, images=images, curves=curves, bd_rate=_bd_table(points, curves),
+                  seconds=old.get("seconds", 0.0) + new.get("seconds", 0.0),
+                  notes=list(dict.fromkeys(old.get("notes", []) + new.get("notes", []))),
+                  command="; ".join(c for c in (old.get("command"), new.get("command")) if c))
+    if "partial" in (old.get("status"), new.get("status")):
+        merged["status"] = "partial"
+    return merged
+
+
 def run_merge(results: dict, previous: dict, parts: list[str], add_images: bool = False) -> dict:
     """Add the parts of an earlier results dict of the same mode that were not re-run now.
 
@@ -877,6 +895,8 @@ def run_merge(results: dict, previous: dict, parts: list[str], add_images: bool 
         return results
     if add_images and "restore" in parts and isinstance(previous.get("parts", {}).get("restore"), dict):
         results["parts"]["restore"] = add_restore_images(results["parts"]["restore"], previous["parts"]["restore"])
+    if add_images and "compress" in parts and isinstance(previous.get("parts", {}).get("compress"), dict):
+        results["parts"]["compress"] = add_compress_images(results["parts"]["compress"], previous["parts"]["compress"])
     for name, p in previous.get("parts", {}).items():
         if name not in parts:
             results["parts"][name] = p
@@ -965,7 +985,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ensembles", metavar="K1,K2", help="restoration ensemble sizes, e.g. 1,4")
     p.add_argument("--presets", metavar="A,B", help="compression presets timed by the speed part (default fast,balanced,best)")
     p.add_argument("--add-images", action="store_true",
-                   help="with --only restore: add this run's images to the restore part already in the results file")
+                   help="with --only restore or compress: add this run's images to that part already in the results file")
     p.add_argument("--dip-iters", type=int, help="deep image prior iterations (0 = leave DIP out)")
     p.add_argument("--threads", type=int, help="torch.set_num_threads for this process")
     p.add_argument("--time-limit", type=float, metavar="MIN", help="skip items still pending after MIN minutes "
