@@ -43,7 +43,8 @@ def default_workers(ensemble: int, device: torch.device) -> int:
 
     Why: at 256x256, two single-thread fits side by side made 16.7 steps/s in all against 12.5 for
     one fit on two threads (docs/tuning.md, "Members side by side"). On a GPU members run one
-    after the other.
+    after the other: four members in threads on their own CUDA streams were only 4 % faster on an
+    H200, the Python launch overhead being shared (docs/gpu.md).
     """
     if device.type != "cpu" or ensemble < 2:
         return 1
