@@ -122,12 +122,10 @@ def restore_image(
 
     if workers == 1:
         outputs = [fit_member(k) for k in range(n)]
-    elif dev.type == "cuda":
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            outputs = list(pool.map(fit_member, range(n)))
     else:
         threads_before = torch.get_num_threads()
-        torch.set_num_threads(1)  # process-wide: each member's ops run on its own worker thread
+        if dev.type == "cpu":
+            torch.set_num_threads(1)  # process-wide: each member's ops run on its own worker thread
         try:
             with ThreadPoolExecutor(max_workers=workers) as pool:
                 outputs = list(pool.map(fit_member, range(n)))
