@@ -210,6 +210,8 @@ def test_config_must_be_mapping(tmp_path, text):
         ("ensemble: 0\n", "ensemble"),
         ("ensemble: 65\n", "ensemble"),
         ("combine: max\n", "combine"),
+        ("keep_observed: 1\n", "keep_observed"),
+        ("keep_observed: 'yes'\n", "keep_observed"),
         ("schedule:\n  lr: fast\n", "schedule.lr"),
         ("schedule:\n  lr: -1\n", "schedule.lr"),
         ("schedule:\n  temperature: 0.3\n", "schedule.temperature"),
@@ -271,6 +273,12 @@ def test_lambda_for_sigma_interpolates_monotonically(task):
     assert cfg.lambda_for_sigma(pts[-1][0] + 100) == pytest.approx(pts[-1][1])
     assert cfg.lambda_for_sigma(max(0.0, pts[0][0] - 10)) == pytest.approx(pts[0][1])
     assert cfg.lambda_for_sigma(None) == cfg.lam
+
+
+def test_keep_observed_defaults(tmp_path):
+    assert load_task_config("inpaint").keep_observed is True
+    assert load_task_config("denoise").keep_observed is False
+    assert load_task_config("inpaint", config_file=write(tmp_path, "keep_observed: false\n")).keep_observed is False
 
 
 def test_lambda_for_sigma_without_table():

@@ -175,6 +175,21 @@ def test_inpaint_loss_ignores_missing_pixels():
     assert (render.grad[:, ~op.mask] == 0).all()
 
 
+def test_keep_observed_puts_back_only_exact_pixels():
+    x = smooth_image(24, 20)
+    op = Inpaint.random(24, 20, 0.5, seed=3)
+    y = op.simulate(x, seed=0)
+    estimate = torch.full_like(x, 0.5)
+    kept = op.keep_observed(estimate, y)
+    assert torch.equal(kept[:, op.mask], y[:, op.mask])
+    assert (kept[:, ~op.mask] == 0.5).all()
+    # noisy observations are not the truth: nothing is put back, for any operator
+    noisy = Inpaint(mask=op.mask, sigma=0.1)
+    assert torch.equal(noisy.keep_observed(estimate, noisy.simulate(x, seed=0)), estimate)
+    assert torch.equal(Denoise(0.0).keep_observed(estimate, x), estimate)
+    assert torch.equal(SuperResolution(2).keep_observed(estimate, x[:, ::2, ::2]), estimate)
+
+
 def test_denoise_loss_is_mse():
     x = smooth_image(16, 16)
     y = Denoise(0.1).simulate(x, seed=1)

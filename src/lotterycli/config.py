@@ -24,7 +24,7 @@ PRESETS = ("fast", "balanced", "best")
 
 _TOP_KEYS = {
     "task", "preset", "lambda", "lambda_by_sigma", "mask_ratio", "seed", "ensemble", "combine", "steps",
-    "schedule", "presets", "architecture", "lambda_reference_scale",
+    "schedule", "presets", "architecture", "lambda_reference_scale", "keep_observed",
 }
 _ARCH_KEYS = {f.name for f in fields(Architecture)}
 _PRESET_KEYS = {"steps", "ensemble", "lambda", "mask_ratio"}
@@ -41,6 +41,7 @@ class TaskConfig:
     seed: int = 0
     ensemble: int = 1
     combine: str = "mean"
+    keep_observed: bool = False  # put exactly observed pixels back into the result (inpainting)
     lambda_by_sigma: dict[float, float] = field(default_factory=dict)
     lambda_reference_scale: float | None = None  # sr: lambda_by_sigma holds the values for this scale
     schedule: Schedule = field(default_factory=Schedule)
@@ -191,6 +192,9 @@ def load_task_config(task: str, *, preset: str | None = None, config_file: str |
     combine = merged.get("combine", "mean")
     if combine not in ("mean", "median"):
         raise LotteryError(f"{source}: 'combine' must be 'mean' or 'median', got {combine!r}")
+    keep_observed = merged.get("keep_observed", False)
+    if not isinstance(keep_observed, bool):
+        raise LotteryError(f"{source}: 'keep_observed' must be true or false, got {keep_observed!r}")
     if "lambda" not in merged:
         raise LotteryError(f"{source}: missing config key 'lambda'")
     return TaskConfig(
@@ -202,6 +206,7 @@ def load_task_config(task: str, *, preset: str | None = None, config_file: str |
         seed=_number(merged.get("seed", 0), "seed", src("seed"), integer=True, lo=0, hi=2**63 - 1),
         ensemble=_number(merged.get("ensemble", 1), "ensemble", src("ensemble"), integer=True, lo=1, hi=64),
         combine=combine,
+        keep_observed=keep_observed,
         lambda_by_sigma=lambda_by_sigma,
         lambda_reference_scale=(
             _number(merged["lambda_reference_scale"], "lambda_reference_scale", source, lo=1, hi=16)

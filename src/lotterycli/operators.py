@@ -303,6 +303,14 @@ class Operator:
             )
         return torch.mean((pred - y) ** 2)
 
+    def keep_observed(self, image: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """`image` with the pixels that y observes exactly put back (data consistency).
+
+        Only a noiseless pixel mask observes output pixels exactly; every other operator (noise,
+        downsampling) returns `image` unchanged.
+        """
+        return image
+
     def simulate(self, x: torch.Tensor, seed: int) -> torch.Tensor:
         """y = A(x) + N(0, sigma^2) noise from numpy default_rng(seed) (see module docstring)."""
         _check_tensor(x, "clean image")
@@ -451,6 +459,16 @@ class Inpaint(Operator):
         diff = torch.where(keep, pred - y, torch.zeros((), dtype=pred.dtype, device=pred.device))
         count = int(self.mask.sum()) * (diff.numel() // self.mask.numel())
         return (diff**2).sum() / count
+
+    def keep_observed(self, image: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Noiseless inpainting: the known pixels are the truth, so the result keeps them and only
+        the missing ones come from the model (as classical inpainting does). With noise
+        (sigma > 0) the model's estimate is better than the noisy pixel: unchanged."""
+        if self.sigma > 0:
+            return image
+        self.check_observation(y.shape)
+        keep = self._mask_for(image, torch.bool)
+        return torch.where(keep, y.to(image.dtype).clamp(0, 1), image)
 
     def simulate(self, x: torch.Tensor, seed: int) -> torch.Tensor:
         """Masked image plus noise; missing pixels are exactly 0 (noise is drawn for every pixel,

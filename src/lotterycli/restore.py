@@ -25,7 +25,7 @@ from .operators import Operator
 @dataclass
 class RestoreResult:
     image: torch.Tensor  # float (3, H, W) in [0, 1]: the combined estimate
-    members: list[torch.Tensor]  # each member's render
+    members: list[torch.Tensor]  # each member's render (observed pixels put back if cfg.keep_observed)
     fits: list[FitResult]
     seconds: float
     lam: float
@@ -118,7 +118,10 @@ def restore_image(
             modules = quantize_networks(model, lambda im: operator.loss(im, y_cpu), lam)
             payload = model.to_payload(modules)
         models[k] = None  # free the member's memory once done
-        return image.detach().clamp(0, 1).cpu(), result, payload
+        image = image.detach().clamp(0, 1)
+        if cfg.keep_observed:
+            image = operator.keep_observed(image, y_dev)
+        return image.cpu(), result, payload
 
     if workers == 1:
         outputs = [fit_member(k) for k in range(n)]
