@@ -2,7 +2,8 @@
 
     python benchmarks/tune_restore.py jobs.jsonl results.jsonl 2
     # each job: {"img": 3, "task": "denoise-s25", "steps": 600, "k": 2, "size": 256,
-    #            "lam": 0.003, "sched": {"average_fraction": 0.5}, "arch": {"modnet_hidden": 16}}
+    #            "lam": 0.003, "sched": {"average_fraction": 0.5}, "arch": {"modnet_hidden": 16},
+    #            "mask_ratio": 0.5, "keep_observed": false}
 
 Tasks are the benchmark's: denoise-s15/s25/s50, inpaint-50, sr-x2-s5, sr-x4-s5, with the
 protocol's observations (noise from numpy default_rng(1234 + i), float, unclipped). "lam" defaults
@@ -51,6 +52,8 @@ def job(spec: dict) -> dict:
     cfg.schedule = dataclasses.replace(cfg.schedule, **sched)
     if "mask_ratio" in spec:
         cfg.mask_ratio = spec["mask_ratio"]
+    if "keep_observed" in spec:
+        cfg.keep_observed = bool(spec["keep_observed"])
     arch = dataclasses.replace(cfg.architecture, **spec.get("arch", {}))
     sigma = getattr(op, "sigma", 0.0)
     lam = spec.get("lam") or cfg.lambda_for(sigma * 255 if task != "inpaint" else None, getattr(op, "scale", None))

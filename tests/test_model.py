@@ -170,6 +170,17 @@ def test_fixedpoint_gelu_tanh_close_to_float():
         assert torch.equal(y * fixedpoint.ONE, torch.round(y * fixedpoint.ONE))
 
 
+@pytest.mark.parametrize("height, width", [(1, 1), (1, 7), (5, 3), (17, 23)])
+def test_conv3x3_exact_equals_conv2d(height, width):
+    """The decoder's 3x3 layers: nine tap matmuls give exactly F.conv2d(padding=1) on fixed-point values."""
+    g = torch.Generator().manual_seed(height * 100 + width)
+    x = torch.round(torch.randn(3, height, width, generator=g, dtype=torch.float64) * 65536) / 65536
+    w = torch.round(torch.randn(3, 3, 3, 3, generator=g, dtype=torch.float64) * 32) / 32
+    b = torch.round(torch.randn(3, generator=g, dtype=torch.float64) * 32) / 32
+    expected = torch.nn.functional.conv2d(x[None], w, b, padding=1)[0]
+    assert torch.equal(fixedpoint.conv3x3_exact(x, w, b), expected)
+
+
 def test_gelu_table_ends_are_exact():
     # fixedpoint.gelu relies on these: the lookup clamps to [-8, 8] and adds relu(x - 8)
     t = fixedpoint.gelu_table()

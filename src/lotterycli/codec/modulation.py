@@ -57,7 +57,7 @@ def modnet_exact_residual(params: dict[str, torch.Tensor], u1: torch.Tensor, hei
     c = u1.shape[0]
 
     def conv3(x: torch.Tensor, name: str) -> torch.Tensor:
-        y = F.conv2d(x.view(1, c, height, width), params[f"{name}.weight"], params[f"{name}.bias"], padding=1)
+        y = fixedpoint.conv3x3_exact(x.view(c, height, width), params[f"{name}.weight"], params[f"{name}.bias"])
         return r(y.view(c, -1))
 
     u2 = g(r(conv3(u1, "u2") + u1))
