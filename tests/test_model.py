@@ -194,6 +194,17 @@ def test_gelu_on_grid_equals_gelu_everywhere():
     n = int(2 * fixedpoint.LUT_RANGE * fixedpoint.ONE) + 1
     x = torch.arange(n, dtype=torch.float64) / fixedpoint.ONE - fixedpoint.LUT_RANGE
     assert torch.equal(fixedpoint.gelu_on_grid(), fixedpoint.gelu(x))
+    assert torch.equal(fixedpoint.gelu_grid(x), fixedpoint.gelu(x))
+
+
+def test_gelu_grid_matches_gelu_on_decoder_shaped_maps():
+    """The decoder's one-gather GELU: (channels, pixels) maps, values beyond the table both ways."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(-300 << 16, 300 << 16, (5, 4001), generator=g).to(torch.float64) / fixedpoint.ONE
+    x = fixedpoint.round_fixed(x)  # on the grid, clamped to +-256 like every decoder activation
+    before = x.clone()
+    assert torch.equal(fixedpoint.gelu_grid(x), fixedpoint.gelu(x))
+    assert torch.equal(x, before)  # the input is left alone
 
 
 @pytest.mark.parametrize("size", [2, 3, 4, 5, 7, 8])

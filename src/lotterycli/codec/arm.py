@@ -312,29 +312,15 @@ MAX_ABS_PARAM = 64.0  # keeps every fixed-point partial sum far below 2**53
 MAX_HIDDEN = 32  # with MAX_ABS_PARAM and |activation| <= 256, sums of <= 32 products stay below 2**53
 
 
-@lru_cache(maxsize=None)
-def _gelu_grid_table() -> torch.Tensor:
-    """fixedpoint.gelu evaluated at every grid value in [-LUT_RANGE, LUT_RANGE] (2**20 + 1 values).
-
-    Equal to `fixedpoint.gelu` at every grid value (a test checks all 2**20 + 1), so lookups are
-    bit-identical to calling it; one gather instead of its ~15 tensor ops per call.
-    """
-    return fixedpoint.gelu_on_grid()
-
-
 def exact_gelu(x: torch.Tensor) -> torch.Tensor:
     """== fixedpoint.gelu(x) for x on the 2**-16 grid (e.g. any fixedpoint.linear output)."""
-    r = fixedpoint.LUT_RANGE
-    idx = ((x.clamp(-r, r) + r) * fixedpoint.ONE).long()  # exact integer: x is on the grid
-    y = _gelu_grid_table()[idx]
-    y = torch.where(x > r, x, y)
-    return torch.where(x < -r, torch.zeros_like(x), y)
+    return fixedpoint.gelu_grid(x)
 
 
 @lru_cache(maxsize=None)
 def _gelu_grid_table_np() -> np.ndarray:
-    """_gelu_grid_table() scaled by 2**16 (integers) as numpy; its ends are exactly 0 and 8."""
-    t = (_gelu_grid_table() * fixedpoint.ONE).numpy()
+    """fixedpoint.gelu_grid_table() scaled by 2**16 (integers) as numpy; its ends are exactly 0 and 8."""
+    t = (fixedpoint.gelu_grid_table() * fixedpoint.ONE).numpy()
     assert t[0] == 0.0 and t[-1] == fixedpoint.LUT_RANGE * fixedpoint.ONE
     return t
 

@@ -133,6 +133,25 @@ def gelu_on_grid() -> torch.Tensor:
     return y.mul_(ONE).add_(0.5).floor_().mul_(1.0 / ONE)
 
 
+@lru_cache(maxsize=None)
+def gelu_grid_table() -> torch.Tensor:
+    """`gelu_on_grid()`, built once per process (8 MiB): the decoder's GELU lookup table."""
+    return gelu_on_grid()
+
+
+def gelu_grid(x: torch.Tensor) -> torch.Tensor:
+    """== gelu(x) for x on the 2**-16 grid (any round_fixed output), with one gather.
+
+    Why: the decoder spends most of its per-pixel time in GELU; `gelu` interpolates between knots
+    with two gathers and a dozen passes, this looks the grid value up directly (a test checks
+    equality at every grid value of the table and beyond it). x is not modified.
+    """
+    r = LUT_RANGE
+    idx = torch.clamp(x, -r, r).mul_(ONE).add_(r * ONE).to(torch.int32)  # exact integer 0 .. 2**20
+    y = gelu_grid_table().index_select(0, idx.view(-1)).view(x.shape)
+    return y.add_((x - r).clamp_(min=0.0))  # identity above +8, as in `gelu`
+
+
 def gelu(x: torch.Tensor) -> torch.Tensor:
     """Exact GELU on grid values: table inside [-8, 8], 0 below, identity above.
 

@@ -44,7 +44,7 @@ def modnet_exact_pointwise(params: dict[str, torch.Tensor], features: torch.Tens
 
     Both layers are per pixel, so the decoder runs them on cache-sized blocks of pixels.
     """
-    g, r = fixedpoint.gelu, fixedpoint.round_fixed_
+    g, r = fixedpoint.gelu_grid, fixedpoint.round_fixed_
     one = fixedpoint.ONE
     u0 = g(r(torch.addmm(params["u0.bias"][:, None], params["u0.weight"], features).mul_(one)))
     u1 = g(r(torch.addmm(params["u1.bias"][:, None], params["u1.weight"], u0).mul_(one)))
@@ -53,7 +53,7 @@ def modnet_exact_pointwise(params: dict[str, torch.Tensor], features: torch.Tens
 
 def modnet_exact_residual(params: dict[str, torch.Tensor], u1: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Fixed-point U2, U3 (the 3x3 residual layers) of the whole image from U1 (out, H*W)."""
-    g, r = fixedpoint.gelu, fixedpoint.round_fixed
+    g, r = fixedpoint.gelu_grid, fixedpoint.round_fixed
     c = u1.shape[0]
 
     def conv3(x: torch.Tensor, name: str) -> torch.Tensor:

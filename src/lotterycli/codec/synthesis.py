@@ -146,7 +146,7 @@ def synthesis_exact(
     w1, w2, w3, w4 = weights
     h1, h2, h3 = arch.synth_hidden
     m1, m2, _ = arch.modulation_channels
-    g, r, one = fixedpoint.gelu, fixedpoint.round_fixed_, fixedpoint.ONE
+    g, r, one = fixedpoint.gelu_grid, fixedpoint.round_fixed_, fixedpoint.ONE
     h = g(r((w1 @ coords).mul_(one)))
     h = g(r(torch.addmm(w2[:, h1:] @ small[:m1], w2[:, :h1], h).mul_(one)))
     h = g(r(torch.addmm(w3[:, h2:] @ small[:m2], w3[:, :h2], h).mul_(one)))
