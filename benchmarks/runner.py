@@ -562,8 +562,11 @@ def run_restore(cfg: Config, deadline: Deadline) -> dict:
 def _restore_ensembles(api, spec, cfg, op, y, x, deadline, part, name, record) -> None:
     """Fit the largest ensemble once; report K = k for every k asked as its first k members.
 
-    Members use seeds seed, seed+1, ..., so the first k members of a K-member run are exactly a
-    k-member run (same fits), combined the same way. One run of max(K) members instead of sum(K).
+    Members use seeds seed, seed+1, ..., so without screening the first k members of a K-member
+    run are exactly a k-member run (same fits), combined the same way. With screening (a preset's
+    `candidates`), they are the first k of the K kept members: the K=max row is what the preset
+    gives; a real k-member run would keep its own k best candidates. One run of max(K) members
+    instead of sum(K).
     Members may run side by side (restore's default on a CPU), so the time reported for K = k is
     the pro-rata share k / K of the whole run's time.
     """
@@ -596,7 +599,8 @@ def _restore_ensembles(api, spec, cfg, op, y, x, deadline, part, name, record) -
         image = combine(res.members[:k], how).clamp(0, 1)
         record(f"lottery K={k}", image, float(res.seconds) * k / k_max,
                {"wall_seconds": wall * k / k_max, "member_psnr": members[:k], "member_psnr_mean": _mean(members[:k]),
-                "lam": getattr(res, "lam", None)})
+                "lam": getattr(res, "lam", None), "member_seeds": list(getattr(res, "seeds", []))[:k],
+                "screened_out_seeds": list(getattr(res, "dropped_seeds", []))})
 
 
 def summarize_restore(rows: list[dict]) -> list[dict]:

@@ -3,12 +3,15 @@
     python benchmarks/tune_restore.py jobs.jsonl results.jsonl 2
     # each job: {"img": 3, "task": "denoise-s25", "steps": 600, "k": 2, "size": 256,
     #            "lam": 0.003, "sched": {"average_fraction": 0.5}, "arch": {"modnet_hidden": 16},
-    #            "mask_ratio": 0.5, "keep_observed": false}
+    #            "mask_ratio": 0.5, "keep_observed": false, "candidates": 6, "screen_fraction": 0.1,
+    #            "seed": 0}
 
 Tasks are the benchmark's: denoise-s15/s25/s50, inpaint-50, sr-x2-s5, sr-x4-s5, with the
 protocol's observations (noise from numpy default_rng(1234 + i), float, unclipped). "lam" defaults
 to the task config's lambda for the noise level. Each result line adds the combined PSNR of the
-first k members for every k up to "k" (psnr_k), each member's PSNR and the fit seconds.
+first k members for every k up to "k" (psnr_k), each member's PSNR, the kept and screened-out seeds,
+the candidates' screening losses (x 1e4) and the seconds of the whole job ("s"; before session 5: the sum
+of the members' fit seconds).
 docs/tuning.md quotes results made this way.
 """
 import dataclasses
@@ -54,13 +57,17 @@ def job(spec: dict) -> dict:
         cfg.mask_ratio = spec["mask_ratio"]
     if "keep_observed" in spec:
         cfg.keep_observed = bool(spec["keep_observed"])
+    cfg.seed = spec.get("seed", cfg.seed)
+    cfg.candidates = spec.get("candidates", cfg.candidates)
+    cfg.screen_fraction = spec.get("screen_fraction", cfg.screen_fraction)
     arch = dataclasses.replace(cfg.architecture, **spec.get("arch", {}))
     sigma = getattr(op, "sigma", 0.0)
     lam = spec.get("lam") or cfg.lambda_for(sigma * 255 if task != "inpaint" else None, getattr(op, "scale", None))
     r = restore_image(y, op, cfg, lam=lam, device="cpu", arch=arch)
     members = [round(psnr(m, x), 2) for m in r.members]
     psnr_k = [round(psnr(combine(r.members[:k], cfg.combine).clamp(0, 1), x), 2) for k in range(1, len(members) + 1)]
-    return dict(spec, lam=lam, psnr_k=psnr_k, members=members, s=round(sum(f.seconds for f in r.fits), 1))
+    return dict(spec, lam=lam, psnr_k=psnr_k, members=members, seeds=r.seeds, dropped=r.dropped_seeds,
+                screen_losses=[round(v * 1e4, 3) for v in r.screen_losses], s=round(r.seconds, 1))
 
 
 if __name__ == "__main__":

@@ -212,6 +212,10 @@ def test_config_must_be_mapping(tmp_path, text):
         ("combine: max\n", "combine"),
         ("keep_observed: 1\n", "keep_observed"),
         ("keep_observed: 'yes'\n", "keep_observed"),
+        ("candidates: -1\n", "candidates"),
+        ("candidates: 2.5\n", "candidates"),
+        ("screen_fraction: 0\n", "screen_fraction"),
+        ("screen_fraction: 1.5\n", "screen_fraction"),
         ("schedule:\n  lr: fast\n", "schedule.lr"),
         ("schedule:\n  lr: -1\n", "schedule.lr"),
         ("schedule:\n  temperature: 0.3\n", "schedule.temperature"),
@@ -303,3 +307,13 @@ def test_sr_lambda_scales_with_the_square_of_the_factor():
     assert base == pytest.approx(cfg.lambda_for_sigma(5.0))
     assert cfg.lambda_for(5.0, 2) == pytest.approx(base / 4)
     assert load_task_config("denoise").lambda_for(25.0, 2) == load_task_config("denoise").lambda_for_sigma(25.0)
+
+
+def test_candidates_from_presets_files_and_overrides(tmp_path):
+    cfg = load_task_config("denoise", preset="fast")
+    assert cfg.candidates == raw("denoise")["presets"]["fast"].get("candidates", 0)
+    assert cfg.screen_fraction == pytest.approx(raw("denoise").get("screen_fraction", 0.1))
+    f = write(tmp_path, "candidates: 5\nscreen_fraction: 0.2\n")
+    cfg = load_task_config("denoise", config_file=f)
+    assert (cfg.candidates, cfg.screen_fraction) == (5, pytest.approx(0.2))
+    assert load_task_config("denoise", config_file=f, overrides={"candidates": 0}).candidates == 0

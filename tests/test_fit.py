@@ -51,3 +51,37 @@ def test_best_state_survives_a_late_soft_stage_blow_up():
     assert 14 <= result.best_step <= 61  # an evaluation before the blow-up won
     loss, _, _ = evaluate(model, mse(target), 1e-3)
     assert abs(loss - result.best_loss) < 1e-6
+
+
+def test_paused_and_resumed_fit_equals_uninterrupted_fit():
+    """Fitter.advance in pieces (restoration screening pauses candidates) runs the same steps."""
+    from lotterycli.fit import Fitter
+
+    sched = Schedule(steps=16, hard_fraction=0.25, eval_every=2, average_fraction=0.5)
+    model_a, target = _model_and_target(4)
+    straight = fit(model_a, mse(target), 1e-3, sched)
+    model_b, _ = _model_and_target(4)
+    fitter = Fitter(model_b, mse(target), 1e-3, sched)
+    fitter.advance(3)
+    assert fitter.step == 3 and len(fitter.losses) == 3
+    assert fitter.recent_loss(1.0) == torch.stack(fitter.losses).mean().item()
+    fitter.advance(11)
+    fitter.advance(11)  # no-op: already there
+    resumed = fitter.finish()
+    assert fitter.step == 16
+    assert (resumed.best_loss, resumed.best_step) == (straight.best_loss, straight.best_step)
+    assert torch.equal(resumed.average_render, straight.average_render)
+    for (name, a), b in zip(model_a.state_dict().items(), model_b.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_dropped_fit_tells_the_progress_callback():
+    from lotterycli.fit import Fitter
+
+    model, target = _model_and_target(5)
+    seen = []
+    fitter = Fitter(model, mse(target), 1e-3, Schedule(steps=10), progress=seen.append, report_every=2)
+    fitter.advance(4)
+    fitter.drop()
+    assert [i.stage for i in seen][-1] == "dropped" and seen[-1].step == 4
+    assert all(i.stage == "soft" for i in seen[:-1])

@@ -251,6 +251,40 @@ def test_concurrent_members_equal_sequential_single_thread():
     assert default_workers(1, torch.device("cpu")) == 1
 
 
+def test_screening_keeps_the_candidates_with_the_lowest_loss():
+    """--candidates C > K: C seeds run the first steps, the K with the lowest loss go on."""
+    from lotterycli.config import load_task_config
+    from lotterycli.restore import restore_image
+
+    x = scene(20, 20)
+    op = Denoise(sigma=25 / 255)
+    y = op.simulate(x, 3)
+    cfg = load_task_config("denoise", overrides={"steps": 20, "ensemble": 2, "candidates": 4, "seed": 5})
+    cfg.screen_fraction = 0.25  # 5 screening steps
+    res = restore_image(y, op, cfg, lam=3e-3, device="cpu", workers=2)
+    assert len(res.members) == len(res.fits) == 2 and len(res.screen_losses) == 4
+    ranked = sorted(range(4), key=lambda k: res.screen_losses[k])
+    assert res.seeds == sorted(5 + k for k in ranked[:2])
+    assert res.dropped_seeds == sorted(5 + k for k in ranked[2:])
+    assert all(f.steps == 20 for f in res.fits)
+    # deterministic, and a kept member is exactly the member an unscreened run with its seed makes
+    again = restore_image(y, op, cfg, lam=3e-3, device="cpu", workers=1)
+    assert again.seeds == res.seeds and torch.equal(again.image, res.image)
+    solo_cfg = load_task_config("denoise", overrides={"steps": 20, "ensemble": 1, "seed": res.seeds[0]})
+    solo = restore_image(y, op, solo_cfg, lam=3e-3, device="cpu", workers=1)
+    assert torch.equal(solo.members[0], res.members[0])
+
+
+def test_restore_cli_candidates_option(noisy, tmp_path):
+    res = run("restore", noisy, "--task", "denoise", "--sigma", 25, "--steps", 10, "--ensemble", 1,
+              "--candidates", 3, "--json", "-o", tmp_path / "out.png", *QUICK)
+    assert res.returncode == 0, res.stderr
+    assert len(res.json["member_seeds"]) == 1 and len(res.json["screened_out_seeds"]) == 2
+    assert sorted(res.json["member_seeds"] + res.json["screened_out_seeds"]) == [0, 1, 2]
+    bad = run("restore", noisy, "--task", "denoise", "--candidates", -1, "--steps", 2, *QUICK)
+    assert "--candidates" in bad.assert_one_line_error() and bad.returncode == 2
+
+
 # -- quality through the library API -------------------------------------------------------------
 def test_denoise_improves_psnr():
     x = scene(32, 32)

@@ -51,6 +51,7 @@ def restore(
     preset: str = "balanced",
     steps: int | None = None,
     ensemble: int | None = None,
+    candidates: int | None = None,
     lam: float | None = None,
     seed: int = 0,
     mask_ratio: float | None = None,
@@ -65,7 +66,8 @@ def restore(
     """
     cfg = load_task_config(
         task, preset=preset, config_file=config_file,
-        overrides={"steps": steps, "ensemble": ensemble, "seed": seed, "mask_ratio": mask_ratio, "lambda": lam},
+        overrides={"steps": steps, "ensemble": ensemble, "seed": seed, "mask_ratio": mask_ratio, "lambda": lam,
+                   "candidates": candidates},
     )
     sigma = getattr(operator, "sigma", None)
     scale = getattr(operator, "scale", None)

@@ -221,6 +221,10 @@ def restore(
     preset: Optional[Preset] = _preset_opt,
     steps: Optional[int] = typer.Option(None, "--steps", min=1, max=1_000_000, help="Fitting steps per ensemble member."),
     ensemble: Optional[int] = typer.Option(None, "--ensemble", "-k", min=1, max=64, help="Number of models (seeds) averaged."),
+    candidates: Optional[int] = typer.Option(
+        None, "--candidates", min=0, max=64,
+        help="Seeds started; the --ensemble with the lowest loss after screening go on (config screen_fraction, 10 % of the steps).",
+    ),
     workers: Optional[int] = typer.Option(
         None, "--workers", min=1, max=64,
         help="Members fitted at once on the CPU, one torch thread each (default: one per core).",
@@ -248,7 +252,8 @@ def restore(
     _configure_warnings(quiet)
     cfg = load_task_config(
         task.value, preset=preset.value if preset else None, config_file=config,
-        overrides={"steps": steps, "ensemble": ensemble, "lambda": lam, "mask_ratio": mask_ratio, "seed": seed},
+        overrides={"steps": steps, "ensemble": ensemble, "lambda": lam, "mask_ratio": mask_ratio, "seed": seed,
+                   "candidates": candidates},
     )
     if task is not Task.sr and scale is not None:
         raise LotteryError("--scale is only for --task sr")
@@ -295,10 +300,13 @@ def restore(
     summary = {
         "input": str(image), "output": str(out), "task": task.value, "sigma": round(sigma_255, 3),
         "sigma_estimated": sigma_estimated, "scale": scale, "lambda": chosen_lam, "preset": cfg.preset,
-        "steps": cfg.steps, "ensemble": cfg.ensemble, "seed": cfg.seed, "seconds": round(result.seconds, 2),
+        "steps": cfg.steps, "ensemble": cfg.ensemble, "seed": cfg.seed, "member_seeds": result.seeds,
+        "screened_out_seeds": result.dropped_seeds, "seconds": round(result.seconds, 2),
         "threads": _threads(), "bitstream": str(bitstream_out) if bitstream_out else None,
     }
     text = f"{out}: {task.value}, {cfg.ensemble} member(s) x {cfg.steps} steps, {result.seconds:.1f} s"
+    if result.dropped_seeds:
+        text += f" (best {cfg.ensemble} of {cfg.ensemble + len(result.dropped_seeds)} candidates after screening)"
     if clean is not None:
         summary["psnr"] = round(psnr(result.image, clean), 3)
         summary["ssim"] = round(ssim(result.image, clean), 4)

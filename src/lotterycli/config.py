@@ -24,10 +24,11 @@ PRESETS = ("fast", "balanced", "best")
 
 _TOP_KEYS = {
     "task", "preset", "lambda", "lambda_by_sigma", "mask_ratio", "seed", "ensemble", "combine", "steps",
-    "schedule", "presets", "architecture", "lambda_reference_scale", "keep_observed",
+    "schedule", "presets", "architecture", "lambda_reference_scale", "keep_observed", "candidates",
+    "screen_fraction",
 }
 _ARCH_KEYS = {f.name for f in fields(Architecture)}
-_PRESET_KEYS = {"steps", "ensemble", "lambda", "mask_ratio"}
+_PRESET_KEYS = {"steps", "ensemble", "lambda", "mask_ratio", "candidates"}
 _SCHEDULE_KEYS = {f.name for f in fields(Schedule) if f.name != "steps"}
 
 
@@ -42,6 +43,8 @@ class TaskConfig:
     ensemble: int = 1
     combine: str = "mean"
     keep_observed: bool = False  # put exactly observed pixels back into the result (inpainting)
+    candidates: int = 0  # restoration: members started; the `ensemble` best after screening go on
+    screen_fraction: float = 0.1  # ... ranked by their loss after this fraction of the steps
     lambda_by_sigma: dict[float, float] = field(default_factory=dict)
     lambda_reference_scale: float | None = None  # sr: lambda_by_sigma holds the values for this scale
     schedule: Schedule = field(default_factory=Schedule)
@@ -207,6 +210,9 @@ def load_task_config(task: str, *, preset: str | None = None, config_file: str |
         ensemble=_number(merged.get("ensemble", 1), "ensemble", src("ensemble"), integer=True, lo=1, hi=64),
         combine=combine,
         keep_observed=keep_observed,
+        candidates=_number(merged.get("candidates", 0), "candidates", src("candidates"), integer=True, lo=0, hi=64),
+        screen_fraction=_number(merged.get("screen_fraction", 0.1), "screen_fraction", src("screen_fraction"),
+                                lo=0, hi=1, lo_open=True),
         lambda_by_sigma=lambda_by_sigma,
         lambda_reference_scale=(
             _number(merged["lambda_reference_scale"], "lambda_reference_scale", source, lo=1, hi=16)

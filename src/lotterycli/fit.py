@@ -76,6 +76,139 @@ def evaluate(model: LotteryModel, distortion: Distortion, lam: float) -> tuple[f
     return d + lam * bpp, d, bpp
 
 
+class Fitter:
+    """One fit that can pause and resume: `advance(until)` runs steps up to `until`, `finish()`
+    restores the best hard-rounded state and returns the result.
+
+    Why resumable: restoration screens several candidate members for a few steps, keeps the best
+    and continues only those (`restore.restore_image`); the continued fit is step for step the
+    one an uninterrupted `fit` would have run.
+    """
+
+    def __init__(
+        self,
+        model: LotteryModel,
+        distortion: Distortion,
+        lam: float,
+        schedule: Schedule,
+        progress: ProgressCallback | None = None,
+        report_every: int = 10,
+    ):
+        self.model, self.distortion, self.lam, self.schedule = model, distortion, lam, schedule
+        self.progress, self.report_every = progress, report_every
+        groups = model.parameter_groups()
+        self.optimizer = torch.optim.Adam(
+            [
+                {"params": groups["latents"], "lr": schedule.lr},
+                {"params": groups["networks"], "lr": schedule.lr},
+                {"params": groups["scores"], "lr": schedule.score_lr},
+            ]
+        )
+        self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
+        self.params = [p for g in groups.values() for p in g]
+        self.total = max(1, schedule.steps)
+        self.soft_steps = int(round(self.total * (1.0 - schedule.hard_fraction)))
+        self.step = 0  # next step to run
+        self.seconds = 0.0
+        self.best_loss, self.best_step, self.best_state = math.inf, 0, None
+        self.history: list[StepInfo] = []
+        self.losses: list[torch.Tensor] = []  # training loss of every step (detached: no GPU sync per step)
+        if schedule.average_fraction > 0:
+            self.average_start = int(round(self.total * (1.0 - schedule.average_fraction)))
+        else:
+            self.average_start = self.total
+        self.render_sum: torch.Tensor | None = None
+        self.n_averaged = 0
+
+    def advance(self, until: int | None = None) -> None:
+        """Run steps [self.step, until) (default: to the end of the schedule)."""
+        until = self.total if until is None else min(int(until), self.total)
+        start = time.perf_counter()
+        sched, model, optimizer = self.schedule, self.model, self.optimizer
+        while self.step < until:
+            step = self.step
+            soft = step < self.soft_steps
+            progress_frac = step / max(self.soft_steps - 1, 1)
+            t0, t1 = sched.temperature
+            a0, a1 = sched.noise
+            temperature = t0 + (t1 - t0) * progress_frac
+            noise_a = a0 + (a1 - a0) * progress_frac
+            factor = _cosine(step, self.total, sched.lr_floor)
+            for g, base in zip(optimizer.param_groups, self.base_lrs):
+                g["lr"] = base * factor
+
+            image, bits = model("soft" if soft else "hard", temperature, noise_a)
+            d = self.distortion(image)
+            bpp = bits / model.n_pixels
+            loss = d + self.lam * bpp
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if sched.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.params, sched.grad_clip)
+            optimizer.step()
+            self.losses.append(loss.detach())
+            if step >= self.average_start:
+                # Renders of successive steps differ by the quantization noise and the optimiser's
+                # moves; their mean is a cheap self-ensemble (restoration only).
+                if self.render_sum is None:
+                    self.render_sum = image.detach().clone()
+                else:
+                    self.render_sum.add_(image.detach())
+                self.n_averaged += 1
+
+            last = step == self.total - 1
+            # Hard-rounded evaluations in the hard stage, and also through the last 80 % of the soft
+            # stage: a fit that destabilises (seen at high lambda: the rate jumped at step ~400 of 1,500
+            # and never came back) then still returns its best state. An evaluation costs about a third
+            # of a step, every eval_every steps.
+            tracked = not soft or step >= self.soft_steps // 5
+            if tracked and ((step - self.soft_steps) % sched.eval_every == 0 or last):
+                hard_loss, _, _ = evaluate(model, self.distortion, self.lam)
+                if hard_loss < self.best_loss:
+                    self.best_loss, self.best_step = hard_loss, step + 1
+                    self.best_state = copy.deepcopy(model.state_dict())
+            self.step += 1
+            if self.progress is not None and (step % self.report_every == 0 or last):
+                elapsed = self.seconds + time.perf_counter() - start
+                info = StepInfo(step + 1, self.total, loss.item(), d.item(), bpp.item(), elapsed,
+                                "soft" if soft else "hard")
+                self.history.append(info)
+                self.progress(info)
+        self.seconds += time.perf_counter() - start
+
+    def recent_loss(self, fraction: float = 0.25) -> float:
+        """Mean training loss over the last `fraction` of the steps run so far (at least one step).
+
+        A mean rather than the last value: single soft-stage losses carry the quantization noise.
+        """
+        if not self.losses:
+            return math.inf
+        n = max(1, int(round(len(self.losses) * fraction)))
+        return float(torch.stack(self.losses[-n:]).mean())
+
+    def drop(self) -> None:
+        """Tell the progress display this fit stops here (a screened-out restoration candidate)."""
+        if self.progress is not None:
+            last = self.history[-1] if self.history else None
+            self.progress(StepInfo(self.step, self.total, last.loss if last else math.nan,
+                                   last.distortion if last else math.nan, last.bpp if last else math.nan,
+                                   self.seconds, "dropped"))
+
+    def finish(self) -> FitResult:
+        """Run any remaining steps, load the best hard-rounded state into the model, return the result."""
+        self.advance()
+        if self.best_state is None:  # no hard stage (hard_fraction 0): evaluate the final state
+            self.best_loss, _, _ = evaluate(self.model, self.distortion, self.lam)
+            self.best_step = self.total
+        else:
+            self.model.load_state_dict(self.best_state)
+        average = self.render_sum / self.n_averaged if self.n_averaged else None
+        return FitResult(
+            steps=self.total, seconds=self.seconds, best_loss=self.best_loss, best_step=self.best_step,
+            history=self.history, average_render=average,
+        )
+
+
 def fit(
     model: LotteryModel,
     distortion: Distortion,
@@ -86,76 +219,7 @@ def fit(
 ) -> FitResult:
     """Fit `model` in place; on return it holds the best hard-rounded state evaluated (every
     `eval_every` steps from 20 % of the soft stage on, and at the last step)."""
-    groups = model.parameter_groups()
-    optimizer = torch.optim.Adam(
-        [
-            {"params": groups["latents"], "lr": schedule.lr},
-            {"params": groups["networks"], "lr": schedule.lr},
-            {"params": groups["scores"], "lr": schedule.score_lr},
-        ]
-    )
-    base_lrs = [g["lr"] for g in optimizer.param_groups]
-    params = [p for g in groups.values() for p in g]
-    total = max(1, schedule.steps)
-    soft_steps = int(round(total * (1.0 - schedule.hard_fraction)))
-    start = time.perf_counter()
-    best_loss, best_step, best_state = math.inf, 0, None
-    history: list[StepInfo] = []
-    average_start = int(round(total * (1.0 - schedule.average_fraction))) if schedule.average_fraction > 0 else total
-    render_sum, n_averaged = None, 0
-
-    for step in range(total):
-        soft = step < soft_steps
-        progress_frac = step / max(soft_steps - 1, 1)
-        t0, t1 = schedule.temperature
-        a0, a1 = schedule.noise
-        temperature = t0 + (t1 - t0) * progress_frac
-        noise_a = a0 + (a1 - a0) * progress_frac
-        factor = _cosine(step, total, schedule.lr_floor)
-        for g, base in zip(optimizer.param_groups, base_lrs):
-            g["lr"] = base * factor
-
-        image, bits = model("soft" if soft else "hard", temperature, noise_a)
-        d = distortion(image)
-        bpp = bits / model.n_pixels
-        loss = d + lam * bpp
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if schedule.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, schedule.grad_clip)
-        optimizer.step()
-        if step >= average_start:
-            # Renders of successive steps differ by the quantization noise and the optimiser's
-            # moves; their mean is a cheap self-ensemble (restoration only).
-            render_sum = image.detach().clone() if render_sum is None else render_sum.add_(image.detach())
-            n_averaged += 1
-
-        last = step == total - 1
-        # Hard-rounded evaluations in the hard stage, and also through the last 80 % of the soft
-        # stage: a fit that destabilises (seen at high lambda: the rate jumped at step ~400 of 1,500
-        # and never came back) then still returns its best state. An evaluation costs about a third
-        # of a step, every eval_every steps.
-        tracked = not soft or step >= soft_steps // 5
-        if tracked and ((step - soft_steps) % schedule.eval_every == 0 or last):
-            hard_loss, _, _ = evaluate(model, distortion, lam)
-            if hard_loss < best_loss:
-                best_loss, best_step = hard_loss, step + 1
-                best_state = copy.deepcopy(model.state_dict())
-        if progress is not None and (step % report_every == 0 or last):
-            info = StepInfo(step + 1, total, loss.item(), d.item(), bpp.item(), time.perf_counter() - start, "soft" if soft else "hard")
-            history.append(info)
-            progress(info)
-
-    if best_state is None:  # no hard stage (hard_fraction 0): evaluate the final state
-        best_loss, _, _ = evaluate(model, distortion, lam)
-        best_step = total
-    else:
-        model.load_state_dict(best_state)
-    average = render_sum / n_averaged if n_averaged else None
-    return FitResult(
-        steps=total, seconds=time.perf_counter() - start, best_loss=best_loss, best_step=best_step,
-        history=history, average_render=average,
-    )
+    return Fitter(model, distortion, lam, schedule, progress, report_every).finish()
 
 
 def mse(target: torch.Tensor) -> Distortion:

@@ -53,8 +53,16 @@ class FitProgress:
         """A callback with its own bar "member k+1/n": members fitted side by side update their own."""
         if self._progress is None:
             return lambda info: None
-        task = self._progress.add_task(f"member {k + 1}/{n}", total=total, loss="-", psnr="-", bpp="-")
-        return lambda info: self._update(task, info)
+        label = f"member {k + 1}/{n}"
+        task = self._progress.add_task(label, total=total, loss="-", psnr="-", bpp="-")
+
+        def update(info: StepInfo) -> None:
+            if info.stage == "dropped":  # a screened-out candidate: its bar stops where it is
+                self._progress.update(task, description=f"{label} (screened out)")
+            else:
+                self._update(task, info)
+
+        return update
 
     def __call__(self, info: StepInfo) -> None:
         if self._progress is None:

@@ -2,6 +2,11 @@
 
 Each ensemble member is a full model with its own seed (its own random synthesis network, mask
 scores and noise); members' errors are largely independent, so their mean is better than any one.
+
+Screening: some seeds are bad tickets (on the benchmark crops seed 1 ended 1-2 dB below the others
+on 5 of 8 inpainting crops, and its loss was already the worst after 100 of 900 steps), so with
+`candidates` > K the restorer starts that many members, ranks them by their training loss after
+`screen_fraction` of the steps, and continues only the K best (docs/tuning.md, session 5).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from .codec.model import LotteryModel
 from .codec.params import Payload
 from .compress import quantize_networks, resolve_device
 from .config import TaskConfig
-from .fit import FitResult, ProgressCallback, fit
+from .fit import Fitter, FitResult, ProgressCallback
 from .operators import Operator
 
 
@@ -31,6 +36,9 @@ class RestoreResult:
     lam: float
     best_member: int  # index of the member with the lowest final loss
     payloads: list[Payload] = field(default_factory=list)  # when bitstreams were asked for
+    seeds: list[int] = field(default_factory=list)  # each member's seed
+    dropped_seeds: list[int] = field(default_factory=list)  # candidates screened out
+    screen_losses: list[float] = field(default_factory=list)  # every candidate's screening loss (seed order)
 
 
 def combine(members: list[torch.Tensor], how: str = "mean") -> torch.Tensor:
@@ -80,10 +88,13 @@ def restore_image(
 ) -> RestoreResult:
     """Fit `cfg.ensemble` members to observation `y` (3, h, w) through `operator`.
 
-    `on_member(k, K)` is called as member k starts; it may return a progress callback for that
-    member (used instead of `progress`, so concurrent members can show separate bars).
-    `workers`: members fitted concurrently in threads (default: `default_workers`). Member k always
-    uses seed + k and its own noise generator, so concurrent members compute exactly what they
+    With `cfg.candidates` > `cfg.ensemble`, that many candidates (seeds seed .. seed + C - 1) run
+    the first `cfg.screen_fraction` of the steps; the `cfg.ensemble` with the lowest recent training
+    loss (ties: lower seed) continue to the end, the others are dropped.
+    `on_member(k, C)` is called as candidate k starts; it may return a progress callback for it
+    (used instead of `progress`, so concurrent members can show separate bars).
+    `workers`: fits run concurrently in threads (default: `default_workers`). Candidate k always
+    uses seed + k and its own noise generator, so concurrent fits compute exactly what they
     would one after another on one thread (float sums may differ in the last bit with more threads).
     """
     start = time.perf_counter()
@@ -92,20 +103,35 @@ def restore_image(
     height, width = operator.output_shape(tuple(y.shape))
     y_dev = y.to(dev)
     n = cfg.ensemble
-    workers = default_workers(n, dev) if workers is None else max(1, min(int(workers), n))
+    n_candidates = max(n, cfg.candidates)
+    workers = default_workers(n_candidates, dev) if workers is None else max(1, min(int(workers), n_candidates))
     models = []
-    for k in range(n):  # built in order: initialisation draws from torch's global generator
+    for k in range(n_candidates):  # built in order: initialisation draws from torch's global generator
         torch.manual_seed(cfg.seed + k)
         models.append(LotteryModel(height, width, arch or cfg.architecture, cfg.seed + k, cfg.mask_ratio).to(dev))
 
     def distortion(image, _y=y_dev):
         return operator.loss(image, _y)
 
-    def fit_member(k: int) -> tuple[torch.Tensor, FitResult, Payload | None]:
-        member_progress = on_member(k, n) if on_member is not None else None
+    schedule = cfg.fitted_schedule()
+    fitters: list[Fitter | None] = [None] * n_candidates
+    screen_until = max(1, int(round(cfg.screen_fraction * schedule.steps)))
+
+    def screen_candidate(k: int) -> float:
+        member_progress = on_member(k, n_candidates) if on_member is not None else None
+        fitters[k] = Fitter(models[k], distortion, lam, schedule, member_progress or progress)
+        with _member_stream(dev, workers):
+            fitters[k].advance(screen_until)
+        return fitters[k].recent_loss()
+
+    def finish_member(k: int) -> tuple[torch.Tensor, FitResult, Payload | None]:
+        if fitters[k] is None:  # no screening: the member starts here
+            member_progress = on_member(k, n_candidates) if on_member is not None else None
+            fitters[k] = Fitter(models[k], distortion, lam, schedule, member_progress or progress)
         model = models[k]
         with _member_stream(dev, workers):
-            result = fit(model, distortion, lam, cfg.fitted_schedule(), member_progress or progress)
+            result = fitters[k].finish()
+        fitters[k] = None
         if result.average_render is not None:
             image = result.average_render
         else:
@@ -123,17 +149,28 @@ def restore_image(
             image = operator.keep_observed(image, y_dev)
         return image.cpu(), result, payload
 
-    if workers == 1:
-        outputs = [fit_member(k) for k in range(n)]
-    else:
-        threads_before = torch.get_num_threads()
-        if dev.type == "cpu":
-            torch.set_num_threads(1)  # process-wide: each member's ops run on its own worker thread
-        try:
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                outputs = list(pool.map(fit_member, range(n)))
-        finally:
-            torch.set_num_threads(threads_before)
+    def run_all(fn, items: list[int]) -> list:
+        if workers == 1:
+            return [fn(k) for k in items]
+        with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
+            return list(pool.map(fn, items))
+
+    threads_before = torch.get_num_threads()
+    if workers > 1 and dev.type == "cpu":
+        torch.set_num_threads(1)  # process-wide: each member's ops run on its own worker thread
+    try:
+        screen_losses: list[float] = []
+        kept = list(range(n))
+        if n_candidates > n:
+            screen_losses = run_all(screen_candidate, list(range(n_candidates)))
+            kept = sorted(sorted(range(n_candidates), key=lambda k: (screen_losses[k], k))[:n])
+            for k in range(n_candidates):
+                if k not in kept:
+                    fitters[k].drop()
+                    fitters[k] = models[k] = None
+        outputs = run_all(finish_member, kept)
+    finally:
+        torch.set_num_threads(threads_before)
     members = [o[0] for o in outputs]
     fits = [o[1] for o in outputs]
     payloads = [o[2] for o in outputs if o[2] is not None]
@@ -146,4 +183,7 @@ def restore_image(
         lam=lam,
         best_member=best,
         payloads=payloads,
+        seeds=[cfg.seed + k for k in kept],
+        dropped_seeds=[cfg.seed + k for k in range(n_candidates) if k not in kept],
+        screen_losses=screen_losses,
     )
