@@ -4,7 +4,7 @@
     # each job: {"img": 3, "task": "denoise-s25", "steps": 600, "k": 2, "size": 256,
     #            "lam": 0.003, "sched": {"average_fraction": 0.5}, "arch": {"modnet_hidden": 16},
     #            "mask_ratio": 0.5, "keep_observed": false, "candidates": 6, "screen_fraction": 0.1,
-    #            "seed": 0}
+    #            "seed": 0, "warm_start": 0.5}
 
 Tasks are the benchmark's: denoise-s15/s25/s50, inpaint-50, sr-x2-s5, sr-x4-s5, with the
 protocol's observations (noise from numpy default_rng(1234 + i), float, unclipped). "lam" defaults
@@ -58,6 +58,7 @@ def job(spec: dict) -> dict:
     if "keep_observed" in spec:
         cfg.keep_observed = bool(spec["keep_observed"])
     cfg.seed = spec.get("seed", cfg.seed)
+    cfg.warm_start = spec.get("warm_start", cfg.warm_start)
     cfg.candidates = spec.get("candidates", cfg.candidates)
     cfg.screen_fraction = spec.get("screen_fraction", cfg.screen_fraction)
     arch = dataclasses.replace(cfg.architecture, **spec.get("arch", {}))

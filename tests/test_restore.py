@@ -285,6 +285,32 @@ def test_restore_cli_candidates_option(noisy, tmp_path):
     assert "--candidates" in bad.assert_one_line_error() and bad.returncode == 2
 
 
+def test_warm_start_guide_decays_and_changes_only_training():
+    """The inpainting warm start pulls holes toward the biharmonic fill, weight 1 -> 0 over its
+    fraction of the steps; it is not part of the loss that ranks and keeps states."""
+    from lotterycli.config import load_task_config
+    from lotterycli.restore import _warm_start_guide, restore_image
+
+    x = scene(20, 20)
+    op = Inpaint.random(20, 20, 0.5, seed=2)
+    y = op.simulate(x, 0)
+    guide = _warm_start_guide(op, y, 0.5, 40)
+    fill, holes = op.warm_start_target(y)
+    image = torch.full_like(x, 0.5)
+    assert float(guide(image, 0)) == pytest.approx(float(torch.mean(holes * (image - fill) ** 2)))
+    assert float(guide(image, 10)) == pytest.approx(0.5 * float(guide(image, 0)))
+    assert guide(image, 20) is None and guide(image, 39) is None
+    assert _warm_start_guide(op, y, 0.0, 40) is None
+    assert _warm_start_guide(Denoise(0.1), x, 0.5, 40) is None
+    cfg = load_task_config("inpaint", overrides={"steps": 12, "ensemble": 1, "candidates": 0})
+    cfg.warm_start = 0.0
+    plain = restore_image(y, op, cfg, lam=6e-4, device="cpu", workers=1)
+    cfg.warm_start = 0.5
+    warm = restore_image(y, op, cfg, lam=6e-4, device="cpu", workers=1)
+    assert not torch.equal(plain.image, warm.image)
+    assert torch.equal(warm.image[:, op.mask], y[:, op.mask])
+
+
 # -- quality through the library API -------------------------------------------------------------
 def test_denoise_improves_psnr():
     x = scene(32, 32)

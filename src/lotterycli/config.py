@@ -25,7 +25,7 @@ PRESETS = ("fast", "balanced", "best")
 _TOP_KEYS = {
     "task", "preset", "lambda", "lambda_by_sigma", "mask_ratio", "seed", "ensemble", "combine", "steps",
     "schedule", "presets", "architecture", "lambda_reference_scale", "keep_observed", "candidates",
-    "screen_fraction",
+    "screen_fraction", "warm_start",
 }
 _ARCH_KEYS = {f.name for f in fields(Architecture)}
 _PRESET_KEYS = {"steps", "ensemble", "lambda", "mask_ratio", "candidates"}
@@ -45,6 +45,7 @@ class TaskConfig:
     keep_observed: bool = False  # put exactly observed pixels back into the result (inpainting)
     candidates: int = 0  # restoration: members started; the `ensemble` best after screening go on
     screen_fraction: float = 0.1  # ... ranked by their loss after this fraction of the steps
+    warm_start: float = 0.0  # fraction of the steps guided toward the operator's classical estimate (inpainting)
     lambda_by_sigma: dict[float, float] = field(default_factory=dict)
     lambda_reference_scale: float | None = None  # sr: lambda_by_sigma holds the values for this scale
     schedule: Schedule = field(default_factory=Schedule)
@@ -213,6 +214,7 @@ def load_task_config(task: str, *, preset: str | None = None, config_file: str |
         candidates=_number(merged.get("candidates", 0), "candidates", src("candidates"), integer=True, lo=0, hi=64),
         screen_fraction=_number(merged.get("screen_fraction", 0.1), "screen_fraction", src("screen_fraction"),
                                 lo=0, hi=1, lo_open=True),
+        warm_start=_number(merged.get("warm_start", 0.0), "warm_start", source, lo=0, hi=1),
         lambda_by_sigma=lambda_by_sigma,
         lambda_reference_scale=(
             _number(merged["lambda_reference_scale"], "lambda_reference_scale", source, lo=1, hi=16)

@@ -93,8 +93,12 @@ class Fitter:
         schedule: Schedule,
         progress: ProgressCallback | None = None,
         report_every: int = 10,
+        guide: Callable[[torch.Tensor, int], torch.Tensor | None] | None = None,
     ):
+        """`guide(image, step)`: an extra term of the training loss only (e.g. the inpainting warm
+        start); evaluations and best-state keeping use distortion + lambda * rate alone."""
         self.model, self.distortion, self.lam, self.schedule = model, distortion, lam, schedule
+        self.guide = guide
         self.progress, self.report_every = progress, report_every
         groups = model.parameter_groups()
         self.optimizer = torch.optim.Adam(
@@ -141,8 +145,9 @@ class Fitter:
             d = self.distortion(image)
             bpp = bits / model.n_pixels
             loss = d + self.lam * bpp
+            extra = self.guide(image, step) if self.guide is not None else None
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss if extra is None else loss + extra).backward()
             if sched.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(self.params, sched.grad_clip)
             optimizer.step()
