@@ -3,8 +3,9 @@
 Each ensemble member is a full model with its own seed (its own random synthesis network, mask
 scores and noise); members' errors are largely independent, so their mean is better than any one.
 
-Screening: some seeds are bad tickets (on the benchmark crops seed 1 ended 1-2 dB below the others
-on 5 of 8 inpainting crops, and its loss was already the worst after 100 of 900 steps), so with
+Screening: some seeds are bad tickets (on the benchmark crops seed 1 ended 0.6-2.1 dB below the
+others on 6 of 8 inpainting crops, and on kodim01 its loss was already the worst after 100 of 900
+steps), so with
 `candidates` > K the restorer starts that many members, ranks them by their training loss after
 `screen_fraction` of the steps, and continues only the K best (docs/tuning.md, session 5).
 """
@@ -79,7 +80,8 @@ def _warm_start_guide(operator: Operator, y: torch.Tensor, fraction: float, step
     `fraction` of the steps; None when off or when the operator has no such estimate.
 
     Why: the holes start from a smooth fill instead of the untrained model's guess; on the smooth
-    benchmark crops this gained 0.2-0.5 dB per member (docs/tuning.md, session 5).
+    benchmark crops this gained 0.1-0.5 dB per member, but with 4 members it was level on the mean of
+    kodim01-08 (textured crops lost), so it is off by default (docs/tuning.md, session 5).
     """
     if fraction <= 0:
         return None
@@ -143,17 +145,20 @@ def restore_image(
     fitters: list[Fitter | None] = [None] * n_candidates
     screen_until = max(1, int(round(cfg.screen_fraction * schedule.steps)))
 
-    def screen_candidate(k: int) -> float:
+    def start_fit(k: int) -> Fitter:
         member_progress = on_member(k, n_candidates) if on_member is not None else None
         fitters[k] = Fitter(models[k], distortion, lam, schedule, member_progress or progress, guide=guide)
+        return fitters[k]
+
+    def screen_candidate(k: int) -> float:
+        fitter = start_fit(k)
         with _member_stream(dev, workers):
-            fitters[k].advance(screen_until)
-        return fitters[k].recent_loss()
+            fitter.advance(screen_until)
+        return fitter.recent_loss()
 
     def finish_member(k: int) -> tuple[torch.Tensor, FitResult, Payload | None]:
         if fitters[k] is None:  # no screening: the member starts here
-            member_progress = on_member(k, n_candidates) if on_member is not None else None
-            fitters[k] = Fitter(models[k], distortion, lam, schedule, member_progress or progress, guide=guide)
+            start_fit(k)
         model = models[k]
         with _member_stream(dev, workers):
             result = fitters[k].finish()
