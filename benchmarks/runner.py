@@ -570,7 +570,7 @@ def _restore_ensembles(api, spec, cfg, op, y, x, deadline, part, name, record) -
     Members may run side by side (restore's default on a CPU), so the time reported for K = k is
     the pro-rata share k / K of the whole run's time.
     """
-    from lotterycli.restore import combine
+    from lotterycli.restore import blend_classical, combine
 
     k_max = max(cfg.ensembles)
     if deadline.passed():
@@ -594,9 +594,10 @@ def _restore_ensembles(api, spec, cfg, op, y, x, deadline, part, name, record) -
         part["notes"].append(note)
     from lotterycli.config import load_task_config
 
-    how = load_task_config(spec["task"]).combine
+    task_cfg = load_task_config(spec["task"])
     for k in sorted(cfg.ensembles):
-        image = combine(res.members[:k], how).clamp(0, 1)
+        image = blend_classical(combine(res.members[:k], task_cfg.combine), getattr(res, "classical_image", None),
+                                task_cfg.classical_blend)
         record(f"lottery K={k}", image, float(res.seconds) * k / k_max,
                {"wall_seconds": wall * k / k_max, "member_psnr": members[:k], "member_psnr_mean": _mean(members[:k]),
                 "lam": getattr(res, "lam", None), "member_seeds": list(getattr(res, "seeds", []))[:k],
@@ -872,6 +873,30 @@ def add_restore_images(new: dict, old: dict) -> dict:
     return merged
 
 
+def add_restore_tasks(new: dict, old: dict) -> dict:
+    """The restore part with some tasks re-run (`--add-tasks`): `old`'s rows, task list and image
+    grids for the tasks not in `new`, then `new`'s. Crop, images and lottery settings must match.
+
+    Why: re-measuring one task after a change to its config (about 30 minutes for inpainting on
+    kodim01-08) without re-running the others; the part's command then names both runs.
+    """
+    same = all(new.get(k) == old.get(k) for k in ("crop", "images", "lottery_settings"))
+    if not same:
+        raise ValueError("--add-tasks: crop, images and lottery settings must match the earlier restore part")
+    names = {t["name"] for t in new["tasks"]}
+    rows = [r for r in old["rows"] if r["task"] not in names] + new["rows"]
+    tasks = [t for t in old["tasks"] if t["name"] not in names] + new["tasks"]
+    grids = {k: v for k, v in (old.get("grids") or {}).items() if k not in names}
+    grids.update(new.get("grids") or {})
+    merged = dict(new, rows=rows, tasks=tasks, grids=grids, summary=summarize_restore(rows),
+                  seconds=old.get("seconds", 0.0) + new.get("seconds", 0.0),
+                  notes=list(dict.fromkeys(old.get("notes", []) + new.get("notes", []))),
+                  command="; ".join(c for c in (old.get("command"), new.get("command")) if c))
+    if "partial" in (old.get("status"), new.get("status")):
+        merged["status"] = "partial"
+    return merged
+
+
 def add_compress_images(new: dict, old: dict) -> dict:
     """The compress part of a run on more images: `old`'s points for images not in `new`, then
     `new`'s, with curves and BD-rates recomputed (settings must match)."""
@@ -890,13 +915,17 @@ def add_compress_images(new: dict, old: dict) -> dict:
     return merged
 
 
-def run_merge(results: dict, previous: dict, parts: list[str], add_images: bool = False) -> dict:
+def run_merge(results: dict, previous: dict, parts: list[str], add_images: bool = False,
+              add_tasks: bool = False) -> dict:
     """Add the parts of an earlier results dict of the same mode that were not re-run now.
 
     add_images: the restore part re-run now covers other images; combine it with the earlier one.
+    add_tasks: the restore part re-run now covers some of its tasks; keep the earlier rows of the others.
     """
     if previous.get("mode") != results["mode"]:
         return results
+    if add_tasks and "restore" in parts and isinstance(previous.get("parts", {}).get("restore"), dict):
+        results["parts"]["restore"] = add_restore_tasks(results["parts"]["restore"], previous["parts"]["restore"])
     if add_images and "restore" in parts and isinstance(previous.get("parts", {}).get("restore"), dict):
         results["parts"]["restore"] = add_restore_images(results["parts"]["restore"], previous["parts"]["restore"])
     if add_images and "compress" in parts and isinstance(previous.get("parts", {}).get("compress"), dict):
@@ -990,6 +1019,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--presets", metavar="A,B", help="compression presets timed by the speed part (default fast,balanced,best)")
     p.add_argument("--add-images", action="store_true",
                    help="with --only restore or compress: add this run's images to that part already in the results file")
+    p.add_argument("--add-tasks", action="store_true",
+                   help="with --only restore: this run's tasks replace those tasks' rows in the results file, "
+                        "the other tasks' rows are kept")
     p.add_argument("--dip-iters", type=int, help="deep image prior iterations (0 = leave DIP out)")
     p.add_argument("--threads", type=int, help="torch.set_num_threads for this process")
     p.add_argument("--time-limit", type=float, metavar="MIN", help="skip items still pending after MIN minutes "
@@ -1064,7 +1096,7 @@ def main(argv: list[str] | None = None) -> int:
         # Read the earlier results only now, so two --only runs of different parts started side by
         # side both end up in the file (the later writer keeps the earlier one's part).
         try:
-            d = run_merge(d, load_json(out), parts, add_images=args.add_images)
+            d = run_merge(d, load_json(out), parts, add_images=args.add_images, add_tasks=args.add_tasks)
         except Exception as exc:
             log(f"not merging with {out}: {_err(exc)}")
     write_json(d, out)

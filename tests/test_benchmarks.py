@@ -298,6 +298,29 @@ def test_classical_baselines_run():
         assert out.shape == x.shape
 
 
+def test_add_restore_tasks_replaces_only_the_rerun_tasks():
+    from benchmarks.runner import add_restore_tasks
+
+    def row(task, psnr):
+        return {"task": task, "method": "lottery K=1", "image": "kodim01", "psnr": psnr, "ssim": 0.9,
+                "seconds": 1.0, "error": None}
+
+    base = {"crop": 256, "images": ["kodim01"], "lottery_settings": {"preset": "balanced"}, "status": "ok",
+            "notes": []}
+    old = dict(base, tasks=[{"name": "denoise-s25"}, {"name": "inpaint-50"}], grids={"denoise-s25": 1, "inpaint-50": 1},
+               rows=[row("denoise-s25", 30.0), row("inpaint-50", 31.0)], seconds=10.0, command="first")
+    new = dict(base, tasks=[{"name": "inpaint-50"}], grids={"inpaint-50": 2}, rows=[row("inpaint-50", 31.5)],
+               seconds=5.0, command="second")
+    merged = add_restore_tasks(new, old)
+    assert [(r["task"], r["psnr"]) for r in merged["rows"]] == [("denoise-s25", 30.0), ("inpaint-50", 31.5)]
+    assert [t["name"] for t in merged["tasks"]] == ["denoise-s25", "inpaint-50"]
+    assert merged["grids"] == {"denoise-s25": 1, "inpaint-50": 2} and merged["seconds"] == 15.0
+    assert {s["task"]: s["psnr"] for s in merged["summary"]} == {"denoise-s25": 30.0, "inpaint-50": 31.5}
+    assert merged["command"] == "first; second"
+    with pytest.raises(ValueError):
+        add_restore_tasks(dict(new, images=["kodim02"]), old)
+
+
 def test_add_restore_images_combines_sittings():
     from benchmarks.runner import add_restore_images
 

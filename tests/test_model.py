@@ -181,6 +181,28 @@ def test_conv3x3_exact_equals_conv2d(height, width):
     assert torch.equal(fixedpoint.conv3x3_exact(x, w, b), expected)
 
 
+@pytest.mark.parametrize("height,width", [(1, 1), (5, 3), (37, 53)])
+def test_modnet_unfolded_conv_equals_conv2d_with_gradients(height, width):
+    """The fitting loop's 3x3 ModNet convolution (nine shifted copies, one matmul) computes
+    conv2d's values and gradients (float64: equal to rounding)."""
+    from torch.nn import functional as F
+
+    from lotterycli.codec.modulation import conv3x3_unfolded
+
+    g = torch.Generator().manual_seed(height * 100 + width)
+    x = torch.randn(3, height * width, dtype=torch.float64, generator=g, requires_grad=True)
+    w = torch.randn(3, 3, 3, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64, generator=g, requires_grad=True)
+    upstream = torch.randn(3, height * width, dtype=torch.float64, generator=g)
+    ours = conv3x3_unfolded(x, w, b, height, width)
+    grads = torch.autograd.grad((ours * upstream).sum(), (x, w, b))
+    ref = F.conv2d(x.view(1, 3, height, width), w, b, padding=1).view(3, -1)
+    ref_grads = torch.autograd.grad((ref * upstream).sum(), (x, w, b))
+    assert torch.allclose(ours, ref, rtol=0, atol=1e-12)
+    for a, r in zip(grads, ref_grads):
+        assert torch.allclose(a, r, rtol=0, atol=1e-11)
+
+
 def test_gelu_table_ends_are_exact():
     # fixedpoint.gelu relies on these: the lookup clamps to [-8, 8] and adds relu(x - 8)
     t = fixedpoint.gelu_table()

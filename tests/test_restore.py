@@ -164,6 +164,8 @@ def test_restore_cli_sr_and_inpaint_shapes(clean, tmp_path):
     assert res.returncode == 0, res.stderr
     assert png_pixels(tmp_path / "h.restored.png").shape == (32, 32, 3)
     assert "psnr" in res.json and len(res.json["member_psnr"]) == 1
+    # configs/inpaint.yaml mixes in the biharmonic fill: the JSON names both parts' PSNRs
+    assert res.json["classical_blend"] > 0 and {"ensemble_psnr", "classical_psnr"} <= set(res.json)
 
 
 def test_restore_sr_from_small_observation(tmp_path):
@@ -283,6 +285,68 @@ def test_restore_cli_candidates_option(noisy, tmp_path):
     assert sorted(res.json["member_seeds"] + res.json["screened_out_seeds"]) == [0, 1, 2]
     bad = run("restore", noisy, "--task", "denoise", "--candidates", -1, "--steps", 2, *QUICK)
     assert "--candidates" in bad.assert_one_line_error() and bad.returncode == 2
+
+
+def test_dihedral_frames_invert_and_differ():
+    from lotterycli.restore import dihedral
+
+    x = torch.arange(2 * 3 * 5, dtype=torch.float32).view(2, 3, 5)
+    seen = set()
+    for k in range(8):
+        t = dihedral(x, k)
+        assert tuple(t.shape) == ((2, 5, 3) if k & 4 else (2, 3, 5))
+        assert torch.equal(dihedral(t, k, inverse=True), x)
+        seen.add((tuple(t.shape), tuple(t.flatten().tolist())))
+    assert len(seen) == 8  # eight different frames
+    assert torch.equal(dihedral(x, 1), x.flip(-1)) and torch.equal(dihedral(x, 4), x.transpose(-1, -2))
+
+
+def test_member_transforms_fit_each_candidate_in_its_frame():
+    """member_transforms: candidate k fits in frame k mod 8 on a (possibly transposed) model and its
+    render is mapped back; members then differ from the untransformed ones (except frame 0)."""
+    from lotterycli.config import load_task_config
+    from lotterycli.restore import restore_image
+
+    x = scene(12, 20)
+    op = Inpaint.random(12, 20, 0.5, seed=2)
+    y = op.simulate(x, 0)
+    cfg = load_task_config("inpaint", overrides={"steps": 8, "ensemble": 1, "candidates": 0, "seed": 4})
+    cfg.ensemble = 6  # frames 0-5, frames 4 and 5 transposed (20x12 models)
+    plain = restore_image(y, op, cfg, lam=6e-4, device="cpu", workers=1)
+    cfg.member_transforms = True
+    framed = restore_image(y, op, cfg, lam=6e-4, device="cpu", workers=1)
+    assert all(tuple(m.shape) == (3, 12, 20) for m in framed.members)
+    assert torch.equal(framed.members[0], plain.members[0])
+    assert all(not torch.equal(a, b) for a, b in zip(framed.members[1:], plain.members[1:]))
+    assert all(torch.equal(m[:, op.mask], y[:, op.mask]) for m in framed.members)
+    assert psnr(framed.image, x) > psnr(y, x) + 5
+    # members that must give a .lottery file fit in the image's own frame
+    with_files = restore_image(y, op, cfg, lam=6e-4, device="cpu", workers=1, keep_payloads=True)
+    assert all(torch.equal(a, b) for a, b in zip(with_files.members, plain.members))
+
+
+def test_classical_blend_mixes_the_biharmonic_fill_into_the_result():
+    """classical_blend w: result = (1 - w) * ensemble + w * biharmonic fill; known pixels stay exact;
+    operators without a classical estimate give the ensemble unchanged."""
+    from lotterycli.config import load_task_config
+    from lotterycli.restore import blend_classical, restore_image
+
+    x = scene(20, 20)
+    op = Inpaint.random(20, 20, 0.5, seed=2)
+    y = op.simulate(x, 0)
+    cfg = load_task_config("inpaint", overrides={"steps": 8, "ensemble": 2, "candidates": 0})
+    cfg.classical_blend = 0.3
+    res = restore_image(y, op, cfg, lam=6e-4, device="cpu", workers=1)
+    fill = op.classical_estimate(y)
+    assert torch.equal(res.classical_image, fill) and torch.equal(fill[:, op.mask], y[:, op.mask])
+    assert torch.allclose(res.image, (0.7 * res.ensemble_image + 0.3 * fill).clamp(0, 1), atol=1e-6)
+    assert torch.equal(res.image[:, op.mask], y[:, op.mask])
+    cfg.classical_blend = 0.0
+    plain = restore_image(y, op, cfg, lam=6e-4, device="cpu", workers=1)
+    assert plain.classical_image is None and torch.equal(plain.image, plain.ensemble_image)
+    assert torch.equal(plain.ensemble_image, res.ensemble_image)  # the blend does not change the fits
+    assert Denoise(0.1).classical_estimate(y) is None
+    assert torch.equal(blend_classical(x, None, 0.5), x)
 
 
 def test_warm_start_guide_decays_and_changes_only_training():

@@ -233,7 +233,7 @@ def restore(
     mask_ratio: Optional[float] = typer.Option(None, "--mask-ratio", min=0.0, max=0.99, help="Fraction of random weights removed."),
     seed: Optional[int] = typer.Option(None, "--seed", min=0, help="Seed of the first member (member k uses seed + k)."),
     reference: Optional[Path] = typer.Option(None, "--reference", help="Clean image: report PSNR and SSIM of the result and each member."),
-    save_bitstream: bool = typer.Option(False, "--save-bitstream", help="Also write the best member as OUTPUT.lottery."),
+    save_bitstream: bool = typer.Option(False, "--save-bitstream", help="Also write the best member as OUTPUT.lottery (members then fit the image in its own orientation)."),
     config: Optional[Path] = _config_opt,
     device: Device = _device_opt,
     quiet: bool = _quiet_opt,
@@ -303,6 +303,7 @@ def restore(
         "steps": cfg.steps, "ensemble": cfg.ensemble, "seed": cfg.seed, "member_seeds": result.seeds,
         "screened_out_seeds": result.dropped_seeds, "seconds": round(result.seconds, 2),
         "threads": _threads(), "bitstream": str(bitstream_out) if bitstream_out else None,
+        "classical_blend": cfg.classical_blend if result.classical_image is not None else 0.0,
     }
     text = f"{out}: {task.value}, {cfg.ensemble} member(s) x {cfg.steps} steps, {result.seconds:.1f} s"
     if result.dropped_seeds:
@@ -312,6 +313,9 @@ def restore(
         summary["ssim"] = round(ssim(result.image, clean), 4)
         summary["member_psnr"] = [round(psnr(m, clean), 3) for m in result.members]
         summary["member_ssim"] = [round(ssim(m, clean), 4) for m in result.members]
+        if result.classical_image is not None:  # the result mixes the ensemble with a classical estimate
+            summary["ensemble_psnr"] = round(psnr(result.ensemble_image, clean), 3)
+            summary["classical_psnr"] = round(psnr(result.classical_image, clean), 3)
         text += f", PSNR {summary['psnr']:.2f} dB, SSIM {summary['ssim']:.4f}"
         if cfg.ensemble > 1:
             text += " (members: " + ", ".join(f"{p:.2f}" for p in summary["member_psnr"]) + " dB)"

@@ -25,7 +25,8 @@ PRESETS = ("fast", "balanced", "best")
 _TOP_KEYS = {
     "task", "preset", "lambda", "lambda_by_sigma", "mask_ratio", "seed", "ensemble", "combine", "steps",
     "schedule", "presets", "architecture", "lambda_reference_scale", "keep_observed", "candidates",
-    "screen_fraction", "warm_start",
+    "screen_fraction", "warm_start", "member_transforms",
+    "classical_blend",
 }
 _ARCH_KEYS = {f.name for f in fields(Architecture)}
 _PRESET_KEYS = {"steps", "ensemble", "lambda", "mask_ratio", "candidates"}
@@ -46,6 +47,8 @@ class TaskConfig:
     candidates: int = 0  # restoration: members started; the `ensemble` best after screening go on
     screen_fraction: float = 0.1  # ... ranked by their loss after this fraction of the steps
     warm_start: float = 0.0  # fraction of the steps guided toward the operator's classical estimate (inpainting)
+    member_transforms: bool = False  # restoration: candidate k fits in flipped/transposed frame k mod 8
+    classical_blend: float = 0.0  # weight of the operator's classical estimate in the result (inpainting)
     lambda_by_sigma: dict[float, float] = field(default_factory=dict)
     lambda_reference_scale: float | None = None  # sr: lambda_by_sigma holds the values for this scale
     schedule: Schedule = field(default_factory=Schedule)
@@ -199,6 +202,9 @@ def load_task_config(task: str, *, preset: str | None = None, config_file: str |
     keep_observed = merged.get("keep_observed", False)
     if not isinstance(keep_observed, bool):
         raise LotteryError(f"{source}: 'keep_observed' must be true or false, got {keep_observed!r}")
+    member_transforms = merged.get("member_transforms", False)
+    if not isinstance(member_transforms, bool):
+        raise LotteryError(f"{source}: 'member_transforms' must be true or false, got {member_transforms!r}")
     if "lambda" not in merged:
         raise LotteryError(f"{source}: missing config key 'lambda'")
     return TaskConfig(
@@ -211,10 +217,12 @@ def load_task_config(task: str, *, preset: str | None = None, config_file: str |
         ensemble=_number(merged.get("ensemble", 1), "ensemble", src("ensemble"), integer=True, lo=1, hi=64),
         combine=combine,
         keep_observed=keep_observed,
+        member_transforms=member_transforms,
         candidates=_number(merged.get("candidates", 0), "candidates", src("candidates"), integer=True, lo=0, hi=64),
         screen_fraction=_number(merged.get("screen_fraction", 0.1), "screen_fraction", src("screen_fraction"),
                                 lo=0, hi=1, lo_open=True),
         warm_start=_number(merged.get("warm_start", 0.0), "warm_start", source, lo=0, hi=1),
+        classical_blend=_number(merged.get("classical_blend", 0.0), "classical_blend", source, lo=0, hi=1),
         lambda_by_sigma=lambda_by_sigma,
         lambda_reference_scale=(
             _number(merged["lambda_reference_scale"], "lambda_reference_scale", source, lo=1, hi=16)

@@ -303,10 +303,18 @@ class Operator:
             )
         return torch.mean((pred - y) ** 2)
 
+    def classical_estimate(self, y: torch.Tensor) -> torch.Tensor | None:
+        """A training-free classical estimate of the clean image, or None where there is none here.
+
+        Only inpainting has one: the biharmonic fill of the missing pixels (`restore` mixes it into
+        the result with the config's `classical_blend`, and may warm-start from it).
+        """
+        return None
+
     def warm_start_target(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(target image, weight map) that the first steps of a fit may be pulled toward, or None.
 
-        Only inpainting has one: a biharmonic fill of the missing pixels, weighted on them alone
+        Only inpainting has one: its classical estimate, weighted on the missing pixels alone
         (`restore` uses it when the config's `warm_start` > 0).
         """
         return None
@@ -478,11 +486,14 @@ class Inpaint(Operator):
         keep = self._mask_for(image, torch.bool)
         return torch.where(keep, y.to(image.dtype).clamp(0, 1), image)
 
+    def classical_estimate(self, y: torch.Tensor) -> torch.Tensor:
+        """y with its missing pixels filled by biharmonic inpainting (`biharmonic_fill`), in [0, 1]."""
+        self.check_observation(y.shape)
+        return biharmonic_fill(y, self.mask.to(y.device)).to(y.dtype).clamp(0, 1)
+
     def warm_start_target(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The biharmonic fill of y's missing pixels, and the missing-pixel map as its weight."""
-        self.check_observation(y.shape)
-        mask = self.mask.to(y.device)
-        return biharmonic_fill(y, mask).to(y.dtype), (~mask).to(y.dtype)
+        return self.classical_estimate(y), (~self.mask.to(y.device)).to(y.dtype)
 
     def simulate(self, x: torch.Tensor, seed: int) -> torch.Tensor:
         """Masked image plus noise; missing pixels are exactly 0 (noise is drawn for every pixel,

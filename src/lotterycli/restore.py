@@ -30,7 +30,7 @@ from .operators import Operator
 
 @dataclass
 class RestoreResult:
-    image: torch.Tensor  # float (3, H, W) in [0, 1]: the combined estimate
+    image: torch.Tensor  # float (3, H, W) in [0, 1]: the result (ensemble, mixed with the classical estimate)
     members: list[torch.Tensor]  # each member's render (observed pixels put back if cfg.keep_observed)
     fits: list[FitResult]
     seconds: float
@@ -40,11 +40,40 @@ class RestoreResult:
     seeds: list[int] = field(default_factory=list)  # each member's seed
     dropped_seeds: list[int] = field(default_factory=list)  # candidates screened out
     screen_losses: list[float] = field(default_factory=list)  # every candidate's screening loss (seed order)
+    ensemble_image: torch.Tensor | None = None  # the members combined, before any classical blend
+    classical_image: torch.Tensor | None = None  # the operator's classical estimate, when it was used
 
 
 def combine(members: list[torch.Tensor], how: str = "mean") -> torch.Tensor:
     stack = torch.stack(members)
     return stack.median(dim=0).values if how == "median" else stack.mean(dim=0)
+
+
+def blend_classical(ensemble: torch.Tensor, classical: torch.Tensor | None, weight: float) -> torch.Tensor:
+    """(1 - weight) * ensemble + weight * classical, in [0, 1]; the ensemble alone without one.
+
+    Why: for inpainting, the biharmonic fill is as good as the random-network ensemble on smooth
+    crops and worse on textured ones, and their errors are only partly alike: 30 % of the fill in
+    the mean of four members gained 0.12 dB on kodim01-08 (docs/tuning.md, session 6).
+    """
+    if classical is None or weight <= 0:
+        return ensemble.clamp(0, 1)
+    # lerp: ensemble + weight * (classical - ensemble), exact where the two agree (kept pixels)
+    return torch.lerp(ensemble, classical.to(ensemble), weight).clamp(0, 1)
+
+
+def dihedral(image: torch.Tensor, k: int, inverse: bool = False) -> torch.Tensor:
+    """Element k (0-7) of the square's symmetry group on a (..., H, W) tensor: transpose if k & 4,
+    then mirror left-right if k & 1 and top-bottom if k & 2; `inverse` undoes it."""
+    k %= 8
+    flips = [d for bit, d in ((1, -1), (2, -2)) if k & bit]
+    if not inverse and k & 4:
+        image = image.transpose(-1, -2)
+    if flips:
+        image = image.flip(flips)
+    if inverse and k & 4:
+        image = image.transpose(-1, -2)
+    return image
 
 
 def default_workers(ensemble: int, device: torch.device) -> int:
@@ -120,6 +149,9 @@ def restore_image(
     loss (ties: lower seed) continue to the end, the others are dropped.
     `on_member(k, C)` is called as candidate k starts; it may return a progress callback for it
     (used instead of `progress`, so concurrent members can show separate bars).
+    With `cfg.member_transforms`, candidate k fits the image seen in frame k mod 8 of the square's
+    symmetries (`dihedral`; frame 0 = as given) and its render is mapped back; not with
+    `keep_payloads`, whose files must decode to the image as given.
     `workers`: fits run concurrently in threads (default: `default_workers`). Candidate k always
     uses seed + k and its own noise generator, so concurrent fits compute exactly what they
     would one after another on one thread (float sums may differ in the last bit with more threads).
@@ -132,22 +164,38 @@ def restore_image(
     n = cfg.ensemble
     n_candidates = max(n, cfg.candidates)
     workers = default_workers(n_candidates, dev) if workers is None else max(1, min(int(workers), n_candidates))
+    # Candidate k fits in frame k of the square's symmetries (with member_transforms): the seeded
+    # network, the latent grids and the ARM's causal order then meet the image in another
+    # orientation, which makes the members' errors less alike.
+    # A .lottery file has no orientation, so members that must yield one (keep_payloads) fit in
+    # the image's own frame.
+    frames = [k % 8 if cfg.member_transforms and not keep_payloads else 0 for k in range(n_candidates)]
     models = []
     for k in range(n_candidates):  # built in order: initialisation draws from torch's global generator
         torch.manual_seed(cfg.seed + k)
-        models.append(LotteryModel(height, width, arch or cfg.architecture, cfg.seed + k, cfg.mask_ratio).to(dev))
-
-    def distortion(image, _y=y_dev):
-        return operator.loss(image, _y)
+        h_k, w_k = (width, height) if frames[k] & 4 else (height, width)
+        models.append(LotteryModel(h_k, w_k, arch or cfg.architecture, cfg.seed + k, cfg.mask_ratio).to(dev))
 
     schedule = cfg.fitted_schedule()
-    guide = _warm_start_guide(operator, y_dev, cfg.warm_start, schedule.steps)
+    classical = operator.classical_estimate(y) if cfg.classical_blend > 0 else None
+    warm_guide = _warm_start_guide(operator, y_dev, cfg.warm_start, schedule.steps)
+
+    def distortion_in(frame: int):
+        if frame == 0:
+            return lambda image: operator.loss(image, y_dev)
+        return lambda image: operator.loss(dihedral(image, frame, inverse=True), y_dev)
+
+    def guide_in(frame: int):
+        if warm_guide is None or frame == 0:
+            return warm_guide
+        return lambda image, step: warm_guide(dihedral(image, frame, inverse=True), step)
     fitters: list[Fitter | None] = [None] * n_candidates
     screen_until = max(1, int(round(cfg.screen_fraction * schedule.steps)))
 
     def start_fit(k: int) -> Fitter:
         member_progress = on_member(k, n_candidates) if on_member is not None else None
-        fitters[k] = Fitter(models[k], distortion, lam, schedule, member_progress or progress, guide=guide)
+        fitters[k] = Fitter(models[k], distortion_in(frames[k]), lam, schedule, member_progress or progress,
+                            guide=guide_in(frames[k]))
         return fitters[k]
 
     def screen_candidate(k: int) -> float:
@@ -172,10 +220,10 @@ def restore_image(
         if keep_payloads:
             model = model.cpu()
             y_cpu = y.cpu()
-            modules = quantize_networks(model, lambda im: operator.loss(im, y_cpu), lam)
+            modules = quantize_networks(model, lambda im: operator.loss(im, y_cpu), lam)  # frame 0 (see above)
             payload = model.to_payload(modules)
         models[k] = None  # free the member's memory once done
-        image = image.detach().clamp(0, 1)
+        image = dihedral(image.detach(), frames[k], inverse=True).clamp(0, 1)
         if cfg.keep_observed:
             image = operator.keep_observed(image, y_dev)
         return image.cpu(), result, payload
@@ -206,8 +254,11 @@ def restore_image(
     fits = [o[1] for o in outputs]
     payloads = [o[2] for o in outputs if o[2] is not None]
     best = min(range(len(fits)), key=lambda i: fits[i].best_loss)
+    ensemble = combine(members, cfg.combine).clamp(0, 1)
     return RestoreResult(
-        image=combine(members, cfg.combine).clamp(0, 1),
+        image=blend_classical(ensemble, classical, cfg.classical_blend),
+        ensemble_image=ensemble,
+        classical_image=classical.cpu() if classical is not None else None,
         members=members,
         fits=fits,
         seconds=time.perf_counter() - start,

@@ -16,6 +16,19 @@ from . import fixedpoint
 from .architecture import Architecture
 
 
+def conv3x3_unfolded(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """3x3 'same' convolution of a (C, H*W) map as one matmul over its nine shifted copies.
+
+    Why: with 3 channels the work is tiny (81 MACs per pixel) and oneDNN's convolution backward
+    cost ~8 ms per call at 256x256 on one core; the stacked shifts and a (C, 9C) matmul cost about
+    half as much, forward and backward together (docs/tuning.md, session 6). Same sums as F.conv2d.
+    """
+    c = x.shape[0]
+    padded = F.pad(x.view(c, height, width), (1, 1, 1, 1))
+    shifts = torch.stack([padded[:, i : i + height, j : j + width] for i in range(3) for j in range(3)], 1)
+    return torch.addmm(bias[:, None], weight.reshape(weight.shape[0], -1), shifts.view(9 * c, -1))
+
+
 class ModNet(nn.Module):
     def __init__(self, arch: Architecture):
         super().__init__()
@@ -33,9 +46,8 @@ class ModNet(nn.Module):
         gelu = F.gelu
         u0 = gelu(torch.addmm(self.u0.bias[:, None], self.u0.weight, features))
         u1 = gelu(torch.addmm(self.u1.bias[:, None], self.u1.weight, u0))
-        c = u1.shape[0]
-        u2 = gelu(F.conv2d(u1.view(1, c, height, width), self.u2.weight, self.u2.bias, padding=1).view(c, -1) + u1)
-        u3 = gelu(F.conv2d(u2.view(1, c, height, width), self.u3.weight, self.u3.bias, padding=1).view(c, -1) + u2)
+        u2 = gelu(conv3x3_unfolded(u1, self.u2.weight, self.u2.bias, height, width) + u1)
+        u3 = gelu(conv3x3_unfolded(u2, self.u3.weight, self.u3.bias, height, width) + u2)
         return torch.cat([u3, u2]), u1, u0
 
 
