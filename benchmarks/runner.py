@@ -595,6 +595,11 @@ def _restore_ensembles(api, spec, cfg, op, y, x, deadline, part, name, record) -
     from lotterycli.config import load_task_config
 
     task_cfg = load_task_config(spec["task"])
+    if getattr(res, "classical_image", None) is not None and task_cfg.classical_blend > 0:
+        blend_note = (f"{spec['name']} rows: the result mixes {task_cfg.classical_blend:.0%} of the classical estimate "
+                      f"into the members' mean (classical_blend); 'ensemble' in the member line means that result")
+        if blend_note not in part["notes"]:
+            part["notes"].append(blend_note)
     for k in sorted(cfg.ensembles):
         image = blend_classical(combine(res.members[:k], task_cfg.combine), getattr(res, "classical_image", None),
                                 task_cfg.classical_blend)

@@ -8,6 +8,9 @@ others on 6 of 8 inpainting crops, and on kodim01 its loss was already the worst
 steps), so with
 `candidates` > K the restorer starts that many members, ranks them by their training loss after
 `screen_fraction` of the steps, and continues only the K best (docs/tuning.md, session 5).
+
+Inpainting also fits its members in different orientations of the image (`member_transforms`) and
+mixes the classical biharmonic fill into the result (`classical_blend`; docs/tuning.md, session 6).
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ def blend_classical(ensemble: torch.Tensor, classical: torch.Tensor | None, weig
 
     Why: for inpainting, the biharmonic fill is as good as the random-network ensemble on smooth
     crops and worse on textured ones, and their errors are only partly alike: 30 % of the fill in
-    the mean of four members gained 0.12 dB on kodim01-08 (docs/tuning.md, session 6).
+    the mean of four members gained 0.09-0.12 dB on kodim01-08 (docs/tuning.md, session 6).
     """
     if classical is None or weight <= 0:
         return ensemble.clamp(0, 1)
