@@ -858,6 +858,17 @@ def _rss_commands(cfg: Config, tmp: Path, x_full: torch.Tensor, lottery_file: Pa
 PART_RUNNERS = {"compress": run_compress, "restore": run_restore, "speed": run_speed}
 
 
+def _two_sittings(new: dict, old: dict, **merged_fields) -> dict:
+    """`new` with `merged_fields`, and the bookkeeping of a part measured in two sittings: seconds
+    summed, notes and commands of both, partial if either was."""
+    merged = dict(new, **merged_fields, seconds=old.get("seconds", 0.0) + new.get("seconds", 0.0),
+                  notes=list(dict.fromkeys(old.get("notes", []) + new.get("notes", []))),
+                  command="; ".join(c for c in (old.get("command"), new.get("command")) if c))
+    if "partial" in (old.get("status"), new.get("status")):
+        merged["status"] = "partial"
+    return merged
+
+
 def add_restore_images(new: dict, old: dict) -> dict:
     """The restore part of a run on more images: `old`'s rows for images not in `new`, then `new`'s.
 
@@ -869,13 +880,8 @@ def add_restore_images(new: dict, old: dict) -> dict:
         raise ValueError("--add-images: crop, tasks and lottery settings must match the earlier restore part")
     kept = [r for r in old["rows"] if r["image"] not in new["images"]]
     images = sorted(set(old["images"]) | set(new["images"]))
-    merged = dict(new, rows=kept + new["rows"], images=images, summary=summarize_restore(kept + new["rows"]),
-                  grids=old.get("grids") or new.get("grids", {}), seconds=old.get("seconds", 0.0) + new.get("seconds", 0.0),
-                  notes=list(dict.fromkeys(old.get("notes", []) + new.get("notes", []))),
-                  command="; ".join(c for c in (old.get("command"), new.get("command")) if c))
-    if "partial" in (old.get("status"), new.get("status")):
-        merged["status"] = "partial"
-    return merged
+    return _two_sittings(new, old, rows=kept + new["rows"], images=images, summary=summarize_restore(kept + new["rows"]),
+                         grids=old.get("grids") or new.get("grids", {}))
 
 
 def add_restore_tasks(new: dict, old: dict) -> dict:
@@ -893,13 +899,7 @@ def add_restore_tasks(new: dict, old: dict) -> dict:
     tasks = [t for t in old["tasks"] if t["name"] not in names] + new["tasks"]
     grids = {k: v for k, v in (old.get("grids") or {}).items() if k not in names}
     grids.update(new.get("grids") or {})
-    merged = dict(new, rows=rows, tasks=tasks, grids=grids, summary=summarize_restore(rows),
-                  seconds=old.get("seconds", 0.0) + new.get("seconds", 0.0),
-                  notes=list(dict.fromkeys(old.get("notes", []) + new.get("notes", []))),
-                  command="; ".join(c for c in (old.get("command"), new.get("command")) if c))
-    if "partial" in (old.get("status"), new.get("status")):
-        merged["status"] = "partial"
-    return merged
+    return _two_sittings(new, old, rows=rows, tasks=tasks, grids=grids, summary=summarize_restore(rows))
 
 
 def add_compress_images(new: dict, old: dict) -> dict:
@@ -911,13 +911,7 @@ def add_compress_images(new: dict, old: dict) -> dict:
     points = kept + new["points"]
     images = sorted(set(old["images"]) | set(new["images"]))
     curves = _curves(points)
-    merged = dict(new, points=points, images=images, curves=curves, bd_rate=_bd_table(points, curves),
-                  seconds=old.get("seconds", 0.0) + new.get("seconds", 0.0),
-                  notes=list(dict.fromkeys(old.get("notes", []) + new.get("notes", []))),
-                  command="; ".join(c for c in (old.get("command"), new.get("command")) if c))
-    if "partial" in (old.get("status"), new.get("status")):
-        merged["status"] = "partial"
-    return merged
+    return _two_sittings(new, old, points=points, images=images, curves=curves, bd_rate=_bd_table(points, curves))
 
 
 def run_merge(results: dict, previous: dict, parts: list[str], add_images: bool = False,
