@@ -312,6 +312,7 @@ def test_member_transforms_fit_each_candidate_in_its_frame():
     y = op.simulate(x, 0)
     cfg = load_task_config("inpaint", overrides={"steps": 8, "ensemble": 1, "candidates": 0, "seed": 4})
     cfg.ensemble = 6  # frames 0-5, frames 4 and 5 transposed (20x12 models)
+    cfg.member_transforms = False
     plain = restore_image(y, op, cfg, lam=6e-4, device="cpu", workers=1)
     cfg.member_transforms = True
     framed = restore_image(y, op, cfg, lam=6e-4, device="cpu", workers=1)
