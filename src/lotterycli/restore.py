@@ -183,22 +183,21 @@ def restore_image(
     classical = operator.classical_estimate(y) if cfg.classical_blend > 0 else None
     warm_guide = _warm_start_guide(operator, y_dev, cfg.warm_start, schedule.steps)
 
-    def distortion_in(frame: int):
-        if frame == 0:
-            return lambda image: operator.loss(image, y_dev)
-        return lambda image: operator.loss(dihedral(image, frame, inverse=True), y_dev)
+    def seen_from(frame: int, fn):
+        """`fn` (image first) for a render made in `frame`: the image goes back to frame 0 first."""
+        if fn is None or frame == 0:
+            return fn
+        return lambda image, *rest: fn(dihedral(image, frame, inverse=True), *rest)
 
-    def guide_in(frame: int):
-        if warm_guide is None or frame == 0:
-            return warm_guide
-        return lambda image, step: warm_guide(dihedral(image, frame, inverse=True), step)
+    def distortion(image):
+        return operator.loss(image, y_dev)
     fitters: list[Fitter | None] = [None] * n_candidates
     screen_until = max(1, int(round(cfg.screen_fraction * schedule.steps)))
 
     def start_fit(k: int) -> Fitter:
         member_progress = on_member(k, n_candidates) if on_member is not None else None
-        fitters[k] = Fitter(models[k], distortion_in(frames[k]), lam, schedule, member_progress or progress,
-                            guide=guide_in(frames[k]))
+        fitters[k] = Fitter(models[k], seen_from(frames[k], distortion), lam, schedule, member_progress or progress,
+                            guide=seen_from(frames[k], warm_guide))
         return fitters[k]
 
     def screen_candidate(k: int) -> float:
