@@ -85,3 +85,62 @@ def test_dropped_fit_tells_the_progress_callback():
     fitter.drop()
     assert [i.stage for i in seen][-1] == "dropped" and seen[-1].step == 4
     assert all(i.stage == "soft" for i in seen[:-1])
+
+
+def test_render_of_chosen_pixels_equals_those_columns_of_the_full_render():
+    model, _ = _model_and_target(6)
+    with torch.no_grad():
+        for g in model.latents.grids:
+            g.normal_()
+        full, bits_full = model("hard")
+        pixels = torch.tensor([0, 5, 23, 24, 200, 479])
+        part, bits_part = model("hard", pixels=pixels)
+    assert part.shape == (3, 6)
+    torch.testing.assert_close(part, full.reshape(3, -1)[:, pixels], rtol=0, atol=1e-6)
+    assert float(bits_part) == float(bits_full)  # the rate covers every latent either way
+
+
+def test_fit_on_chosen_pixels_matches_a_masked_full_fit():
+    """A distortion reading only some pixels: synthesising just those gives the same fit."""
+    from lotterycli.fit import Fitter
+
+    _, target = _model_and_target(7)
+    keep = torch.rand(20, 24, generator=torch.Generator().manual_seed(1)) > 0.5
+    pixels = torch.nonzero(keep.reshape(-1)).squeeze(1)
+    sched = Schedule(steps=24, hard_fraction=0.25, eval_every=4, average_fraction=0.5)
+
+    def masked(image):
+        return torch.mean((image.reshape(3, -1)[:, pixels] - target.reshape(3, -1)[:, pixels]) ** 2)
+
+    partial_target = target.reshape(3, -1)[:, pixels]
+    model_a, _ = _model_and_target(7)
+    full = Fitter(model_a, masked, 1e-3, sched).finish()
+    model_b, _ = _model_and_target(7)
+    part = Fitter(model_b, lambda p: torch.mean((p - partial_target) ** 2), 1e-3, sched, pixels=pixels).finish()
+    assert part.best_step == full.best_step
+    assert abs(part.best_loss - full.best_loss) < 1e-5 * full.best_loss
+    # the averaged render is whole, and equal to the full fit's
+    assert part.average_render.shape == (3, 20, 24)
+    torch.testing.assert_close(part.average_render, full.average_render, rtol=0, atol=1e-4)
+
+
+def test_average_every_takes_every_nth_render_of_the_window():
+    from lotterycli.fit import Fitter
+
+    counts = {}
+    for every in (1, 3):
+        model, target = _model_and_target(8)
+        fitter = Fitter(model, mse(target), 1e-3, Schedule(steps=20, average_fraction=0.5, average_every=every))
+        fitter.finish()
+        counts[every] = fitter.n_averaged
+    assert counts == {1: 10, 3: 4}  # window = steps 10..19; every third: 10, 13, 16, 19
+
+
+def test_a_guide_term_needs_full_renders():
+    import pytest
+
+    from lotterycli.fit import Fitter
+
+    model, target = _model_and_target(9)
+    with pytest.raises(ValueError):
+        Fitter(model, mse(target), 1e-3, Schedule(steps=4), guide=lambda im, s: None, pixels=torch.tensor([0, 1]))

@@ -326,6 +326,29 @@ def test_member_transforms_fit_each_candidate_in_its_frame():
     assert all(torch.equal(a, b) for a, b in zip(with_files.members, plain.members))
 
 
+def test_inpainting_members_synthesise_only_the_observed_pixels_for_the_same_result(monkeypatch):
+    """Inpainting's loss reads the observed pixels alone, so members render only those on most
+    steps (`Operator.loss_pixels`); in every frame (transposed ones on a non-square image too) the
+    members equal those of whole-image fits."""
+    from lotterycli.config import load_task_config
+    from lotterycli.restore import restore_image
+
+    x = scene(12, 20)
+    op = Inpaint.random(12, 20, 0.5, seed=3)
+    y = op.simulate(x, 0)
+    assert torch.equal(op.loss_pixels(y), op.mask)
+    assert Denoise(0.1).loss_pixels(y) is None
+    cfg = load_task_config("inpaint", overrides={"steps": 12, "ensemble": 1, "candidates": 0, "seed": 1})
+    cfg.ensemble, cfg.member_transforms = 8, True
+    cfg.schedule.average_every = 2
+    partial = restore_image(y, op, cfg, lam=6e-4, device="cpu", workers=1)
+    monkeypatch.setattr(Inpaint, "loss_pixels", lambda self, y: None)
+    whole = restore_image(y, op, cfg, lam=6e-4, device="cpu", workers=1)
+    for a, b in zip(partial.members, whole.members):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-4)
+    assert [f.best_step for f in partial.fits] == [f.best_step for f in whole.fits]
+
+
 def test_classical_blend_mixes_the_biharmonic_fill_into_the_result():
     """classical_blend w: result = (1 - w) * ensemble + w * biharmonic fill; known pixels stay exact;
     operators without a classical estimate give the ensemble unchanged."""

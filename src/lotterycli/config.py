@@ -181,7 +181,7 @@ def load_task_config(task: str, *, preset: str | None = None, config_file: str |
             if not (isinstance(v, (list, tuple)) and len(v) == 2):
                 raise LotteryError(f"{source}: 'schedule.{k}' must be a pair [start, end]")
             sched_kwargs[k] = tuple(_number(x, f"schedule.{k}", source, lo=0, lo_open=True) for x in v)
-        elif k == "eval_every":
+        elif k in ("eval_every", "average_every"):
             sched_kwargs[k] = _number(v, f"schedule.{k}", source, integer=True, lo=1)
         else:
             sched_kwargs[k] = _number(v, f"schedule.{k}", source, lo=0)

@@ -33,6 +33,7 @@ class Schedule:
     grad_clip: float = 10.0
     eval_every: int = 25  # how often the hard-rounded loss is checked for best-state keeping
     average_fraction: float = 0.0  # restoration: average the renders of this last fraction of steps
+    average_every: int = 1  # ... taking the render of every n-th step of that window
 
 
 @dataclass
@@ -67,10 +68,10 @@ def _cosine(step: int, total: int, floor: float) -> float:
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
 
 
-def evaluate(model: LotteryModel, distortion: Distortion, lam: float) -> tuple[float, float, float]:
-    """(loss, distortion, bpp) of the hard-rounded model, without gradients."""
+def evaluate(model: LotteryModel, distortion: Distortion, lam: float, pixels: torch.Tensor | None = None) -> tuple[float, float, float]:
+    """(loss, distortion, bpp) of the hard-rounded model, without gradients (`pixels`: as Fitter's)."""
     with torch.no_grad():
-        image, bits = model("hard")
+        image, bits = model("hard", pixels=pixels)
         d = float(distortion(image))
         bpp = float(bits) / model.n_pixels
     return d + lam * bpp, d, bpp
@@ -94,11 +95,19 @@ class Fitter:
         progress: ProgressCallback | None = None,
         report_every: int = 10,
         guide: Callable[[torch.Tensor, int], torch.Tensor | None] | None = None,
+        pixels: torch.Tensor | None = None,
     ):
         """`guide(image, step)`: an extra term of the training loss only (e.g. the inpainting warm
-        start); evaluations and best-state keeping use distortion + lambda * rate alone."""
+        start); evaluations and best-state keeping use distortion + lambda * rate alone.
+
+        `pixels`: flat indices of the only pixels the distortion reads (inpainting: the observed
+        ones); `distortion` then takes a (3, len(pixels)) render of just those, and the model
+        synthesises only them except on the steps whose render is averaged. Same loss, same
+        gradients as a full render, less work (docs/tuning.md, session 7)."""
+        if guide is not None and pixels is not None:
+            raise ValueError("a guide term needs full renders: pass pixels=None with a guide")
         self.model, self.distortion, self.lam, self.schedule = model, distortion, lam, schedule
-        self.guide = guide
+        self.guide, self.pixels = guide, pixels
         self.progress, self.report_every = progress, report_every
         groups = model.parameter_groups()
         self.optimizer = torch.optim.Adam(
@@ -141,8 +150,11 @@ class Fitter:
             for g, base in zip(optimizer.param_groups, self.base_lrs):
                 g["lr"] = base * factor
 
-            image, bits = model("soft" if soft else "hard", temperature, noise_a)
-            d = self.distortion(image)
+            averaged = step >= self.average_start and (step - self.average_start) % max(1, sched.average_every) == 0
+            partial = self.pixels is not None and not averaged
+            image, bits = model("soft" if soft else "hard", temperature, noise_a, self.pixels if partial else None)
+            seen = image.reshape(3, -1).index_select(1, self.pixels) if self.pixels is not None and not partial else image
+            d = self.distortion(seen)
             bpp = bits / model.n_pixels
             loss = d + self.lam * bpp
             extra = self.guide(image, step) if self.guide is not None else None
@@ -152,7 +164,7 @@ class Fitter:
                 torch.nn.utils.clip_grad_norm_(self.params, sched.grad_clip)
             optimizer.step()
             self.losses.append(loss.detach())
-            if step >= self.average_start:
+            if averaged:
                 # Renders of successive steps differ by the quantization noise and the optimiser's
                 # moves; their mean is a cheap self-ensemble (restoration only).
                 if self.render_sum is None:
@@ -168,7 +180,7 @@ class Fitter:
             # of a step, every eval_every steps.
             tracked = not soft or step >= self.soft_steps // 5
             if tracked and ((step - self.soft_steps) % sched.eval_every == 0 or last):
-                hard_loss, _, _ = evaluate(model, self.distortion, self.lam)
+                hard_loss, _, _ = evaluate(model, self.distortion, self.lam, self.pixels)
                 if hard_loss < self.best_loss:
                     self.best_loss, self.best_step = hard_loss, step + 1
                     self.best_state = copy.deepcopy(model.state_dict())
@@ -203,7 +215,7 @@ class Fitter:
         """Run any remaining steps, load the best hard-rounded state into the model, return the result."""
         self.advance()
         if self.best_state is None:  # no hard stage (hard_fraction 0): evaluate the final state
-            self.best_loss, _, _ = evaluate(self.model, self.distortion, self.lam)
+            self.best_loss, _, _ = evaluate(self.model, self.distortion, self.lam, self.pixels)
             self.best_step = self.total
         else:
             self.model.load_state_dict(self.best_state)

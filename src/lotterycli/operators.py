@@ -303,6 +303,15 @@ class Operator:
             )
         return torch.mean((pred - y) ** 2)
 
+    def loss_pixels(self, y: torch.Tensor) -> torch.Tensor | None:
+        """Bool (H, W) map of the only output pixels `loss` reads, where the loss is the mean squared
+        error between the render and y over just those pixels; None where every pixel counts.
+
+        Why: a fit then synthesises only those pixels on most steps (inpainting: the observed half),
+        for the same loss and gradients (`fit.Fitter`'s `pixels`).
+        """
+        return None
+
     def classical_estimate(self, y: torch.Tensor) -> torch.Tensor | None:
         """A training-free classical estimate of the clean image, or None where there is none here.
 
@@ -475,6 +484,11 @@ class Inpaint(Operator):
         diff = torch.where(keep, pred - y, torch.zeros((), dtype=pred.dtype, device=pred.device))
         count = int(self.mask.sum()) * (diff.numel() // self.mask.numel())
         return (diff**2).sum() / count
+
+    def loss_pixels(self, y: torch.Tensor) -> torch.Tensor:
+        """The observed pixels: `loss` is the mean squared error over them alone."""
+        self.check_observation(y.shape)
+        return self._mask_for(y, torch.bool)
 
     def keep_observed(self, image: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Noiseless inpainting: the known pixels are the truth, so the result keeps them and only

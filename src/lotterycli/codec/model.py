@@ -39,17 +39,28 @@ class LotteryModel(nn.Module):
     def modules_by_name(self) -> dict[str, nn.Module]:
         return {"arm": self.arm, "upsampling": self.upsampling, "modnet": self.modnet}
 
-    def render_from(self, synth_latents: list[torch.Tensor]) -> torch.Tensor:
-        """Latent values (level 0 first) -> image (3, H, W) in [0, 1]."""
+    def render_from(self, synth_latents: list[torch.Tensor], pixels: torch.Tensor | None = None) -> torch.Tensor:
+        """Latent values (level 0 first) -> image (3, H, W) in [0, 1], or with `pixels` (flat
+        indices into H*W) only those pixels, as (3, len(pixels)).
+
+        Why `pixels`: when the loss reads only some pixels (inpainting's observed ones), the
+        per-pixel synthesis, most of a step's work, runs on those alone. Upsampling and ModNet still
+        cover the whole image (the 3x3 ModNet layers need every neighbour), so the values at the
+        chosen pixels are those of the full render.
+        """
         features = self.upsampling(synth_latents).reshape(self.arch.n_levels, -1)
         modulations = self.modnet(features, self.height, self.width)
-        rgb = self.synthesis(self.coords, modulations)
-        return rgb.view(3, self.height, self.width)
+        if pixels is None:
+            return self.synthesis(self.coords, modulations).view(3, self.height, self.width)
+        chosen = tuple(m.index_select(1, pixels) for m in modulations)
+        return self.synthesis(self.coords.index_select(1, pixels), chosen)
 
-    def forward(self, mode: str = "hard", temperature: float = 0.3, noise_a: float = 1.0):
-        """(image (3, H, W), latent rate in bits) under the given quantization proxy."""
+    def forward(self, mode: str = "hard", temperature: float = 0.3, noise_a: float = 1.0,
+                pixels: torch.Tensor | None = None):
+        """(image (3, H, W), latent rate in bits) under the given quantization proxy; with `pixels`
+        the image part is (3, len(pixels)) (see `render_from`)."""
         rate_in, synth_in = self.latents.proxies(mode, temperature, noise_a)
-        return self.render_from(synth_in), self.arm.rate_bits(rate_in)
+        return self.render_from(synth_in, pixels), self.arm.rate_bits(rate_in)
 
     # -- parameter groups for the optimiser ------------------------------------------------------
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
