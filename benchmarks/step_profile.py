@@ -1,0 +1,108 @@
+"""Where a fitting step's time goes at a given size, and what synthesising only some pixels saves.
+
+    python benchmarks/step_profile.py [--size 256] [--threads 1] [--observed 0.5] [--config inpaint]
+
+Times forward + backward of each part of the model on random latents (quantization proxies,
+upsampling, ARM rate, ModNet, synthesis of all pixels and of the observed fraction), then the
+whole-step rate of `fit.Fitter` with whole renders and with `pixels=` (a random observed set, as
+inpainting's), both without render averaging. Milliseconds are medians of repeated calls after a
+warm-up; run it on a quiet machine. docs/tuning.md (session 7) quotes it.
+"""
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def _median_ms(fn, repeats: int = 20) -> float:
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return 1000 * statistics.median(times)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--observed", type=float, default=0.5, help="fraction of pixels the loss reads")
+    p.add_argument("--config", default="inpaint", help="task config whose architecture is used")
+    p.add_argument("--steps", type=int, default=60, help="steps timed per step-rate measurement")
+    args = p.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from lotterycli.codec.model import LotteryModel
+    from lotterycli.config import load_task_config
+    from lotterycli.fit import Fitter, Schedule
+
+    arch = load_task_config(args.config).architecture
+    n = args.size
+    gen = torch.Generator().manual_seed(0)
+    model = LotteryModel(n, n, arch, seed=0, mask_ratio=0.3)
+    with torch.no_grad():
+        for g in model.latents.grids:
+            g.copy_(torch.randn(g.shape, generator=gen))
+    keep = torch.rand(n, n, generator=gen) < args.observed
+    pixels = torch.nonzero(keep.reshape(-1)).squeeze(1)
+
+    def proxies():
+        r, s = model.latents.proxies("soft", 0.3, 1.5)
+        (sum(x.sum() for x in r) + sum(x.sum() for x in s)).backward()
+
+    def upsampling():
+        model.upsampling(model.latents.scaled()).sum().backward()
+
+    def arm():
+        model.arm.rate_bits(model.latents.scaled()).backward()
+
+    with torch.no_grad():
+        features = model.upsampling(model.latents.scaled()).reshape(arch.n_levels, -1)
+
+    def modnet():
+        a, b, c = model.modnet(features.clone().requires_grad_(), n, n)
+        (a.sum() + b.sum() + c.sum()).backward()
+
+    with torch.no_grad():
+        modulations = model.modnet(features, n, n)
+
+    def synthesis(chosen):
+        def run():
+            mods = [m.clone().requires_grad_() for m in modulations]
+            if chosen is None:
+                model.synthesis(model.coords, mods).sum().backward()
+            else:
+                part = tuple(m.index_select(1, chosen) for m in mods)
+                model.synthesis(model.coords.index_select(1, chosen), part).sum().backward()
+        return run
+
+    print(f"{n}x{n}, {args.threads} thread(s), architecture of configs/{args.config}.yaml; forward + backward, median ms:")
+    for name, fn in [("quantization proxies", proxies), ("upsampling", upsampling), ("ARM rate", arm),
+                     ("ModNet", modnet), ("synthesis, all pixels", synthesis(None)),
+                     (f"synthesis, {len(pixels) / n / n:.0%} of pixels", synthesis(pixels))]:
+        print(f"  {name:28s} {_median_ms(fn):7.2f}")
+
+    target = torch.rand(3, n, n, generator=gen)
+    flat_target = target.reshape(3, -1)[:, pixels]
+    for label, kwargs, distortion in [
+        ("whole renders", {}, lambda im: torch.mean((im.reshape(3, -1)[:, pixels] - flat_target) ** 2)),
+        ("observed pixels only", {"pixels": pixels}, lambda part: torch.mean((part - flat_target) ** 2)),
+    ]:
+        fitter = Fitter(LotteryModel(n, n, arch, seed=0, mask_ratio=0.3), distortion, 6e-4,
+                        Schedule(steps=10 * args.steps), **kwargs)
+        fitter.advance(5)
+        t = time.perf_counter()
+        fitter.advance(5 + args.steps)
+        print(f"  steps/s, {label:22s} {args.steps / (time.perf_counter() - t):7.2f}")
+
+
+if __name__ == "__main__":
+    main()
