@@ -27,7 +27,7 @@ from .codec.model import LotteryModel
 from .codec.params import Payload
 from .compress import quantize_networks, resolve_device
 from .config import TaskConfig
-from .fit import Fitter, FitResult, ProgressCallback
+from .fit import Distortion, Fitter, FitResult, ProgressCallback
 from .operators import Operator
 
 
@@ -196,7 +196,7 @@ def restore_image(
     # steps; a guide term needs whole renders.
     loss_map = operator.loss_pixels(y_dev) if warm_guide is None else None
 
-    def pixel_loss(frame: int) -> tuple[torch.Tensor, object]:
+    def pixel_loss(frame: int) -> tuple[torch.Tensor, Distortion]:
         """(flat indices into the frame-`frame` render of the pixels the loss reads, the loss of a
         (3, n) render of just those): operator.loss's mean squared error, pixel for pixel."""
         h, w = loss_map.shape
