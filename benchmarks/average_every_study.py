@@ -28,7 +28,7 @@ def run(spec: tuple[int, int]) -> dict:
     from benchmarks.tune_restore import _operator
     from lotterycli.codec.model import LotteryModel
     from lotterycli.config import load_task_config
-    from lotterycli.fit import Fitter
+    from lotterycli.fit import Fitter, PixelMSE
     from lotterycli.metrics import psnr
 
     i, steps = spec
@@ -52,7 +52,7 @@ def run(spec: tuple[int, int]) -> dict:
     pixels = torch.nonzero(op.mask.reshape(-1)).squeeze(1)
     target = y.reshape(3, -1)[:, pixels]
     schedule = dataclasses.replace(cfg.schedule, steps=steps, average_every=1)
-    Fitter(model, lambda part: torch.mean((part - target) ** 2), cfg.lam, schedule, pixels=pixels).finish()
+    Fitter(model, PixelMSE(pixels, target, 256 * 256), cfg.lam, schedule).finish()
     out = {"img": i, "renders": len(renders)}
     for n in EVERY:
         image = op.keep_observed(torch.stack(renders[::n]).mean(0).clamp(0, 1), y)

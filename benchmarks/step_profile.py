@@ -4,8 +4,8 @@
 
 Times forward + backward of each part of the model on random latents (quantization proxies,
 upsampling, ARM rate, ModNet, synthesis of all pixels and of the observed fraction), then the
-whole-step rate of `fit.Fitter` with whole renders and with `pixels=` (a random observed set, as
-inpainting's), both without render averaging. Milliseconds are medians of repeated calls after a
+whole-step rate of `fit.Fitter` with whole renders and with a `PixelMSE` over a random observed
+set (as inpainting's: only those pixels are synthesised), both without render averaging. Milliseconds are medians of repeated calls after a
 warm-up; run it on a quiet machine. docs/tuning.md (session 7) quotes it.
 """
 import argparse
@@ -42,7 +42,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from lotterycli.codec.model import LotteryModel
     from lotterycli.config import load_task_config
-    from lotterycli.fit import Fitter, Schedule
+    from lotterycli.fit import Fitter, PixelMSE, Schedule
 
     arch = load_task_config(args.config).architecture
     n = args.size
@@ -92,12 +92,12 @@ def main() -> None:
 
     target = torch.rand(3, n, n, generator=gen)
     flat_target = target.reshape(3, -1)[:, pixels]
-    for label, kwargs, distortion in [
-        ("whole renders", {}, lambda im: torch.mean((im.reshape(3, -1)[:, pixels] - flat_target) ** 2)),
-        ("observed pixels only", {"pixels": pixels}, lambda part: torch.mean((part - flat_target) ** 2)),
+    for label, distortion in [
+        ("whole renders", lambda im: torch.mean((im.reshape(3, -1)[:, pixels] - flat_target) ** 2)),
+        ("observed pixels only", PixelMSE(pixels, flat_target, n * n)),
     ]:
         fitter = Fitter(LotteryModel(n, n, arch, seed=0, mask_ratio=0.3), distortion, 6e-4,
-                        Schedule(steps=10 * args.steps), **kwargs)
+                        Schedule(steps=10 * args.steps))
         fitter.advance(5)
         t = time.perf_counter()
         fitter.advance(5 + args.steps)

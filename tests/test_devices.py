@@ -27,7 +27,7 @@ ARCHS = {"config": load_task_config("compress").architecture, "reference": Archi
 def meta_fit(monkeypatch):
     """fit() on the meta device: no noise generator there, and evaluations need real numbers."""
     monkeypatch.setattr(latents_module.LatentGrids, "_noise_generator", lambda self, device: None)
-    monkeypatch.setattr(fit_module, "evaluate", lambda model, distortion, lam, pixels=None: (0.0, 0.0, 0.0))
+    monkeypatch.setattr(fit_module, "evaluate", lambda model, distortion, lam: (0.0, 0.0, 0.0))
     return fit_module.fit
 
 

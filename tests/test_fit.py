@@ -101,8 +101,8 @@ def test_render_of_chosen_pixels_equals_those_columns_of_the_full_render():
 
 
 def test_fit_on_chosen_pixels_matches_a_masked_full_fit():
-    """A distortion reading only some pixels: synthesising just those gives the same fit."""
-    from lotterycli.fit import Fitter
+    """A PixelMSE distortion: synthesising just the pixels it reads gives the same fit."""
+    from lotterycli.fit import Fitter, PixelMSE
 
     _, target = _model_and_target(7)
     keep = torch.rand(20, 24, generator=torch.Generator().manual_seed(1)) > 0.5
@@ -112,16 +112,47 @@ def test_fit_on_chosen_pixels_matches_a_masked_full_fit():
     def masked(image):
         return torch.mean((image.reshape(3, -1)[:, pixels] - target.reshape(3, -1)[:, pixels]) ** 2)
 
-    partial_target = target.reshape(3, -1)[:, pixels]
     model_a, _ = _model_and_target(7)
     full = Fitter(model_a, masked, 1e-3, sched).finish()
     model_b, _ = _model_and_target(7)
-    part = Fitter(model_b, lambda p: torch.mean((p - partial_target) ** 2), 1e-3, sched, pixels=pixels).finish()
+    part = Fitter(model_b, PixelMSE(pixels, target.reshape(3, -1)[:, pixels], 20 * 24), 1e-3, sched).finish()
     assert part.best_step == full.best_step
     assert abs(part.best_loss - full.best_loss) < 1e-5 * full.best_loss
     # the averaged render is whole, and equal to the full fit's
     assert part.average_render.shape == (3, 20, 24)
     torch.testing.assert_close(part.average_render, full.average_render, rtol=0, atol=1e-4)
+
+
+def test_pixel_fraction_draws_a_fresh_part_of_the_pixels_each_step(monkeypatch):
+    """pixel_fraction < 1: each step renders a random ~fraction of the loss's pixels (seeded by the
+    model's seed, so the fit is repeatable); averaged steps still render the whole image."""
+    from lotterycli.codec.model import LotteryModel
+    from lotterycli.fit import Fitter, PixelMSE
+
+    seen = []
+    forward = LotteryModel.forward
+
+    def spy(self, mode="hard", temperature=0.3, noise_a=1.0, pixels=None):
+        if torch.is_grad_enabled():
+            seen.append(None if pixels is None else pixels.clone())
+        return forward(self, mode, temperature, noise_a, pixels)
+
+    monkeypatch.setattr(LotteryModel, "forward", spy)
+    sched = Schedule(steps=12, average_fraction=0.25, average_every=1, pixel_fraction=0.5)
+    results = []
+    for _ in range(2):
+        seen.clear()
+        model, target = _model_and_target(10)
+        loss = PixelMSE(torch.arange(480), target.reshape(3, -1), 480)
+        results.append((Fitter(model, loss, 1e-3, sched).finish(), [s for s in seen]))
+    (first, draws), (second, draws_again) = results
+    assert [d is None for d in draws] == [False] * 9 + [True] * 3  # the last quarter is averaged: whole
+    parts = draws[:9]
+    assert all(150 < d.numel() < 330 for d in parts)  # about half of 480
+    assert all(torch.equal(d, d.sort().values) and d.unique().numel() == d.numel() for d in parts)
+    assert not torch.equal(parts[0], parts[1])
+    assert all(torch.equal(a, b) for a, b in zip(parts, draws_again[:9]))  # repeatable
+    assert torch.equal(first.average_render, second.average_render)
 
 
 def test_average_every_takes_every_nth_render_of_the_window():
@@ -139,8 +170,9 @@ def test_average_every_takes_every_nth_render_of_the_window():
 def test_a_guide_term_needs_full_renders():
     import pytest
 
-    from lotterycli.fit import Fitter
+    from lotterycli.fit import Fitter, PixelMSE
 
     model, target = _model_and_target(9)
+    loss = PixelMSE(torch.tensor([0, 1]), target.reshape(3, -1)[:, :2], 480)
     with pytest.raises(ValueError):
-        Fitter(model, mse(target), 1e-3, Schedule(steps=4), guide=lambda im, s: None, pixels=torch.tensor([0, 1]))
+        Fitter(model, loss, 1e-3, Schedule(steps=4), guide=lambda im, s: None)

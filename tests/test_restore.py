@@ -337,7 +337,7 @@ def test_inpainting_members_synthesise_only_the_observed_pixels_for_the_same_res
     op = Inpaint.random(12, 20, 0.5, seed=3)
     y = op.simulate(x, 0)
     assert torch.equal(op.loss_pixels(y), op.mask)
-    assert Denoise(0.1).loss_pixels(y) is None
+    assert bool(Denoise(0.1).loss_pixels(y).all()) and SuperResolution(2, 0.0).loss_pixels(y) is None
     cfg = load_task_config("inpaint", overrides={"steps": 12, "ensemble": 1, "candidates": 0, "seed": 1})
     cfg.ensemble, cfg.member_transforms = 8, True
     cfg.schedule.average_every = 2
@@ -347,6 +347,30 @@ def test_inpainting_members_synthesise_only_the_observed_pixels_for_the_same_res
     for a, b in zip(partial.members, whole.members):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-4)
     assert [f.best_step for f in partial.fits] == [f.best_step for f in whole.fits]
+
+
+def test_denoising_members_as_pixel_losses_equal_plain_fits_and_can_draw_pixels(monkeypatch):
+    """Denoising's loss goes to the fit as a PixelMSE over every pixel: with pixel_fraction 1 the
+    members equal plain fits; with 0.5 each step renders a random half (different members, still
+    far better than the noisy input)."""
+    from lotterycli.config import load_task_config
+    from lotterycli.restore import restore_image
+
+    x = scene(16, 20)
+    op = Denoise(0.1)
+    y = op.simulate(x, 0)
+    cfg = load_task_config("denoise", overrides={"steps": 40, "ensemble": 2})
+    cfg.schedule.pixel_fraction = 1.0
+    as_pixels = restore_image(y, op, cfg, lam=5e-3, device="cpu", workers=1)
+    cfg.schedule.pixel_fraction = 0.5
+    drawn = restore_image(y, op, cfg, lam=5e-3, device="cpu", workers=1)
+    monkeypatch.setattr(Denoise, "loss_pixels", lambda self, y: None)
+    cfg.schedule.pixel_fraction = 1.0
+    plain = restore_image(y, op, cfg, lam=5e-3, device="cpu", workers=1)
+    for a, b in zip(as_pixels.members, plain.members):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    assert all(not torch.equal(a, b) for a, b in zip(drawn.members, plain.members))
+    assert psnr(drawn.image, x) > psnr(y, x) + 3
 
 
 def test_classical_blend_mixes_the_biharmonic_fill_into_the_result():

@@ -34,6 +34,7 @@ class Schedule:
     eval_every: int = 25  # how often the hard-rounded loss is checked for best-state keeping
     average_fraction: float = 0.0  # restoration: average the renders of this last fraction of steps
     average_every: int = 1  # ... taking the render of every n-th step of that window
+    pixel_fraction: float = 1.0  # with a PixelMSE distortion: fraction of its pixels drawn at random each step
 
 
 @dataclass
@@ -64,14 +65,43 @@ class FitResult:
 Distortion = Callable[[torch.Tensor], torch.Tensor]
 
 
+class PixelMSE:
+    """A distortion of the form mean((render - target)**2) over some pixels of the render: the flat
+    pixel `indices` (n,), sorted, into the model's H*W, with `target` (C, n) their observed values.
+
+    Why a class rather than a closure: a Fitter given one knows which pixels the loss reads, so it
+    synthesises only those (inpainting: the observed ones) and can draw a random part of them each
+    step (`Schedule.pixel_fraction`); a denoising fit covers every pixel. Called on a (C, n) render of
+    exactly those pixels.
+    """
+
+    def __init__(self, indices: torch.Tensor, target: torch.Tensor, n_pixels: int):
+        if target.shape[-1] != indices.numel():
+            raise ValueError("PixelMSE: one target column per pixel index")
+        self.indices, self.target = indices, target
+        self.all_pixels = indices.numel() == n_pixels  # indices are then 0 .. n-1 in order
+
+    def __call__(self, part: torch.Tensor) -> torch.Tensor:
+        return torch.mean((part - self.target) ** 2)
+
+    def columns(self, cols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pixel indices, target) of the chosen columns (positions into `indices`)."""
+        return self.indices[cols], self.target[:, cols]
+
+
 def _cosine(step: int, total: int, floor: float) -> float:
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
 
 
-def evaluate(model: LotteryModel, distortion: Distortion, lam: float, pixels: torch.Tensor | None = None) -> tuple[float, float, float]:
-    """(loss, distortion, bpp) of the hard-rounded model, without gradients (`pixels`: as Fitter's)."""
+def evaluate(model: LotteryModel, distortion: Distortion, lam: float) -> tuple[float, float, float]:
+    """(loss, distortion, bpp) of the hard-rounded model, without gradients (all of a PixelMSE's pixels)."""
     with torch.no_grad():
-        image, bits = model("hard", pixels=pixels)
+        if isinstance(distortion, PixelMSE) and not distortion.all_pixels:
+            image, bits = model("hard", pixels=distortion.indices)
+        else:
+            image, bits = model("hard")
+            if isinstance(distortion, PixelMSE):
+                image = image.reshape(image.shape[0], -1)
         d = float(distortion(image))
         bpp = float(bits) / model.n_pixels
     return d + lam * bpp, d, bpp
@@ -95,19 +125,21 @@ class Fitter:
         progress: ProgressCallback | None = None,
         report_every: int = 10,
         guide: Callable[[torch.Tensor, int], torch.Tensor | None] | None = None,
-        pixels: torch.Tensor | None = None,
     ):
         """`guide(image, step)`: an extra term of the training loss only (e.g. the inpainting warm
         start); evaluations and best-state keeping use distortion + lambda * rate alone.
 
-        `pixels`: flat indices of the only pixels the distortion reads (inpainting: the observed
-        ones); `distortion` then takes a (3, len(pixels)) render of just those, and the model
-        synthesises only them except on the steps whose render is averaged. Same loss, same
-        gradients as a full render, less work (docs/tuning.md, session 7)."""
-        if guide is not None and pixels is not None:
-            raise ValueError("a guide term needs full renders: pass pixels=None with a guide")
+        A `PixelMSE` distortion: the model synthesises only the pixels the loss reads (all of its
+        pixels, or with `schedule.pixel_fraction` < 1 a fresh random part of them each step),
+        except on the steps whose render is averaged, which are whole. With every pixel drawn, same
+        loss and gradients as a whole render, less work (docs/tuning.md, session 7)."""
+        self.pixel_loss = distortion if isinstance(distortion, PixelMSE) else None
+        if guide is not None and self.pixel_loss is not None:
+            raise ValueError("a guide term needs whole renders: pass a plain distortion with a guide")
         self.model, self.distortion, self.lam, self.schedule = model, distortion, lam, schedule
-        self.guide, self.pixels = guide, pixels
+        self.guide = guide
+        # The pixel draws have their own generator (concurrent fits must not share torch's global one).
+        self.pixel_generator = torch.Generator().manual_seed(0x5EED ^ model.seed)
         self.progress, self.report_every = progress, report_every
         groups = model.parameter_groups()
         self.optimizer = torch.optim.Adam(
@@ -151,10 +183,12 @@ class Fitter:
                 g["lr"] = base * factor
 
             averaged = step >= self.average_start and (step - self.average_start) % max(1, sched.average_every) == 0
-            partial = self.pixels is not None and not averaged
-            image, bits = model("soft" if soft else "hard", temperature, noise_a, self.pixels if partial else None)
-            seen = image.reshape(3, -1).index_select(1, self.pixels) if self.pixels is not None and not partial else image
-            d = self.distortion(seen)
+            mode = "soft" if soft else "hard"
+            if self.pixel_loss is None:
+                image, bits = model(mode, temperature, noise_a)
+                d = self.distortion(image)
+            else:
+                image, bits, d = self._pixel_step(mode, temperature, noise_a, whole=averaged)
             bpp = bits / model.n_pixels
             loss = d + self.lam * bpp
             extra = self.guide(image, step) if self.guide is not None else None
@@ -180,7 +214,7 @@ class Fitter:
             # of a step, every eval_every steps.
             tracked = not soft or step >= self.soft_steps // 5
             if tracked and ((step - self.soft_steps) % sched.eval_every == 0 or last):
-                hard_loss, _, _ = evaluate(model, self.distortion, self.lam, self.pixels)
+                hard_loss, _, _ = evaluate(model, self.distortion, self.lam)
                 if hard_loss < self.best_loss:
                     self.best_loss, self.best_step = hard_loss, step + 1
                     self.best_state = copy.deepcopy(model.state_dict())
@@ -192,6 +226,24 @@ class Fitter:
                 self.history.append(info)
                 self.progress(info)
         self.seconds += time.perf_counter() - start
+
+    def _pixel_step(self, mode: str, temperature: float, noise_a: float, whole: bool):
+        """(render, bits, distortion) of one step under a PixelMSE: the render covers the pixels
+        drawn for this step, or the whole image (C, H, W) when `whole`."""
+        loss, model = self.pixel_loss, self.model
+        pixels, target = loss.indices, loss.target
+        every = self.schedule.pixel_fraction >= 1.0
+        if not every:
+            keep = torch.rand(pixels.numel(), generator=self.pixel_generator) < self.schedule.pixel_fraction
+            pixels, target = loss.columns(torch.nonzero(keep).squeeze(1).to(pixels.device))
+        if whole or (every and loss.all_pixels):
+            image, bits = model(mode, temperature, noise_a)
+            flat = image.reshape(image.shape[0], -1)
+            seen = flat if every and loss.all_pixels else flat.index_select(1, pixels)
+        else:
+            image, bits = model(mode, temperature, noise_a, pixels)
+            seen = image
+        return image, bits, torch.mean((seen - target) ** 2)
 
     def recent_loss(self, fraction: float = 0.25) -> float:
         """Mean training loss over the last `fraction` of the steps run so far (at least one step).
@@ -215,7 +267,7 @@ class Fitter:
         """Run any remaining steps, load the best hard-rounded state into the model, return the result."""
         self.advance()
         if self.best_state is None:  # no hard stage (hard_fraction 0): evaluate the final state
-            self.best_loss, _, _ = evaluate(self.model, self.distortion, self.lam, self.pixels)
+            self.best_loss, _, _ = evaluate(self.model, self.distortion, self.lam)
             self.best_step = self.total
         else:
             self.model.load_state_dict(self.best_state)

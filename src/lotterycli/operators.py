@@ -304,11 +304,11 @@ class Operator:
         return torch.mean((pred - y) ** 2)
 
     def loss_pixels(self, y: torch.Tensor) -> torch.Tensor | None:
-        """Bool (H, W) map of the only output pixels `loss` reads, where the loss is the mean squared
-        error between the render and y over just those pixels; None where every pixel counts.
+        """Bool (H, W) map of the output pixels `loss` reads when the loss is the mean squared error
+        between the render and y over just those pixels; None when it is not of that form.
 
-        Why: a fit then synthesises only those pixels on most steps (inpainting: the observed half),
-        for the same loss and gradients (`fit.Fitter`'s `pixels`).
+        Why: a fit can then synthesise only those pixels (inpainting: the observed half) or a random
+        part of them per step (`fit.PixelMSE`, `Schedule.pixel_fraction`).
         """
         return None
 
@@ -369,6 +369,11 @@ class Denoise(Operator):
     task = "denoise"
 
     sigma: float
+
+    def loss_pixels(self, y: torch.Tensor) -> torch.Tensor:
+        """Every pixel: `loss` is the plain mean squared error between the render and y."""
+        self.check_observation(y.shape)
+        return torch.ones(tuple(y.shape[-2:]), dtype=torch.bool, device=y.device)
 
 
 @dataclass(eq=False)

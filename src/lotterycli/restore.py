@@ -27,7 +27,7 @@ from .codec.model import LotteryModel
 from .codec.params import Payload
 from .compress import quantize_networks, resolve_device
 from .config import TaskConfig
-from .fit import Distortion, Fitter, FitResult, ProgressCallback
+from .fit import Fitter, FitResult, PixelMSE, ProgressCallback
 from .operators import Operator
 
 
@@ -192,30 +192,27 @@ def restore_image(
     def distortion(image):
         return operator.loss(image, y_dev)
 
-    # Where the loss reads only some pixels (inpainting), members synthesise just those on most
-    # steps; a guide term needs whole renders.
+    # Where the loss is a per-pixel mean squared error (denoising, inpainting), members get it as a
+    # PixelMSE: they synthesise only the pixels it reads, or a random part of them per step
+    # (schedule.pixel_fraction); a guide term needs whole renders.
     loss_map = operator.loss_pixels(y_dev) if warm_guide is None else None
 
-    def pixel_loss(frame: int) -> tuple[torch.Tensor, Distortion]:
-        """(flat indices into the frame-`frame` render of the pixels the loss reads, the loss of a
-        (3, n) render of just those): operator.loss's mean squared error, pixel for pixel."""
+    def pixel_loss(frame: int) -> PixelMSE:
+        """operator.loss, pixel for pixel, for a render made in frame `frame`."""
         h, w = loss_map.shape
         original = dihedral(torch.arange(h * w, device=dev).view(h, w), frame).reshape(-1)
         pixels = torch.nonzero(loss_map.reshape(-1)[original]).squeeze(1)
         target = y_dev.reshape(y_dev.shape[0], -1).index_select(1, original[pixels])
-        return pixels, lambda part: torch.mean((part - target) ** 2)
+        return PixelMSE(pixels, target, h * w)
 
     fitters: list[Fitter | None] = [None] * n_candidates
     screen_until = max(1, int(round(cfg.screen_fraction * schedule.steps)))
 
     def start_fit(k: int) -> Fitter:
         member_progress = on_member(k, n_candidates) if on_member is not None else None
-        if loss_map is not None:
-            pixels, member_distortion = pixel_loss(frames[k])
-        else:
-            pixels, member_distortion = None, seen_from(frames[k], distortion)
+        member_distortion = pixel_loss(frames[k]) if loss_map is not None else seen_from(frames[k], distortion)
         fitters[k] = Fitter(models[k], member_distortion, lam, schedule, member_progress or progress,
-                            guide=seen_from(frames[k], warm_guide), pixels=pixels)
+                            guide=seen_from(frames[k], warm_guide))
         return fitters[k]
 
     def screen_candidate(k: int) -> float:
