@@ -78,15 +78,26 @@ class PixelMSE:
     def __init__(self, indices: torch.Tensor, target: torch.Tensor, n_pixels: int):
         if target.shape[-1] != indices.numel():
             raise ValueError("PixelMSE: one target column per pixel index")
-        self.indices, self.target = indices, target
+        self.indices, self.target, self.n_pixels = indices, target, n_pixels
         self.all_pixels = indices.numel() == n_pixels  # indices are then 0 .. n-1 in order
 
     def __call__(self, part: torch.Tensor) -> torch.Tensor:
         return torch.mean((part - self.target) ** 2)
 
-    def columns(self, cols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(pixel indices, target) of the chosen columns (positions into `indices`)."""
-        return self.indices[cols], self.target[:, cols]
+    def columns(self, cols: torch.Tensor) -> "PixelMSE":
+        """The same loss over the chosen columns only (sorted positions into `indices`)."""
+        return PixelMSE(self.indices[cols], self.target[:, cols], self.n_pixels)
+
+    def render(self, model: LotteryModel, mode: str, temperature: float = 0.3, noise_a: float = 1.0,
+               whole: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(render, bits, the render at this loss's pixels): only those pixels are synthesised
+        unless `whole` (the render is then (C, H, W)) or they are every pixel."""
+        if whole or self.all_pixels:
+            image, bits = model(mode, temperature, noise_a)
+            flat = image.reshape(image.shape[0], -1)
+            return image, bits, flat if self.all_pixels else flat.index_select(1, self.indices)
+        image, bits = model(mode, temperature, noise_a, self.indices)
+        return image, bits, image
 
 
 def _cosine(step: int, total: int, floor: float) -> float:
@@ -96,12 +107,10 @@ def _cosine(step: int, total: int, floor: float) -> float:
 def evaluate(model: LotteryModel, distortion: Distortion, lam: float) -> tuple[float, float, float]:
     """(loss, distortion, bpp) of the hard-rounded model, without gradients (all of a PixelMSE's pixels)."""
     with torch.no_grad():
-        if isinstance(distortion, PixelMSE) and not distortion.all_pixels:
-            image, bits = model("hard", pixels=distortion.indices)
+        if isinstance(distortion, PixelMSE):
+            _, bits, image = distortion.render(model, "hard")
         else:
             image, bits = model("hard")
-            if isinstance(distortion, PixelMSE):
-                image = image.reshape(image.shape[0], -1)
         d = float(distortion(image))
         bpp = float(bits) / model.n_pixels
     return d + lam * bpp, d, bpp
@@ -230,20 +239,12 @@ class Fitter:
     def _pixel_step(self, mode: str, temperature: float, noise_a: float, whole: bool):
         """(render, bits, distortion) of one step under a PixelMSE: the render covers the pixels
         drawn for this step, or the whole image (C, H, W) when `whole`."""
-        loss, model = self.pixel_loss, self.model
-        pixels, target = loss.indices, loss.target
-        every = self.schedule.pixel_fraction >= 1.0
-        if not every:
-            keep = torch.rand(pixels.numel(), generator=self.pixel_generator) < self.schedule.pixel_fraction
-            pixels, target = loss.columns(torch.nonzero(keep).squeeze(1).to(pixels.device))
-        if whole or (every and loss.all_pixels):
-            image, bits = model(mode, temperature, noise_a)
-            flat = image.reshape(image.shape[0], -1)
-            seen = flat if every and loss.all_pixels else flat.index_select(1, pixels)
-        else:
-            image, bits = model(mode, temperature, noise_a, pixels)
-            seen = image
-        return image, bits, torch.mean((seen - target) ** 2)
+        loss, fraction = self.pixel_loss, self.schedule.pixel_fraction
+        if fraction < 1.0:
+            keep = torch.rand(loss.indices.numel(), generator=self.pixel_generator) < fraction
+            loss = loss.columns(torch.nonzero(keep).squeeze(1).to(loss.indices.device))
+        image, bits, seen = loss.render(self.model, mode, temperature, noise_a, whole)
+        return image, bits, loss(seen)
 
     def recent_loss(self, fraction: float = 0.25) -> float:
         """Mean training loss over the last `fraction` of the steps run so far (at least one step).
