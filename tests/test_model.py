@@ -242,6 +242,26 @@ def test_polyphase_upsampling_equals_transposed_convolution(size):
         assert torch.equal(fast[..., :hh, :ww], ref[..., :hh, :ww])
 
 
+@pytest.mark.parametrize("size", [2, 3, 4, 5, 8])
+def test_training_upsampling_equals_transposed_convolution_with_gradients(size):
+    """The fitting path's polyphase upsampling (hand-written backward) against conv_transpose2d."""
+    gen = torch.Generator().manual_seed(size)
+    for h, w in [(1, 1), (5, 2), (37, 53), (16, 16)]:
+        shapes = [(-(-h // (1 << i)), -(-w // (1 << i))) for i in range(5)]
+        module = upsampling.Upsampling(size).double()
+        with torch.no_grad():
+            module.kernel.add_(0.1 * torch.randn(size, size, generator=gen, dtype=torch.float64))
+        grids = [torch.randn(s, generator=gen, dtype=torch.float64, requires_grad=True) for s in shapes]
+        ref = upsampling._upsample_levels(grids, module.kernel)  # conv_transpose2d, autograd's backward
+        out = module(grids)
+        assert out.shape == ref.shape and torch.allclose(out, ref, rtol=0, atol=1e-12)
+        weight = torch.randn(ref.shape, generator=gen, dtype=torch.float64)
+        want = torch.autograd.grad((ref * weight).sum(), grids + [module.kernel])
+        got = torch.autograd.grad((out * weight).sum(), grids + [module.kernel])
+        for a, b in zip(got, want):
+            assert torch.allclose(a, b, rtol=1e-10, atol=1e-10)
+
+
 @pytest.fixture(scope="module")
 def fitted():
     """A tiny model fitted briefly, its networks quantized; (model, payload, target)."""

@@ -183,7 +183,8 @@ class _CausalConv(torch.autograd.Function):
             g_taps = (w1res.t() @ grad).reshape(CONTEXT_SIZE, h, w)
             gx = xpad.new_zeros(hp, wp)
             for k, (dy, dx) in enumerate(CONTEXT_OFFSETS):
-                gx[4 + dy: 4 + dy + h, 4 + dx: 4 + dx + w] += g_taps[k]
+                # .add_ on the view: `gx[...] += t` would also copy the sum back onto itself
+                gx[4 + dy: 4 + dy + h, 4 + dx: 4 + dx + w].add_(g_taps[k])
         if ctx.needs_input_grad[1]:
             gw = _weight_grad(xpad, grad, h, w)
         if ctx.needs_input_grad[2]:
