@@ -2,7 +2,7 @@
 training loss early in a fit predicts the final rate-distortion cost (the basis of screening).
 
     python benchmarks/compress_seed_study.py OUT.jsonl --images 2,3,4,1 --seeds 0,1,2,3 \
-        --lam 0.004 --steps 1000 --checkpoints 100,250 [--workers 2]
+        --lam 0.004 --steps 1000 --checkpoints 100,250 [--workers 2] [--sched '{"pixel_fraction": 0.5}']
 
 Each (image, seed) fit runs on one thread (workers side by side) on the 256x256 centre crop;
 the line records the mean training loss over the last quarter of the steps run at each
@@ -27,7 +27,9 @@ def _job(spec: dict) -> dict:
     torch.set_num_threads(1)
     from lotterycli.bitstream.container import decode_file, encode_file
     from lotterycli.codec.model import LotteryModel, decode_payload
-    from lotterycli.compress import quantize_networks
+    import dataclasses
+
+    from lotterycli.compress import fit_distortion, quantize_networks
     from lotterycli.config import load_task_config
     from lotterycli.fit import Fitter, mse
     from lotterycli.images import read_image
@@ -42,7 +44,8 @@ def _job(spec: dict) -> dict:
     start = time.perf_counter()
     torch.manual_seed(cfg.seed)
     model = LotteryModel(s, s, cfg.architecture, cfg.seed, cfg.mask_ratio)
-    fitter = Fitter(model, mse(x), cfg.lam, cfg.fitted_schedule())
+    schedule = dataclasses.replace(cfg.fitted_schedule(), **spec.get("sched", {}))
+    fitter = Fitter(model, fit_distortion(x, schedule), cfg.lam, schedule)
     early = {}
     for c in spec["checkpoints"]:
         fitter.advance(c)
@@ -67,8 +70,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--checkpoints", default="100,250")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--sched", default="{}", help='schedule overrides as JSON, e.g. {"pixel_fraction": 0.5}')
     a = p.parse_args()
-    specs = [dict(img=int(i), seed=int(sd), lam=a.lam, steps=a.steps,
+    specs = [dict(img=int(i), seed=int(sd), lam=a.lam, steps=a.steps, sched=json.loads(a.sched),
                   checkpoints=[int(c) for c in a.checkpoints.split(",")])
              for i in a.images.split(",") for sd in a.seeds.split(",")]
     with Pool(a.workers) as pool, open(a.out, "a") as out:

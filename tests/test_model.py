@@ -262,6 +262,34 @@ def test_training_upsampling_equals_transposed_convolution_with_gradients(size):
             assert torch.allclose(a, b, rtol=1e-10, atol=1e-10)
 
 
+def test_synthesis_first_layer_cache_follows_mask_changes():
+    """The cached GELU(w1 @ coords) and its slope give the plain layer's values and gradients after
+    mask flips (rows recomputed), on chosen pixels, and for other coordinates."""
+    torch.manual_seed(0)
+    synth = synthesis.MaskedSynthesis(Architecture(), seed=4, mask_ratio=0.3)
+    coords = synthesis.pixel_coordinates(9, 11)
+    pixels = torch.tensor([0, 5, 17, 98])
+    n_first = Architecture().synth_layer_shapes[0][0] * 2
+    masks = set()
+    for trial in range(4):
+        if trial:  # flip the mask of a few first-layer weights (and of some others)
+            with torch.no_grad():
+                synth.scores[torch.randint(0, n_first, (3,))] += 2 * torch.randn(3)
+                synth.scores[n_first:n_first + 5] -= 1.0
+        masks.add(tuple(synth.mask()[:n_first].tolist()))
+        for cols, pix in ((coords, None), (coords, pixels), (synthesis.pixel_coordinates(4, 3), None)):
+            w1 = synth.masked_weights()[0]
+            got = synth._first_layer(w1, cols, pix)
+            grad = torch.randn(got.shape)
+            (g_got,) = torch.autograd.grad((got * grad).sum(), synth.scores)
+            w1 = synth.masked_weights()[0]
+            plain = torch.nn.functional.gelu(w1 @ (cols if pix is None else cols[:, pix]))
+            (g_plain,) = torch.autograd.grad((plain * grad).sum(), synth.scores)
+            assert torch.allclose(got, plain, rtol=1e-6, atol=1e-6)
+            assert torch.allclose(g_got, g_plain, rtol=1e-5, atol=1e-6)
+    assert len(masks) > 1  # the first layer's mask did change between trials
+
+
 @pytest.fixture(scope="module")
 def fitted():
     """A tiny model fitted briefly, its networks quantized; (model, payload, target)."""

@@ -17,7 +17,7 @@ from .codec.architecture import Architecture
 from .codec.model import LotteryModel, decode_payload, macs_per_pixel
 from .codec.params import MODULE_NAMES, QuantizedModule
 from .config import TaskConfig
-from .fit import Distortion, FitResult, ProgressCallback, evaluate, fit, mse
+from .fit import Distortion, FitResult, PixelMSE, ProgressCallback, Schedule, evaluate, fit, mse
 from .metrics import psnr
 
 SHIFT_CANDIDATES = range(4, 15)  # power-of-two steps 2**-4 .. 2**-14 tried per module
@@ -73,6 +73,15 @@ def quantize_networks(model: LotteryModel, distortion: Distortion, lam: float) -
     return chosen
 
 
+def fit_distortion(target: torch.Tensor, schedule: Schedule) -> Distortion:
+    """The MSE the fit minimises: over every pixel, or, with `schedule.pixel_fraction` < 1, as a
+    `PixelMSE` so that each step synthesises and scores a fresh random part of the pixels."""
+    if schedule.pixel_fraction >= 1.0:
+        return mse(target)
+    n = target.shape[-2] * target.shape[-1]
+    return PixelMSE(torch.arange(n, device=target.device), target.reshape(target.shape[0], n), n)
+
+
 def compress_image(
     image: torch.Tensor,
     cfg: TaskConfig,
@@ -89,9 +98,8 @@ def compress_image(
     _, height, width = image.shape
     torch.manual_seed(cfg.seed)
     model = LotteryModel(height, width, arch or cfg.architecture, cfg.seed, cfg.mask_ratio).to(dev)
-    target = image.to(dev)
-    distortion = mse(target)
-    fit_result = fit(model, distortion, cfg.lam, cfg.fitted_schedule(), progress)
+    schedule = cfg.fitted_schedule()
+    fit_result = fit(model, fit_distortion(image.to(dev), schedule), cfg.lam, schedule, progress)
     model = model.cpu()
     distortion = mse(image)
     modules = quantize_networks(model, distortion, cfg.lam)

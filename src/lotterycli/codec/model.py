@@ -53,7 +53,7 @@ class LotteryModel(nn.Module):
         if pixels is None:
             return self.synthesis(self.coords, modulations).view(3, self.height, self.width)
         chosen = tuple(m.index_select(1, pixels) for m in modulations)
-        return self.synthesis(self.coords.index_select(1, pixels), chosen)
+        return self.synthesis(self.coords, chosen, pixels)
 
     def forward(self, mode: str = "hard", temperature: float = 0.3, noise_a: float = 1.0,
                 pixels: torch.Tensor | None = None):

@@ -76,8 +76,29 @@ def topk_mask(scores: torch.Tensor, mask_ratio: float) -> torch.Tensor:
     return mask
 
 
+class _CachedFirstLayer(torch.autograd.Function):
+    """h1 = GELU(w1 @ coords) from values computed earlier: forward returns `h1`, backward gives
+    w1 its gradient (grad * GELU'(w1 @ coords)) @ coords.T (coords and w1 get no other gradient)."""
+
+    @staticmethod
+    def forward(ctx, w1, h1, slope, coords):
+        ctx.save_for_backward(slope, coords)
+        return h1.view_as(h1)  # a new tensor object: the cached one never carries a grad_fn
+
+    @staticmethod
+    def backward(ctx, grad):
+        slope, coords = ctx.saved_tensors
+        return (grad * slope) @ coords.t(), None, None, None
+
+
 class MaskedSynthesis(nn.Module):
-    """Per-pixel 4-layer MLP on (x, y) coordinates, modulated by [h, M_k] concatenations."""
+    """Per-pixel 4-layer MLP on (x, y) coordinates, modulated by [h, M_k] concatenations.
+
+    The first layer sees only the fixed coordinates, so GELU(w1 @ coords) and its slope change
+    only where the mask of that layer changes: they are kept between calls on the same
+    coordinates and updated row by row (`_first_layer`), saving most of a GELU forward and
+    backward on a (32, H*W) map per step.
+    """
 
     def __init__(self, arch: Architecture, seed: int, mask_ratio: float):
         super().__init__()
@@ -92,8 +113,45 @@ class MaskedSynthesis(nn.Module):
         init = self.w0_flat.abs() / bounds
         self.scores = nn.Parameter(init + 0.01 * torch.rand_like(init))
 
+        self._first_cache: tuple | None = None  # (coords, w1 values, GELU(w1 @ coords), its slope)
+
     def mask(self) -> torch.Tensor:
         return topk_mask(self.scores, self.mask_ratio)
+
+    def _first_layer(self, w1: torch.Tensor, coords: torch.Tensor, pixels: torch.Tensor | None) -> torch.Tensor:
+        """GELU(w1 @ coords[:, pixels]) with w1's straight-through gradient.
+
+        GELU(w1 @ coords) and its slope over every pixel are kept between calls on the same
+        coordinates; only the rows whose weights changed since the last call (a mask flip changes
+        one or two of the 32 rows, on about every other step) are computed again. On a CPU only.
+        """
+        if coords.device.type != "cpu":  # finding changed rows needs a device sync; GELU is cheap there
+            return nn.functional.gelu(w1 @ (coords if pixels is None else coords.index_select(1, pixels)))
+        cache = self._first_cache
+        values = w1.detach()
+        if cache is None or cache[0] is not coords:
+            rows = None  # everything
+        else:
+            changed = (cache[1] != values).any(1)
+            rows = torch.nonzero(changed).squeeze(1) if bool(changed.any()) else changed.new_zeros(0, dtype=torch.long)
+        if rows is None or rows.numel():
+            part = values if rows is None else values.index_select(0, rows)
+            with torch.enable_grad():
+                a1 = (part @ coords).requires_grad_()
+                h_part = nn.functional.gelu(a1)
+                (s_part,) = torch.autograd.grad(h_part, a1, torch.ones_like(h_part))
+            if rows is None:
+                h1, slope = h_part.detach(), s_part
+            else:  # out of place: tensors saved by earlier steps' graphs stay as they were
+                h1 = cache[2].index_copy(0, rows, h_part.detach())
+                slope = cache[3].index_copy(0, rows, s_part)
+            cache = self._first_cache = (coords, values.clone(), h1, slope)
+        _, _, h1, slope = cache
+        if pixels is not None:
+            h1, slope, coords = h1.index_select(1, pixels), slope.index_select(1, pixels), coords.index_select(1, pixels)
+        if not w1.requires_grad:
+            return h1
+        return _CachedFirstLayer.apply(w1, h1, slope, coords)
 
     def masked_weights(self) -> list[torch.Tensor]:
         """W0 * mask with a straight-through gradient to the scores."""
@@ -101,8 +159,11 @@ class MaskedSynthesis(nn.Module):
         m = hard + (self.scores - self.scores.detach())
         return split_layers(self.w0_flat * m, self.arch)
 
-    def forward(self, coords: torch.Tensor, modulations: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        """coords (2, N) and the ModNet blocks ([U3, U2], U1, U0) as (C, N) matrices -> RGB (3, N).
+    def forward(self, coords: torch.Tensor, modulations: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+                pixels: torch.Tensor | None = None) -> torch.Tensor:
+        """coords (2, N) and the ModNet blocks ([U3, U2], U1, U0) as (C, N) matrices -> RGB (3, N);
+        with `pixels`, coords holds every pixel and only those columns are synthesised (the
+        modulations are then (C, len(pixels))).
 
         Layer k sees [h, M_k] with M1 = [U3, U2], M2 = M1 + U1, M3 = M2 + U0. Instead of
         concatenating (copies) or slicing M3 (slice backward zero-fills a full-size gradient), the
@@ -119,7 +180,7 @@ class MaskedSynthesis(nn.Module):
         a2, a3, a4 = torch.split(from_a, [h2, h3, 3])
         b3, b4 = torch.split(from_b, [h3, 3])
         gelu = nn.functional.gelu
-        h = gelu(w1 @ coords)
+        h = self._first_layer(w1, coords, pixels)
         h = gelu(torch.addmm(a2, w2[:, :h1], h))
         h = gelu(torch.addmm(a3 + b3, w3[:, :h2], h))
         v = torch.addmm(a4 + b4 + from_c, w4[:, :h3], h)
