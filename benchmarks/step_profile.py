@@ -1,11 +1,14 @@
 """Where a fitting step's time goes at a given size, and what synthesising only some pixels saves.
 
     python benchmarks/step_profile.py [--size 256] [--threads 1] [--observed 0.5] [--config inpaint]
+                                      [--pixel-fraction 0.5]
 
 Times forward + backward of each part of the model on random latents (quantization proxies,
 upsampling, ARM rate, ModNet, synthesis of all pixels and of the observed fraction), then the
-whole-step rate of `fit.Fitter` with whole renders and with a `PixelMSE` over a random observed
-set (as inpainting's: only those pixels are synthesised), both without render averaging. Milliseconds are medians of repeated calls after a
+whole-step rate of `fit.Fitter` with whole renders, with a `PixelMSE` over a random observed
+set (as inpainting's: only those pixels are synthesised), and with a loss over every pixel of
+which `--pixel-fraction` is drawn afresh each step (compression, denoising), all without render
+averaging. Milliseconds are medians of repeated calls after a
 warm-up; run it on a quiet machine. docs/tuning.md (session 7) quotes it.
 """
 import argparse
@@ -35,6 +38,8 @@ def main() -> None:
     p.add_argument("--observed", type=float, default=0.5, help="fraction of pixels the loss reads")
     p.add_argument("--config", default="inpaint", help="task config whose architecture is used")
     p.add_argument("--steps", type=int, default=60, help="steps timed per step-rate measurement")
+    p.add_argument("--pixel-fraction", type=float, default=0.5,
+                   help="last line: a loss over every pixel, this fraction drawn afresh each step")
     args = p.parse_args()
 
     import torch
@@ -92,12 +97,15 @@ def main() -> None:
 
     target = torch.rand(3, n, n, generator=gen)
     flat_target = target.reshape(3, -1)[:, pixels]
-    for label, distortion in [
-        ("whole renders", lambda im: torch.mean((im.reshape(3, -1)[:, pixels] - flat_target) ** 2)),
-        ("observed pixels only", PixelMSE(pixels, flat_target, n * n)),
+    everything = torch.arange(n * n)
+    for label, distortion, fraction in [
+        ("whole renders", lambda im: torch.mean((im.reshape(3, -1)[:, pixels] - flat_target) ** 2), 1.0),
+        ("observed pixels only", PixelMSE(pixels, flat_target, n * n), 1.0),
+        (f"pixel_fraction {args.pixel_fraction:g}", PixelMSE(everything, target.reshape(3, -1), n * n),
+         args.pixel_fraction),
     ]:
         fitter = Fitter(LotteryModel(n, n, arch, seed=0, mask_ratio=0.3), distortion, 6e-4,
-                        Schedule(steps=10 * args.steps))
+                        Schedule(steps=10 * args.steps, pixel_fraction=fraction))
         fitter.advance(5)
         t = time.perf_counter()
         fitter.advance(5 + args.steps)

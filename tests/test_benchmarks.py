@@ -342,14 +342,15 @@ def test_add_restore_images_combines_sittings():
         add_restore_images(dict(new, crop=128), old)
 
 
-def test_step_profile_script_runs_and_reports_both_step_rates():
-    """benchmarks/step_profile.py (docs/tuning.md quotes it) at a tiny size: every part and both rates."""
+def test_step_profile_script_runs_and_reports_the_step_rates():
+    """benchmarks/step_profile.py (docs/tuning.md quotes it) at a tiny size: every part and the three rates."""
     import subprocess
 
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, str(root / "benchmarks" / "step_profile.py"), "--size", "32", "--steps", "3"],
                          capture_output=True, text=True, timeout=120, check=True).stdout
-    for part in ("ARM rate", "ModNet", "upsampling", "synthesis, all pixels", "whole renders", "observed pixels only"):
+    for part in ("ARM rate", "ModNet", "upsampling", "synthesis, all pixels", "whole renders", "observed pixels only",
+                 "pixel_fraction 0.5"):
         assert part in out
     rates = [float(line.split()[-1]) for line in out.splitlines() if "steps/s" in line]
-    assert len(rates) == 2 and all(r > 0 for r in rates)
+    assert len(rates) == 3 and all(r > 0 for r in rates)
