@@ -11,35 +11,30 @@ checkpoint (what screening ranks by) and the final real-file bpp, PSNR and cost
 """
 import argparse
 import json
-import os
 import sys
 from multiprocessing import Pool
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks` importable as a script
 
 
 def _job(spec: dict) -> dict:
+    import dataclasses
     import time
 
     import torch
 
     torch.set_num_threads(1)
+    from benchmarks.data import center_crop, load_image
     from lotterycli.bitstream.container import decode_file, encode_file
     from lotterycli.codec.model import LotteryModel, decode_payload
-    import dataclasses
-
     from lotterycli.compress import fit_distortion, quantize_networks
     from lotterycli.config import load_task_config
     from lotterycli.fit import Fitter, mse
-    from lotterycli.images import read_image
     from lotterycli.metrics import psnr
 
-    kodak = Path(os.environ.get("LOTTERY_KODAK", Path(__file__).resolve().parents[2] / "shared/data/kodak"))
-    img = read_image(kodak / f"kodim{spec['img']:02d}.png")
-    h, w = img.shape[1:]
     s = 256
-    x = img[:, (h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s].contiguous()
+    x = center_crop(load_image(f"kodim{spec['img']:02d}"), s)
     cfg = load_task_config("compress", overrides={"steps": spec["steps"], "lambda": spec["lam"], "seed": spec["seed"]})
     start = time.perf_counter()
     torch.manual_seed(cfg.seed)

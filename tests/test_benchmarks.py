@@ -354,3 +354,16 @@ def test_step_profile_script_runs_and_reports_the_step_rates():
         assert part in out
     rates = [float(line.split()[-1]) for line in out.splitlines() if "steps/s" in line]
     assert len(rates) == 3 and all(r > 0 for r in rates)
+
+
+def test_step_rate_script_reports_a_rate_for_a_source_tree():
+    """benchmarks/step_rate.py (docs/tuning.md quotes it) at a tiny size, importing this tree's src."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(root / "benchmarks" / "step_rate.py"), "--src", str(root),
+                          "--size", "24x16", "--steps", "2", "--repeats", "2", "--threads", "1"],
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    assert out.startswith(str(root)) and out.strip().endswith("steps/s")
+    rates = [float(v) for v in out.split(": ")[-1].replace(" steps/s", "").split(", ")]
+    assert len(rates) == 2 and all(r > 0 for r in rates)

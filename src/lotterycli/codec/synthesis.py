@@ -123,7 +123,7 @@ class MaskedSynthesis(nn.Module):
 
         GELU(w1 @ coords) and its slope over every pixel are kept between calls on the same
         coordinates; only the rows whose weights changed since the last call (a mask flip changes
-        one or two of the 32 rows, on about every other step) are computed again. On a CPU only.
+        the one or two rows holding the flipped weights) are computed again. On a CPU only.
         """
         if coords.device.type != "cpu":  # finding changed rows needs a device sync; GELU is cheap there
             return nn.functional.gelu(w1 @ (coords if pixels is None else coords.index_select(1, pixels)))
@@ -132,8 +132,7 @@ class MaskedSynthesis(nn.Module):
         if cache is None or cache[0] is not coords:
             rows = None  # everything
         else:
-            changed = (cache[1] != values).any(1)
-            rows = torch.nonzero(changed).squeeze(1) if bool(changed.any()) else changed.new_zeros(0, dtype=torch.long)
+            rows = torch.nonzero((cache[1] != values).any(1)).squeeze(1)  # empty when nothing changed
         if rows is None or rows.numel():
             part = values if rows is None else values.index_select(0, rows)
             with torch.enable_grad():

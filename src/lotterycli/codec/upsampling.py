@@ -93,9 +93,9 @@ def _polyphase_gather(size: int) -> tuple[torch.Tensor, torch.Tensor, int, int]:
 class _PolyphaseX2(torch.autograd.Function):
     """x2 transposed convolution of (N, h, w) maps, as `_polyphase_x2`, with a hand-written backward.
 
-    Why: oneDNN's backward of a one-channel convolution is slow on CPUs without AVX-512 (on a 2-core
-    AVX2 EPYC, 4.4 ms for the input gradient and 5.2 ms for the weight gradient of the last level at
-    256x256 against 1.1 ms for the forward). The input gradient is one small matmul (taps x phases)
+    Why: oneDNN's backward of a one-channel convolution was several times slower than its forward on
+    a 2-core AVX2 EPYC (the upsampling part of a 256x256 step: 43 -> 17 ms on one thread with this
+    backward; docs/tuning.md, session 8). The input gradient is one small matmul (taps x phases)
     plus T*T shifted adds; the weight gradient is one correlation of the input with the output
     gradient, the case oneDNN handles well (as in the ARM). Same sums as conv_transpose2d.
     """
