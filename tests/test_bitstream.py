@@ -67,7 +67,7 @@ def assert_payload_equal(a: Payload, b: Payload):
     assert set(a.modules) == set(b.modules) == set(MODULE_NAMES)
     for name in MODULE_NAMES:
         ma, mb = a.modules[name], b.modules[name]
-        assert ma.shift == mb.shift
+        assert ma.tensor_shifts() == mb.tensor_shifts()
         assert list(ma.tensors) == list(mb.tensors)
         for k in ma.tensors:
             assert mb.tensors[k].dtype == torch.int64
@@ -216,12 +216,122 @@ def test_param_layout_mismatch_is_rejected():
 
 
 # Container --------------------------------------------------------------------------------
-def test_file_round_trip_and_determinism():
+@pytest.mark.parametrize("version", [1, 2])
+def test_file_round_trip_and_determinism(version):
+    p = make_payload()
+    data = encode_file(p, latent_coder=CODER, version=version)
+    assert data[:4] == b"LOTR" and data[4] == version
+    assert encode_file(make_payload(), latent_coder=CODER, version=version) == data
+    assert_payload_equal(decode_file(data, latent_coder=CODER), p)
+
+
+def test_version_2_is_written_by_default_and_is_smaller():
+    p = make_payload()
+    v2, v1 = encode_file(p, latent_coder=CODER), encode_file(p, latent_coder=CODER, version=1)
+    assert v2[4] == 2 == container.FORMAT_VERSION
+    h2, h1 = read_header(v2), read_header(v1)
+    assert h1.header_size == container.HEADER_SIZE_V1 == 61
+    assert h2.section_sizes == h1.section_sizes and h2.shifts == h1.shifts
+    # 10x13 image, 41-bit seed: 4+1+1+1+6+2 + 1+4+1+1+1+3+1 + 15 shifts + 5 lengths
+    assert h2.header_size == 48 and len(v2) == len(v1) - 13
+
+
+def test_per_tensor_shifts_round_trip_in_version_2_only():
+    p = make_payload()
+    p.modules["arm"].shifts = {"fc1.weight": 1, "fc2.weight": 0, "fc3.bias": -3}
+    p.modules["modnet"].shifts = {"u3.bias": 40}
+    data = encode_file(p, latent_coder=CODER)
+    back = decode_file(data, latent_coder=CODER)
+    assert_payload_equal(back, p)
+    assert back.modules["arm"].tensor_shifts()["fc1.weight"] == 1
+    assert back.modules["arm"].tensor_shifts()["fc1.bias"] == 6
+    info = describe(data)
+    assert info["shifts"]["upsampling"] == 7  # uniform: one number
+    assert info["shifts"]["arm"]["fc3.bias"] == -3 and info["shifts"]["arm"]["fc2.bias"] == 6
+    with pytest.raises(LotteryError, match="per-tensor shifts"):
+        encode_file(p, latent_coder=CODER, version=1)
+    p.modules["modnet"].shifts = {"u3.bias": 65}
+    with pytest.raises(LotteryError, match="u3.bias"):
+        encode_file(p, latent_coder=CODER)
+
+
+def _v2_offsets(data: bytes) -> dict[str, int]:
+    """Where each v2 header field starts in a make_payload() file (varints: docs/format.md)."""
+    offsets, pos = {}, 5
+
+    def skip_varint(name):
+        nonlocal pos
+        offsets[name] = pos
+        while data[pos] & 0x80:
+            pos += 1
+        pos += 1
+
+    for name in ("height", "width", "seed", "ratio"):
+        skip_varint(name)
+    offsets["levels"], offsets["gain"], offsets["kernel"] = pos, pos + 1, pos + 5
+    pos += 6
+    for name in ("mhid", "mout", "s1", "s2", "s3", "ahid"):
+        skip_varint(name)
+    offsets["shifts"] = pos
+    pos += 15
+    for name in ("len_mask", "len_arm", "len_up", "len_modnet", "len_latents"):
+        skip_varint(name)
+    offsets["end"] = pos
+    return offsets
+
+
+def test_version_2_header_fields_are_where_documented():
     p = make_payload()
     data = encode_file(p, latent_coder=CODER)
-    assert data[:4] == b"LOTR" and data[4] == 1
-    assert encode_file(make_payload(), latent_coder=CODER) == data
-    assert_payload_equal(decode_file(data, latent_coder=CODER), p)
+    o = _v2_offsets(data)
+    assert o["end"] == read_header(data).header_size
+    assert data[o["height"]] == 10 and data[o["width"]] == 13
+    assert struct.unpack_from("<f", data, o["gain"])[0] == SMALL.latent_gain
+    assert data[o["levels"]] == SMALL.n_levels and data[o["kernel"]] == SMALL.upsample_kernel
+    assert list(data[o["shifts"] : o["shifts"] + 15]) == [6] * 6 + [7] + [8] * 8
+
+
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("height", 0, "size"),
+        ("width", 0, "size"),
+        ("levels", 0, "n_levels"),
+        ("levels", 11, "n_levels"),
+        ("kernel", 0, "upsample_kernel"),
+        ("mhid", 0, "modnet_hidden"),
+        ("ahid", 0, "arm_hidden"),
+        ("shifts", 0x9C, "shift"),  # -100
+        ("len_mask", 0, "mask section"),
+        ("len_arm", 0, "arm section"),
+        ("len_mask", 0x7F, "truncated"),
+    ],
+)
+def test_version_2_header_limits_are_enforced(field, value, message):
+    data = encode_file(make_payload(), latent_coder=CODER)
+    b = bytearray(data)
+    b[_v2_offsets(data)[field]] = value
+    bad = resign(bytes(b))
+    with pytest.raises(LotteryError, match=message):
+        read_header(bad)
+    with pytest.raises(LotteryError):
+        decode_file(bad, latent_coder=CODER)
+
+
+def test_version_2_varints_must_be_short_and_bounded():
+    data = encode_file(make_payload(), latent_coder=CODER)
+    o = _v2_offsets(data)
+    # height 10 written in two bytes (0x8A 0x00): valid LEB128, but not the canonical form
+    long_form = data[: o["height"]] + b"\x8a\x00" + data[o["height"] + 1 :]
+    with pytest.raises(LotteryError, match="shortest form"):
+        read_header(resign(long_form))
+    # height 16385 (0x81 0x80 0x01)
+    too_big = data[: o["height"]] + b"\x81\x80\x01" + data[o["height"] + 1 :]
+    with pytest.raises(LotteryError, match="height"):
+        read_header(resign(too_big))
+    endless = data[:5] + b"\xff" * 40
+    with pytest.raises(LotteryError):
+        read_header(resign(endless))
 
 
 def test_file_round_trip_default_arch_edge_values():
@@ -268,7 +378,7 @@ def test_section_flips_with_valid_crc_never_crash():
     """A doctored file with a recomputed CRC must decode or give LotteryError, nothing else."""
     data = encode_file(make_payload(), latent_coder=CODER)
     rng = random.Random(9)
-    start = container.HEADER_SIZE
+    start = read_header(data).header_size
     for _ in range(200):
         b = bytearray(data)
         b[rng.randrange(start, len(b) - 4)] ^= 1 << rng.randrange(8)
@@ -282,8 +392,8 @@ def test_wrong_magic_version_trailing():
     data = encode_file(make_payload(), latent_coder=CODER)
     with pytest.raises(LotteryError, match="not a .lottery file"):
         decode_file(b"PNG\x89" + data[4:], latent_coder=CODER)
-    with pytest.raises(LotteryError, match=r"unsupported \.lottery format version 2 \(this lottery reads 1\)"):
-        decode_file(data[:4] + b"\x02" + data[5:], latent_coder=CODER)
+    with pytest.raises(LotteryError, match=r"unsupported \.lottery format version 3 \(this lottery reads 1 and 2\)"):
+        decode_file(data[:4] + b"\x03" + data[5:], latent_coder=CODER)
     with pytest.raises(LotteryError):
         decode_file(data + b"\x00", latent_coder=CODER)
     with pytest.raises(LotteryError, match="CRC"):
@@ -294,7 +404,7 @@ def test_wrong_magic_version_trailing():
         describe(data[:30])
 
 
-# Offsets of the header fields (docs/format.md).
+# Offsets of the version-1 header fields (docs/format.md, appendix).
 OFF_H, OFF_W, OFF_C, OFF_RATIO = 5, 7, 9, 18
 OFF_LEVELS, OFF_GAIN, OFF_KERNEL, OFF_MHID, OFF_MOUT, OFF_S1, OFF_AHID = 20, 21, 25, 26, 28, 30, 36
 OFF_SHIFTS, OFF_LENGTHS = 38, 41
@@ -326,8 +436,8 @@ OFF_SHIFTS, OFF_LENGTHS = 38, 41
         (OFF_LENGTHS + 16, "<I", 5),
     ],
 )
-def test_header_limits_are_enforced(offset, fmt, value):
-    data = encode_file(make_payload(), latent_coder=CODER)
+def test_version_1_header_limits_are_enforced(offset, fmt, value):
+    data = encode_file(make_payload(), latent_coder=CODER, version=1)
     bad = patch(data, offset, fmt, value)
     with pytest.raises(LotteryError):
         read_header(bad)
@@ -336,20 +446,20 @@ def test_header_limits_are_enforced(offset, fmt, value):
 
 
 def test_too_many_pixels_is_rejected():
-    data = encode_file(make_payload(), latent_coder=CODER)
+    data = encode_file(make_payload(), latent_coder=CODER, version=1)
     bad = patch(patch(data, OFF_H, "<H", 16384), OFF_W, "<H", 8192)  # 128 M pixels
     with pytest.raises(LotteryError, match="pixels"):
         read_header(bad)
 
 
-def test_header_offsets_match_documentation():
-    data = encode_file(make_payload(), latent_coder=CODER)
+def test_version_1_header_offsets_match_documentation():
+    data = encode_file(make_payload(), latent_coder=CODER, version=1)
     assert struct.unpack_from("<HH", data, OFF_H) == (10, 13)
     assert struct.unpack_from("<B", data, OFF_LEVELS)[0] == SMALL.n_levels
     assert struct.unpack_from("<f", data, OFF_GAIN)[0] == SMALL.latent_gain
     assert struct.unpack_from("<HHH", data, OFF_S1) == SMALL.synth_hidden
     assert struct.unpack_from("<bbb", data, OFF_SHIFTS) == (6, 7, 8)
-    assert container.HEADER_SIZE == OFF_LENGTHS + 20 == 61
+    assert container.HEADER_SIZE_V1 == OFF_LENGTHS + 20 == 61
 
 
 def test_encoder_refuses_what_the_decoder_would_reject():

@@ -339,7 +339,9 @@ def test_model_from_payload_keeps_latents_and_networks(fitted):
     p2 = model.to_payload({n: payload.modules[n] for n in payload.modules})
     assert all(torch.equal(a, b) for a, b in zip(p2.latents, payload.latents))
     for name, q in payload.modules.items():
-        assert all(torch.equal(a, b) for a, b in zip(model.quantize_module(name, q.shift).tensors.values(), q.tensors.values()))
+        again = model.quantize_module(name, q.shift, q.shifts)
+        assert again.tensor_shifts() == q.tensor_shifts()
+        assert all(torch.equal(a, b) for a, b in zip(again.tensors.values(), q.tensors.values()))
 
 
 def test_model_from_payload_keeps_mask(fitted):
@@ -366,3 +368,29 @@ def test_macs_per_pixel_sane():
     assert full - macs == pytest.approx(n - int(mask.sum()))
     # per-pixel cost barely depends on the image size
     assert macs_per_pixel(arch, mask, 512, 384) == pytest.approx(macs, rel=0.05)
+
+
+def test_per_tensor_steps_lower_the_real_cost(fitted):
+    """The per-tensor search starts from the per-module steps and keeps only what lowers the
+    cost, and its files decode like any other: check both on the real file's cost."""
+    import copy
+
+    from lotterycli.bitstream.param_coding import module_bits
+
+    model, _, target = fitted
+    lam = 0.02  # high lambda: the networks' bits matter, coarser hidden-layer steps pay
+
+    def real_cost(per_tensor: bool) -> tuple[float, dict]:
+        m = copy.deepcopy(model)
+        modules = quantize_networks(m, mse(target), lam, per_tensor=per_tensor)
+        data = encode_file(m.to_payload(modules))
+        decoded = decode_payload(decode_file(data)).double() / 255.0
+        d = float(((decoded - target.double()) ** 2).mean())
+        return d + lam * len(data) * 8 / m.n_pixels, modules
+
+    module_cost, module_q = real_cost(False)
+    tensor_cost, tensor_q = real_cost(True)
+    assert all(len(set(q.tensor_shifts().values())) == 1 for q in module_q.values())
+    assert any(len(set(q.tensor_shifts().values())) > 1 for q in tensor_q.values())
+    assert sum(module_bits(q) for q in tensor_q.values()) < sum(module_bits(q) for q in module_q.values())
+    assert tensor_cost < module_cost

@@ -21,6 +21,8 @@ from .fit import Distortion, FitResult, PixelMSE, ProgressCallback, Schedule, ev
 from .metrics import psnr
 
 SHIFT_CANDIDATES = range(4, 15)  # power-of-two steps 2**-4 .. 2**-14 tried per module
+MIN_TENSOR_SHIFT = 0  # per-tensor steps go up to 1 (the fixed-point ARM takes shifts 0..16)
+TENSOR_SEARCH = (4, 2, 2)  # per-tensor search: steps up to 2**4 coarser, 2**2 finer, 2 rounds
 
 
 @dataclass
@@ -49,27 +51,75 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def quantize_networks(model: LotteryModel, distortion: Distortion, lam: float) -> dict[str, QuantizedModule]:
-    """Pick each small network's power-of-two step by rate-distortion search, real code lengths.
+def _hard_bpp(model: LotteryModel) -> float:
+    """Latent rate (bits per pixel) of the hard-rounded latents under the model's ARM."""
+    with torch.no_grad():
+        rate_in, _ = model.latents.proxies("hard")
+        return float(model.arm.rate_bits(rate_in)) / model.n_pixels
+
+
+def _hard_distortion(model: LotteryModel, distortion: Distortion) -> float:
+    with torch.no_grad():
+        _, synth_in = model.latents.proxies("hard")
+        return float(distortion(model.render_from(synth_in)))
+
+
+def quantize_networks(
+    model: LotteryModel, distortion: Distortion, lam: float, per_tensor: bool = True
+) -> dict[str, QuantizedModule]:
+    """Pick the small networks' power-of-two steps by rate-distortion search, real code lengths.
 
     Modules are done in order (ARM, upsampling, ModNet), each search seeing the earlier ones
-    already quantized; the model is left holding the quantized values.
+    already quantized; the model is left holding the quantized values. First one step for the
+    whole module (SHIFT_CANDIDATES), then each tensor's own step (TENSOR_SEARCH: two rounds over
+    the tensors, each trying a window of steps around its current one): hidden layers take much
+    coarser steps than output layers (docs/tuning.md, session 9). The ARM changes only the rate
+    and the other modules only the distortion, so each trial computes just the part that moves.
+    `per_tensor=False` stops after the module-wide step (for comparisons).
     """
     chosen: dict[str, QuantizedModule] = {}
+    d0, bpp0 = _hard_distortion(model, distortion), _hard_bpp(model)
     for name in MODULE_NAMES:
         module = model.modules_by_name()[name]
         original = {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+        def cost_of(q: QuantizedModule) -> float:
+            model.load_quantized(name, q)
+            if name == "arm":
+                d, bpp = d0, _hard_bpp(model)
+            else:
+                d, bpp = _hard_distortion(model, distortion), bpp0
+            module.load_state_dict(original)
+            return d + lam * (bpp + module_bits(q) / model.n_pixels)
+
         best_cost, best_q = float("inf"), None
         for shift in SHIFT_CANDIDATES:
             q = model.quantize_module(name, shift)
-            model.load_quantized(name, q)
-            _, d, bpp = evaluate(model, distortion, lam)
-            cost = d + lam * (bpp + module_bits(q) / model.n_pixels)
+            cost = cost_of(q)
             if cost < best_cost:
                 best_cost, best_q = cost, q
-            module.load_state_dict(original)
+        shifts = best_q.tensor_shifts()
+        coarser, finer, rounds = TENSOR_SEARCH
+        for _ in range(rounds if per_tensor else 0):
+            changed = False
+            for tensor in list(shifts):
+                now = shifts[tensor]
+                for s in range(max(MIN_TENSOR_SHIFT, now - coarser), min(SHIFT_CANDIDATES[-1], now + finer) + 1):
+                    if s == now:
+                        continue
+                    trial = dict(shifts, **{tensor: s})
+                    q = model.quantize_module(name, best_q.shift, trial)
+                    cost = cost_of(q)
+                    if cost < best_cost:
+                        best_cost, best_q, shifts, changed = cost, q, trial, True
+            if not changed:
+                break
         model.load_quantized(name, best_q)
         chosen[name] = best_q
+        if name == "arm":
+            bpp0 = _hard_bpp(model)
+        else:
+            d0 = _hard_distortion(model, distortion)
     return chosen
 
 

@@ -1,4 +1,5 @@
-""".lottery file format, version 1: header, sections, CRC32. Byte layout in docs/format.md.
+""".lottery file format, version 2 (version 1 still read): header, sections, CRC32. Byte layout
+in docs/format.md.
 
     encode_file(payload) -> bytes          decode_file(data) -> Payload
     read_header(data) -> Header            describe(data) -> dict (used by `lottery info`)
@@ -26,7 +27,8 @@ from ..errors import LotteryError
 from . import mask_coding, param_coding
 
 MAGIC = b"LOTR"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # what encode_file writes
+READ_VERSIONS = (1, 2)
 
 # Limits checked before anything is allocated (also enforced when writing).
 MAX_SIDE = 16384
@@ -38,15 +40,17 @@ MAX_ABS_SHIFT = 64
 MAX_LATENT_GAIN = 65536.0
 CHANNELS = 3
 
+SECTION_NAMES = ("mask",) + tuple(MODULE_NAMES) + ("latents",)
+_CRC = struct.Struct("<I")
+# Version 1: fixed-size fields.
 # magic, version, height, width, channels, seed, mask ratio (1/10000 units)
 _FIXED = struct.Struct("<4sBHHBQH")
 # n_levels, latent_gain, upsample_kernel, modnet_hidden, modnet_out, synth_hidden x3, arm_hidden
 _ARCH = struct.Struct("<BfBHHHHHH")
 _SHIFTS = struct.Struct("<" + "b" * len(MODULE_NAMES))
-SECTION_NAMES = ("mask",) + tuple(MODULE_NAMES) + ("latents",)
 _LENGTHS = struct.Struct("<" + "I" * len(SECTION_NAMES))
-_CRC = struct.Struct("<I")
-HEADER_SIZE = _FIXED.size + _ARCH.size + _SHIFTS.size + _LENGTHS.size  # 61 bytes
+HEADER_SIZE_V1 = _FIXED.size + _ARCH.size + _SHIFTS.size + _LENGTHS.size  # 61 bytes
+_GAIN = struct.Struct("<f")
 _ARCH_FIELDS = (
     "n_levels",
     "latent_gain",
@@ -92,9 +96,9 @@ class Header:
     seed: int
     mask_ratio: float
     architecture: Architecture
-    shifts: dict[str, int]  # per module, keys MODULE_NAMES
+    shifts: dict[str, dict[str, int]]  # per module (keys MODULE_NAMES), per tensor in layout order
     section_sizes: dict[str, int]  # bytes per section, keys SECTION_NAMES
-    header_size: int  # fixed header bytes (not counting the 4-byte CRC trailer)
+    header_size: int  # header bytes (not counting the 4-byte CRC trailer)
 
     @property
     def total_size(self) -> int:
@@ -141,11 +145,25 @@ def _corrupt(msg: str) -> LotteryError:
 
 
 # Writing -------------------------------------------------------------------------------------
-def _pack_header(payload: Payload, sizes: list[int]) -> bytes:
+def _varint(n: int) -> bytes:
+    """Unsigned LEB128: 7 bits per byte, low bits first, high bit = more bytes follow."""
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _checked_fields(payload: Payload, version: int) -> tuple[float, int, int, dict[str, dict[str, int]]]:
+    """(latent gain, seed, mask ratio in 1/10000, per-tensor shifts), refusing what no reader accepts."""
     arch = payload.architecture
     names = tuple(f.name for f in fields(Architecture))
     if names != _ARCH_FIELDS:
-        raise ValueError(f"Architecture fields {names} differ from those .lottery v{FORMAT_VERSION} stores")
+        raise ValueError(f"Architecture fields {names} differ from those .lottery v{version} stores")
     gain = float(arch.latent_gain)
     if struct.unpack("<f", struct.pack("<f", gain))[0] != gain:
         raise LotteryError(f"latent_gain {gain} is not exactly representable as float32")
@@ -155,28 +173,71 @@ def _pack_header(payload: Payload, sizes: list[int]) -> bytes:
     seed = int(payload.seed)
     if not 0 <= seed < 1 << 64:
         raise LotteryError(f"seed {seed} does not fit in 64 bits")
-    shifts = []
+    shifts = {}
     for name in MODULE_NAMES:
-        s = int(payload.modules[name].shift)
-        if not -MAX_ABS_SHIFT <= s <= min(MAX_ABS_SHIFT, 127):
-            raise LotteryError(f"quantization shift {s} of {name} is outside -{MAX_ABS_SHIFT}..{min(MAX_ABS_SHIFT, 127)}")
-        shifts.append(s)
+        q = payload.modules[name]
+        layout = [t for t, _ in param_coding.module_layout(name, arch)]
+        if list(q.tensors) != layout:
+            raise ValueError(f"{name} tensors {list(q.tensors)} differ from the layout {layout}")
+        shifts[name] = q.tensor_shifts()
+        for t, sh in shifts[name].items():
+            if not -MAX_ABS_SHIFT <= sh <= MAX_ABS_SHIFT:
+                raise LotteryError(f"quantization shift {sh} of {name}.{t} is outside -{MAX_ABS_SHIFT}..{MAX_ABS_SHIFT}")
+        if version == 1 and len(set(shifts[name].values())) > 1:
+            raise LotteryError(f".lottery v1 stores one shift per module; {name} has per-tensor shifts")
+    return gain, seed, round(ratio * _RATIO_SCALE), shifts
+
+
+def _pack_header_v1(payload: Payload, sizes: list[int]) -> bytes:
+    gain, seed, ratio, shifts = _checked_fields(payload, 1)
     for s in sizes:
         if s >= 1 << 32:
             raise LotteryError("a .lottery section exceeds 4 GiB")
+    arch = payload.architecture
     h1, h2, h3 = arch.synth_hidden
     return (
-        _FIXED.pack(MAGIC, FORMAT_VERSION, payload.height, payload.width, CHANNELS, seed, round(ratio * _RATIO_SCALE))
+        _FIXED.pack(MAGIC, 1, payload.height, payload.width, CHANNELS, seed, ratio)
         + _ARCH.pack(
             arch.n_levels, gain, arch.upsample_kernel, arch.modnet_hidden, arch.modnet_out, h1, h2, h3, arch.arm_hidden
         )
-        + _SHIFTS.pack(*shifts)
+        + _SHIFTS.pack(*(next(iter(shifts[name].values())) for name in MODULE_NAMES))
         + _LENGTHS.pack(*sizes)
     )
 
 
-def encode_file(payload: Payload, latent_coder: LatentCoder | None = None) -> bytes:
-    """Serialise a Payload into .lottery v1 bytes (deterministic: same payload, same bytes)."""
+def _pack_header_v2(payload: Payload, sizes: list[int]) -> bytes:
+    """Version 2: variable-length integers and one shift per tensor (docs/format.md, section 1)."""
+    gain, seed, ratio, shifts = _checked_fields(payload, 2)
+    arch = payload.architecture
+    v = _varint
+    return b"".join(
+        [
+            MAGIC,
+            bytes([2]),
+            v(payload.height),
+            v(payload.width),
+            v(seed),
+            v(ratio),
+            bytes([arch.n_levels]),
+            _GAIN.pack(gain),
+            bytes([arch.upsample_kernel]),
+            v(arch.modnet_hidden),
+            v(arch.modnet_out),
+            *(v(w) for w in arch.synth_hidden),
+            v(arch.arm_hidden),
+            bytes(sh & 0xFF for name in MODULE_NAMES for sh in shifts[name].values()),
+            *(v(n) for n in sizes),  # the latents' too, so that a cut file is told from a corrupted one
+        ]
+    )
+
+
+def encode_file(payload: Payload, latent_coder: LatentCoder | None = None, version: int = FORMAT_VERSION) -> bytes:
+    """Serialise a Payload into .lottery bytes (deterministic: same payload, same bytes).
+
+    `version` 1 (fixed-size header, one shift per module) is kept for reading old files' tests.
+    """
+    if version not in READ_VERSIONS:
+        raise ValueError(f"cannot write .lottery version {version}")
     coder = latent_coder if latent_coder is not None else DefaultLatentCoder()
     arch = payload.architecture
     _check_image(payload.height, payload.width)
@@ -196,7 +257,8 @@ def encode_file(payload: Payload, latent_coder: LatentCoder | None = None) -> by
         layout = param_coding.module_layout(name, arch)
         sections.append(param_coding.encode_module(payload.modules[name], layout))
     sections.append(bytes(coder.encode(payload.latents, payload.modules["arm"])))
-    body = _pack_header(payload, [len(s) for s in sections]) + b"".join(sections)
+    pack = _pack_header_v1 if version == 1 else _pack_header_v2
+    body = pack(payload, [len(s) for s in sections]) + b"".join(sections)
     return body + _CRC.pack(zlib.crc32(body))
 
 
@@ -211,6 +273,103 @@ def write_file(path: str | Path, payload: Payload, latent_coder: LatentCoder | N
 
 
 # Reading -------------------------------------------------------------------------------------
+class _Cursor:
+    """Reads a v2 header front to back; running out of bytes is reported as truncation."""
+
+    def __init__(self, data: bytes, n_file: int) -> None:
+        self.data, self.pos, self.n_file = data, 0, n_file
+
+    def _truncated(self) -> LotteryError:
+        return LotteryError(f"truncated .lottery file ({self.n_file} bytes, it ends inside the header)")
+
+    def take(self, n: int) -> bytes:
+        if self.pos + n > len(self.data):
+            raise self._truncated()
+        out = bytes(self.data[self.pos : self.pos + n])
+        self.pos += n
+        return out
+
+    def byte(self) -> int:
+        return self.take(1)[0]
+
+    def varint(self, what: str, limit: int) -> int:
+        """An unsigned LEB128 value <= limit, in its shortest form (anything else is corruption)."""
+        value, shift = 0, 0
+        while True:
+            b = self.byte()
+            value |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                break
+            if shift >= 70:
+                raise _corrupt(f"{what} is not a valid variable-length integer")
+        if (b == 0 and shift > 7) or value > limit:
+            raise _corrupt(f"{what} {value} is out of range" if value > limit else f"{what} is not in its shortest form")
+        return value
+
+
+def _read_v1(data: bytes, n: int) -> tuple:
+    if n < HEADER_SIZE_V1 + _CRC.size:
+        raise LotteryError(f"truncated .lottery file ({n} bytes, the header alone is {HEADER_SIZE_V1 + _CRC.size})")
+    _, _, height, width, channels, seed, ratio = _FIXED.unpack_from(data, 0)
+    off = _FIXED.size
+    n_levels, gain, kernel, m_hid, m_out, h1, h2, h3, a_hid = _ARCH.unpack_from(data, off)
+    off += _ARCH.size
+    module_shifts = dict(zip(MODULE_NAMES, _SHIFTS.unpack_from(data, off)))
+    off += _SHIFTS.size
+    sizes = dict(zip(SECTION_NAMES, _LENGTHS.unpack_from(data, off)))
+    arch = _architecture(height, width, n_levels, gain, kernel, m_hid, m_out, (h1, h2, h3), a_hid)
+    if channels != CHANNELS:
+        raise _corrupt(f"{channels} channels (only {CHANNELS} are supported)")
+    shifts = {
+        name: {t: module_shifts[name] for t, _ in param_coding.module_layout(name, arch)} for name in MODULE_NAMES
+    }
+    return height, width, seed, ratio, arch, shifts, sizes, HEADER_SIZE_V1
+
+
+def _read_v2(data: bytes, n: int) -> tuple:
+    c = _Cursor(data, n)
+    c.take(5)  # magic and version, checked by the caller
+    height = c.varint("height", MAX_SIDE)
+    width = c.varint("width", MAX_SIDE)
+    seed = c.varint("seed", (1 << 64) - 1)
+    ratio = c.varint("mask ratio", _RATIO_SCALE)
+    n_levels = c.byte()
+    (gain,) = _GAIN.unpack(c.take(_GAIN.size))
+    kernel = c.byte()
+    m_hid = c.varint("modnet_hidden", MAX_WIDTH)
+    m_out = c.varint("modnet_out", MAX_WIDTH)
+    synth = tuple(c.varint("synth_hidden", MAX_WIDTH) for _ in range(3))
+    a_hid = c.varint("arm_hidden", MAX_WIDTH)
+    arch = _architecture(height, width, n_levels, gain, kernel, m_hid, m_out, synth, a_hid)
+    shifts = {}
+    for name in MODULE_NAMES:
+        shifts[name] = {}
+        for t, _ in param_coding.module_layout(name, arch):
+            b = c.byte()
+            shifts[name][t] = b - 256 if b >= 128 else b
+    sizes = {name: c.varint(f"{name} section length", 1 << 32) for name in SECTION_NAMES}
+    return height, width, seed, ratio, arch, shifts, sizes, c.pos
+
+
+def _architecture(height, width, n_levels, gain, kernel, m_hid, m_out, synth, a_hid) -> Architecture:
+    try:
+        _check_image(height, width)
+        arch = Architecture(
+            n_levels=n_levels,
+            latent_gain=float(gain),
+            upsample_kernel=kernel,
+            modnet_hidden=m_hid,
+            modnet_out=m_out,
+            synth_hidden=tuple(synth),
+            arm_hidden=a_hid,
+        )
+        check_architecture(arch)
+    except LotteryError as exc:
+        raise _corrupt(str(exc)) from None
+    return arch
+
+
 def read_header(data: bytes, check_crc: bool = True) -> Header:
     """Parse and validate the header (limits, section lengths vs file size, CRC)."""
     if not isinstance(data, (bytes, bytearray)):
@@ -222,40 +381,18 @@ def read_header(data: bytes, check_crc: bool = True) -> Header:
     if n < 5:
         raise LotteryError(f"truncated .lottery file ({n} bytes)")
     version = data[4]
-    if version != FORMAT_VERSION:
-        raise LotteryError(f"unsupported .lottery format version {version} (this lottery reads {FORMAT_VERSION})")
-    if n < HEADER_SIZE + _CRC.size:
-        raise LotteryError(f"truncated .lottery file ({n} bytes, the header alone is {HEADER_SIZE + _CRC.size})")
+    if version not in READ_VERSIONS:
+        known = " and ".join(str(v) for v in READ_VERSIONS)
+        raise LotteryError(f"unsupported .lottery format version {version} (this lottery reads {known})")
+    read = _read_v1 if version == 1 else _read_v2
+    height, width, seed, ratio, arch, shifts, sizes, header_size = read(data, n)
 
-    _, _, height, width, channels, seed, ratio = _FIXED.unpack_from(data, 0)
-    off = _FIXED.size
-    n_levels, gain, kernel, m_hid, m_out, h1, h2, h3, a_hid = _ARCH.unpack_from(data, off)
-    off += _ARCH.size
-    shifts = dict(zip(MODULE_NAMES, _SHIFTS.unpack_from(data, off)))
-    off += _SHIFTS.size
-    sizes = dict(zip(SECTION_NAMES, _LENGTHS.unpack_from(data, off)))
-
-    try:
-        _check_image(height, width)
-        arch = Architecture(
-            n_levels=n_levels,
-            latent_gain=float(gain),
-            upsample_kernel=kernel,
-            modnet_hidden=m_hid,
-            modnet_out=m_out,
-            synth_hidden=(h1, h2, h3),
-            arm_hidden=a_hid,
-        )
-        check_architecture(arch)
-    except LotteryError as exc:
-        raise _corrupt(str(exc)) from None
-    if channels != CHANNELS:
-        raise _corrupt(f"{channels} channels (only {CHANNELS} are supported)")
     if ratio > _RATIO_SCALE:
         raise _corrupt(f"mask ratio {ratio / _RATIO_SCALE} is above 1")
-    for name, s in shifts.items():
-        if abs(s) > MAX_ABS_SHIFT:
-            raise _corrupt(f"quantization shift {s} of {name} is out of range")
+    for name, per_tensor in shifts.items():
+        for t, s in per_tensor.items():
+            if abs(s) > MAX_ABS_SHIFT:
+                raise _corrupt(f"quantization shift {s} of {name}.{t} is out of range")
     if sizes["mask"] < 4:
         raise _corrupt("mask section is too short")
     for name in MODULE_NAMES:
@@ -266,13 +403,13 @@ def read_header(data: bytes, check_crc: bool = True) -> Header:
         version=version,
         height=height,
         width=width,
-        channels=channels,
+        channels=CHANNELS,
         seed=seed,
         mask_ratio=ratio / _RATIO_SCALE,
         architecture=arch,
         shifts=shifts,
         section_sizes=sizes,
-        header_size=HEADER_SIZE,
+        header_size=header_size,
     )
     expected = header.total_size
     if n < expected:
@@ -297,7 +434,7 @@ def _sections(data: bytes, header: Header) -> dict[str, bytes]:
 
 
 def decode_file(data: bytes, latent_coder: LatentCoder | None = None) -> Payload:
-    """Parse .lottery v1 bytes back into the exact Payload that was written."""
+    """Parse .lottery bytes (version 1 or 2) back into the exact Payload that was written."""
     coder = latent_coder if latent_coder is not None else DefaultLatentCoder()
     header = read_header(data)
     arch = header.architecture
@@ -338,6 +475,12 @@ def read_file(path: str | Path, latent_coder: LatentCoder | None = None) -> Payl
     return decode_file(data, latent_coder)
 
 
+def _compact_shifts(per_tensor: dict[str, int]) -> int | dict[str, int]:
+    """One number when every tensor of a module shares its shift, else the per-tensor dict."""
+    values = set(per_tensor.values())
+    return next(iter(values)) if len(values) == 1 else dict(per_tensor)
+
+
 def describe(data: bytes) -> dict:
     """Header fields and a size breakdown in bytes (header includes the 4-byte CRC trailer).
 
@@ -354,7 +497,7 @@ def describe(data: bytes) -> dict:
         "seed": h.seed,
         "mask_ratio": h.mask_ratio,
         "architecture": h.architecture.to_dict(),
-        "shifts": dict(h.shifts),
+        "shifts": {name: _compact_shifts(per_tensor) for name, per_tensor in h.shifts.items()},
         "sizes": {
             "header": h.header_size + _CRC.size,
             "mask": s["mask"],

@@ -362,8 +362,12 @@ def encode_module(qmodule: QuantizedModule, layout=None) -> bytes:
     return encode_values(_flatten(qmodule, layout))
 
 
-def decode_module(data: bytes, shift: int, layout: list[tuple[str, tuple[int, ...]]]) -> QuantizedModule:
-    """Rebuild a `QuantizedModule` from its section bytes, shift and layout."""
+def decode_module(data: bytes, shift: int | dict[str, int], layout: list[tuple[str, tuple[int, ...]]]) -> QuantizedModule:
+    """Rebuild a `QuantizedModule` from its section bytes, shift(s) and layout.
+
+    `shift`: one for the module, or one per tensor (format v2); the module's `shift` is then the
+    first tensor's, with the others that differ from it in `shifts`.
+    """
     sizes = []
     for _, shape in layout:
         n = 1
@@ -376,6 +380,10 @@ def decode_module(data: bytes, shift: int, layout: list[tuple[str, tuple[int, ..
     for (name, shape), n in zip(layout, sizes):
         tensors[name] = torch.tensor(values[start : start + n], dtype=torch.int64).reshape(shape)
         start += n
+    if isinstance(shift, dict):
+        base = int(shift[layout[0][0]]) if layout else 0
+        overrides = {k: int(v) for k, v in shift.items() if int(v) != base}
+        return QuantizedModule(shift=base, tensors=tensors, shifts=overrides)
     return QuantizedModule(shift=int(shift), tensors=tensors)
 
 

@@ -336,8 +336,9 @@ class ArmExact:
     def __init__(self, q: QuantizedModule):
         from ..errors import LotteryError
 
-        if not (0 <= int(q.shift) <= MAX_SHIFT):
-            raise LotteryError(f"ARM parameter shift {q.shift} out of range 0..{MAX_SHIFT}")
+        for name, shift in q.tensor_shifts().items():
+            if not (0 <= shift <= MAX_SHIFT):
+                raise LotteryError(f"ARM parameter shift {shift} of {name} out of range 0..{MAX_SHIFT}")
         if list(q.tensors) != list(PARAM_NAMES):
             raise LotteryError(f"ARM parameters must be {list(PARAM_NAMES)}")
         hidden = int(q.tensors["fc1.bias"].shape[0]) if q.tensors["fc1.bias"].dim() == 1 else -1

@@ -71,11 +71,14 @@ class LotteryModel(nn.Module):
         }
 
     # -- quantization ----------------------------------------------------------------------------
-    def quantize_module(self, name: str, shift: int) -> QuantizedModule:
-        """Round one small network's parameters to integers * 2**-shift (names as state_dict)."""
+    def quantize_module(self, name: str, shift: int, shifts: dict[str, int] | None = None) -> QuantizedModule:
+        """Round one small network's parameters to integers * 2**-shift (names as state_dict);
+        `shifts` gives some tensors their own shift."""
         module = self.modules_by_name()[name]
-        tensors = {k: torch.round(v.detach().double() * 2.0**shift).to(torch.int64) for k, v in module.state_dict().items()}
-        return QuantizedModule(shift=shift, tensors=tensors)
+        q = QuantizedModule(shift=shift, shifts=dict(shifts or {}))
+        q.tensors = {k: torch.round(v.detach().double() * 2.0 ** q.shift_of(k)).to(torch.int64)
+                     for k, v in module.state_dict().items()}
+        return q
 
     def load_quantized(self, name: str, qmodule: QuantizedModule) -> None:
         module = self.modules_by_name()[name]

@@ -16,19 +16,29 @@ from .architecture import Architecture
 
 @dataclass
 class QuantizedModule:
-    """The parameters of one small learned network, as integers times 2**-shift.
+    """The parameters of one small learned network, as integers times a power of two.
 
     `tensors` maps parameter names to int64 tensors; its insertion order is the canonical order
-    used by the bitstream. The real value of parameter p is tensors[p] * 2**-shift.
+    used by the bitstream. The real value of parameter p is tensors[p] * 2**-shift_of(p): each
+    tensor may have its own step (`shifts`; tensors not named there use `shift`), because the
+    layers of one network tolerate very different steps (an ARM's output layer needs a finer one
+    than its hidden layers, and the hidden layers hold most of the parameters).
     """
 
     shift: int
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    shifts: dict[str, int] = field(default_factory=dict)
+
+    def shift_of(self, name: str) -> int:
+        return int(self.shifts.get(name, self.shift))
+
+    def tensor_shifts(self) -> dict[str, int]:
+        """Every tensor's shift, in canonical order."""
+        return {k: self.shift_of(k) for k in self.tensors}
 
     def dequantized(self) -> dict[str, torch.Tensor]:
         """Exact float64 values (integers times a power of two)."""
-        scale = 2.0 ** -self.shift
-        return {k: v.to(torch.float64) * scale for k, v in self.tensors.items()}
+        return {k: v.to(torch.float64) * 2.0 ** -self.shift_of(k) for k, v in self.tensors.items()}
 
     def n_params(self) -> int:
         return sum(int(t.numel()) for t in self.tensors.values())
