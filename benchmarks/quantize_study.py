@@ -1,10 +1,10 @@
 """Per-tensor against per-module quantization steps for the small networks, on the same fits.
 
     python benchmarks/quantize_study.py OUT.jsonl --images 1,2,3,4 --lams 0.004,0.016 \
-        --steps 1000 [--workers 2]
+        --steps 1000 [--workers 2] [--crop 256]
 
 Each (image, lambda) fit runs once, on one thread (workers side by side), on the 256x256 centre
-crop with the compress config. The fitted model is then quantized twice, with one step per module
+crop (`--crop`) with the compress config. The fitted model is then quantized twice, with one step per module
 (`quantize_networks(..., per_tensor=False)`, what files had before format v2) and with the default
 per-tensor search; both are written as real v2 files and decoded. A line per fit records, for
 each, file bytes, network bytes, PSNR of the decoded file and its cost (MSE + lambda * bpp), plus
@@ -35,7 +35,7 @@ def _job(spec: dict) -> dict:
     from lotterycli.fit import fit, mse
     from lotterycli.metrics import psnr
 
-    s = 256
+    s = spec["crop"]
     x = center_crop(load_image(f"kodim{spec['img']:02d}"), s)
     cfg = load_task_config("compress", overrides={"steps": spec["steps"], "lambda": spec["lam"], "seed": spec["seed"]})
     torch.manual_seed(cfg.seed)
@@ -56,7 +56,9 @@ def _job(spec: dict) -> dict:
         bpp = len(data) * 8 / (s * s)
         out[name] = dict(
             bytes=len(data),
+            mask=header.section_sizes["mask"],
             networks={k: header.section_sizes[k] for k in modules},
+            shifts={k: q.tensor_shifts() for k, q in modules.items()},
             latents=header.section_sizes["latents"],
             header=header.header_size + 4,
             psnr=round(p, 3),
@@ -76,8 +78,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--crop", type=int, default=256, help="centre crop size")
     args = p.parse_args()
-    specs = [dict(img=int(i), lam=float(lam), steps=args.steps, seed=args.seed)
+    specs = [dict(img=int(i), lam=float(lam), steps=args.steps, seed=args.seed, crop=args.crop)
              for lam in args.lams.split(",") for i in args.images.split(",")]
     with open(args.out, "a") as f, Pool(args.workers) as pool:
         for row in pool.imap_unordered(_job, specs):

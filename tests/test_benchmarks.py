@@ -367,3 +367,27 @@ def test_step_rate_script_reports_a_rate_for_a_source_tree():
     assert out.startswith(str(root)) and out.strip().endswith("steps/s")
     rates = [float(v) for v in out.split(": ")[-1].replace(" steps/s", "").split(", ")]
     assert len(rates) == 2 and all(r > 0 for r in rates)
+
+
+def test_quantize_study_script_compares_both_searches(tmp_path):
+    """benchmarks/quantize_study.py (docs/tuning.md quotes it) on a tiny crop: one line holding the
+    per-module and the per-tensor file of the same fit, each with a size breakdown."""
+    import json
+    import subprocess
+
+    if not (kodak_dir() / "kodim01.png").exists():
+        pytest.skip(f"Kodak images not found in {kodak_dir()}")
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "q.jsonl"
+    subprocess.run([sys.executable, str(root / "benchmarks" / "quantize_study.py"), str(out), "--images", "1",
+                    "--lams", "0.02", "--steps", "3", "--crop", "24", "--workers", "1"],
+                   capture_output=True, text=True, timeout=120, check=True)
+    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert row["img"] == 1 and row["crop"] == 24 and row["lam"] == 0.02
+    for name in ("module", "tensor"):
+        r = row[name]
+        assert r["bytes"] == r["header"] + r["mask"] + sum(r["networks"].values()) + r["latents"]
+        assert r["psnr"] > 10 and r["cost"] > 0
+    assert all(len(set(s.values())) == 1 for s in row["module"]["shifts"].values())
+    assert set(row["tensor"]["shifts"]["arm"]) == {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "fc3.weight", "fc3.bias"}
+    assert row["v1_header_extra"] > 0
