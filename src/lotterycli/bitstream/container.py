@@ -25,6 +25,7 @@ from ..codec.architecture import Architecture
 from ..codec.params import MODULE_NAMES, Payload, QuantizedModule, latent_shapes
 from ..errors import LotteryError
 from . import mask_coding, param_coding
+from .varint import encode_varint
 
 MAGIC = b"LOTR"
 FORMAT_VERSION = 2  # what encode_file writes
@@ -145,19 +146,6 @@ def _corrupt(msg: str) -> LotteryError:
 
 
 # Writing -------------------------------------------------------------------------------------
-def _varint(n: int) -> bytes:
-    """Unsigned LEB128: 7 bits per byte, low bits first, high bit = more bytes follow."""
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
 def _checked_fields(payload: Payload, version: int) -> tuple[float, int, int, dict[str, dict[str, int]]]:
     """(latent gain, seed, mask ratio in 1/10000, per-tensor shifts), refusing what no reader accepts."""
     arch = payload.architecture
@@ -209,7 +197,7 @@ def _pack_header_v2(payload: Payload, sizes: list[int]) -> bytes:
     """Version 2: variable-length integers and one shift per tensor (docs/format.md, section 1)."""
     gain, seed, ratio, shifts = _checked_fields(payload, 2)
     arch = payload.architecture
-    v = _varint
+    v = encode_varint
     return b"".join(
         [
             MAGIC,

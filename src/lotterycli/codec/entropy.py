@@ -38,6 +38,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from ..bitstream.varint import encode_varint
 from ..errors import LotteryError
 from .fixedpoint import ACT_LIMIT
 from .arm import CONTEXT_OFFSETS, LOG_SCALE_MAX, LOG_SCALE_MIN, ArmExact
@@ -272,18 +273,6 @@ def estimate_bits(latents: list[torch.Tensor], arm: ArmExact) -> float:
 
 
 # --- byte helpers -----------------------------------------------------------------------------
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
 def _read_varint(data: bytes, i: int) -> tuple[int, int]:
     n = shift = 0
     while True:
@@ -340,7 +329,7 @@ def encode_latents(latents: list[torch.Tensor], arm: ArmExact) -> bytes:
     s1 = _words_to_bytes(e1.get_compressed())
     s2 = _words_to_bytes(e2.get_compressed())
     flags = sum(1 << g for g in active)
-    return b"".join([bytes([flags]), _varint(len(s1)), _varint(len(s2)), s1, s2,
+    return b"".join([bytes([flags]), encode_varint(len(s1)), encode_varint(len(s2)), s1, s2,
                      _words_to_bytes(main.get_compressed()), _crc(vals)])
 
 
