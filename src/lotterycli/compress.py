@@ -17,7 +17,7 @@ from .codec.architecture import Architecture
 from .codec.model import LotteryModel, decode_payload, macs_per_pixel
 from .codec.params import MODULE_NAMES, QuantizedModule
 from .config import TaskConfig
-from .fit import Distortion, FitResult, PixelMSE, ProgressCallback, Schedule, evaluate, fit, mse
+from .fit import Distortion, FitResult, PixelMSE, ProgressCallback, Schedule, fit, mse
 from .metrics import psnr
 
 SHIFT_CANDIDATES = range(4, 15)  # power-of-two steps 2**-4 .. 2**-14 tried per module
@@ -59,9 +59,15 @@ def _hard_bpp(model: LotteryModel) -> float:
 
 
 def _hard_distortion(model: LotteryModel, distortion: Distortion) -> float:
+    """Distortion of the hard-rounded render, as `fit.evaluate` measures it (a PixelMSE renders
+    only its pixels)."""
     with torch.no_grad():
-        _, synth_in = model.latents.proxies("hard")
-        return float(distortion(model.render_from(synth_in)))
+        if isinstance(distortion, PixelMSE):
+            _, _, image = distortion.render(model, "hard")
+        else:
+            _, synth_in = model.latents.proxies("hard")
+            image = model.render_from(synth_in)
+        return float(distortion(image))
 
 
 def quantize_networks(
