@@ -207,3 +207,14 @@ def test_exact_is_bit_identical_across_threads_batches_and_paths(hidden):
     assert torch.equal(mu1, torch.from_numpy(mu6)) and torch.equal(ls1, torch.from_numpy(ls6))
     # results are on the fixed-point grid
     assert torch.equal(mu1 * fixedpoint.ONE, torch.round(mu1 * fixedpoint.ONE))
+
+
+def test_banded_rate_sums_the_bands_and_keeps_gradients():
+    arm = _random_arm(5, dtype=torch.float64)
+    lat = [(torch.randn(s, dtype=torch.float64) * 3).requires_grad_() for s in _shapes()]
+    banded = arm.rate_bits(lat, band_rows=8)
+    split = sum(arm.rate_bits([b]) for g in lat for b in g.split(8, dim=0))
+    assert torch.allclose(banded, split, rtol=1e-12)
+    assert not torch.allclose(banded, arm.rate_bits(lat))  # the first rows of each band lose their context
+    banded.backward()
+    assert all(g.grad.abs().sum() > 0 for g in lat)

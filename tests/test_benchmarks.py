@@ -391,3 +391,29 @@ def test_quantize_study_script_compares_both_searches(tmp_path):
     assert all(len(set(s.values())) == 1 for s in row["module"]["shifts"].values())
     assert set(row["tensor"]["shifts"]["arm"]) == {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "fc3.weight", "fc3.bias"}
     assert row["v1_header_extra"] > 0
+
+
+def test_band_study_script_codes_each_band_height(tmp_path):
+    """benchmarks/band_study.py (docs/format.md quotes it) on a tiny file: one line per band height,
+    fewer wavefronts with bands, the file's own height at +0.00 %."""
+    import subprocess
+
+    from PIL import Image
+
+    from lotterycli import api
+
+    root = Path(__file__).resolve().parents[1]
+    g = torch.Generator().manual_seed(0)
+    pixels = (torch.rand(40, 24, 3, generator=g) * 255).to(torch.uint8).numpy()
+    Image.fromarray(pixels).save(tmp_path / "img.png")
+    from lotterycli.images import read_image
+
+    result = api.compress(read_image(tmp_path / "img.png"), preset="fast", steps=20, lam=1e-4, seed=0, device="cpu")
+    (tmp_path / "img.lottery").write_bytes(result.data)
+    out = subprocess.run([sys.executable, str(root / "benchmarks" / "band_study.py"), str(tmp_path / "img.lottery"),
+                          "--bands", "0,8", "--repeats", "1", "--threads", "1"],
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    lines = [line for line in out.splitlines() if "wavefronts" in line]
+    assert len(lines) == 2 and "(+0.00 %)" in lines[0] and "latent decode median" in lines[1]
+    steps = [int(line.split(", ")[1].split()[0]) for line in lines]
+    assert steps[1] < steps[0]

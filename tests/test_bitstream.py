@@ -6,6 +6,7 @@ import importlib
 import random
 import struct
 import zlib
+from dataclasses import replace
 
 import pytest
 import torch
@@ -24,10 +25,10 @@ SMALL = Architecture(
 class StandInLatentCoder:
     """Codes the grids with the parameter coder (ignores the ARM): enough to test the container."""
 
-    def encode(self, latents, arm):
+    def encode(self, latents, arm, band_rows=0):
         return param_coding.encode_values([v for t in latents for v in t.reshape(-1).tolist()])
 
-    def decode(self, data, shapes, arm):
+    def decode(self, data, shapes, arm, band_rows=0):
         values = param_coding.decode_values(data, sum(h * w for h, w in shapes))
         out, start = [], 0
         for h, w in shapes:
@@ -216,7 +217,7 @@ def test_param_layout_mismatch_is_rejected():
 
 
 # Container --------------------------------------------------------------------------------
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 3])
 def test_file_round_trip_and_determinism(version):
     p = make_payload()
     data = encode_file(p, latent_coder=CODER, version=version)
@@ -225,15 +226,48 @@ def test_file_round_trip_and_determinism(version):
     assert_payload_equal(decode_file(data, latent_coder=CODER), p)
 
 
-def test_version_2_is_written_by_default_and_is_smaller():
+def test_version_3_is_written_by_default_and_versions_2_3_are_smaller():
     p = make_payload()
-    v2, v1 = encode_file(p, latent_coder=CODER), encode_file(p, latent_coder=CODER, version=1)
-    assert v2[4] == 2 == container.FORMAT_VERSION
-    h2, h1 = read_header(v2), read_header(v1)
+    v3 = encode_file(p, latent_coder=CODER)
+    v2, v1 = encode_file(p, latent_coder=CODER, version=2), encode_file(p, latent_coder=CODER, version=1)
+    assert v3[4] == 3 == container.FORMAT_VERSION
+    h3, h2, h1 = read_header(v3), read_header(v2), read_header(v1)
     assert h1.header_size == container.HEADER_SIZE_V1 == 61
-    assert h2.section_sizes == h1.section_sizes and h2.shifts == h1.shifts
+    assert h3.section_sizes == h2.section_sizes == h1.section_sizes and h3.shifts == h2.shifts == h1.shifts
     # 10x13 image, 41-bit seed: 4+1+1+1+6+2 + 1+4+1+1+1+3+1 + 15 shifts + 5 lengths
     assert h2.header_size == 48 and len(v2) == len(v1) - 13
+    assert h3.header_size == 49  # + the band height (0: one byte)
+
+
+def test_latent_bands_round_trip_in_version_3_only():
+    p = make_payload(arch=replace(SMALL, arm_band_rows=300))
+    data = encode_file(p, latent_coder=CODER)
+    back = decode_file(data, latent_coder=CODER)
+    assert back.architecture.arm_band_rows == 300
+    assert_payload_equal(back, p)
+    assert describe(data)["architecture"]["arm_band_rows"] == 300
+    for version in (1, 2):
+        with pytest.raises(LotteryError, match=f"v{version} has no latent bands"):
+            encode_file(p, latent_coder=CODER, version=version)
+    old = decode_file(encode_file(make_payload(), latent_coder=CODER, version=2), latent_coder=CODER)
+    assert old.architecture.arm_band_rows == 0
+
+
+def test_band_rows_reach_the_latent_coder():
+    seen = []
+
+    class Recording(StandInLatentCoder):
+        def encode(self, latents, arm, band_rows=0):
+            seen.append(("encode", band_rows))
+            return super().encode(latents, arm)
+
+        def decode(self, data, shapes, arm, band_rows=0):
+            seen.append(("decode", band_rows))
+            return super().decode(data, shapes, arm)
+
+    coder = Recording()
+    decode_file(encode_file(make_payload(arch=replace(SMALL, arm_band_rows=4)), latent_coder=coder), latent_coder=coder)
+    assert seen == [("encode", 4), ("decode", 4)]
 
 
 def test_per_tensor_shifts_round_trip_in_version_2_only():
@@ -256,7 +290,7 @@ def test_per_tensor_shifts_round_trip_in_version_2_only():
 
 
 def _v2_offsets(data: bytes) -> dict[str, int]:
-    """Where each v2 header field starts in a make_payload() file (varints: docs/format.md)."""
+    """Where each v2/v3 header field starts in a make_payload() file (varints: docs/format.md)."""
     offsets, pos = {}, 5
 
     def skip_varint(name):
@@ -270,7 +304,7 @@ def _v2_offsets(data: bytes) -> dict[str, int]:
         skip_varint(name)
     offsets["levels"], offsets["gain"], offsets["kernel"] = pos, pos + 1, pos + 5
     pos += 6
-    for name in ("mhid", "mout", "s1", "s2", "s3", "ahid"):
+    for name in ("mhid", "mout", "s1", "s2", "s3", "ahid") + (("bands",) if data[4] >= 3 else ()):
         skip_varint(name)
     offsets["shifts"] = pos
     pos += 15
@@ -329,6 +363,10 @@ def test_version_2_varints_must_be_short_and_bounded():
     too_big = data[: o["height"]] + b"\x81\x80\x01" + data[o["height"] + 1 :]
     with pytest.raises(LotteryError, match="height"):
         read_header(resign(too_big))
+    # band height 16385, beyond the largest image side
+    too_tall = data[: o["bands"]] + b"\x81\x80\x01" + data[o["bands"] + 1 :]
+    with pytest.raises(LotteryError, match="arm_band_rows"):
+        read_header(resign(too_tall))
     endless = data[:5] + b"\xff" * 40
     with pytest.raises(LotteryError):
         read_header(resign(endless))
@@ -392,8 +430,8 @@ def test_wrong_magic_version_trailing():
     data = encode_file(make_payload(), latent_coder=CODER)
     with pytest.raises(LotteryError, match="not a .lottery file"):
         decode_file(b"PNG\x89" + data[4:], latent_coder=CODER)
-    with pytest.raises(LotteryError, match=r"unsupported \.lottery format version 3 \(this lottery reads 1 and 2\)"):
-        decode_file(data[:4] + b"\x03" + data[5:], latent_coder=CODER)
+    with pytest.raises(LotteryError, match=r"unsupported \.lottery format version 4 \(this lottery reads 1, 2 and 3\)"):
+        decode_file(data[:4] + b"\x04" + data[5:], latent_coder=CODER)
     with pytest.raises(LotteryError):
         decode_file(data + b"\x00", latent_coder=CODER)
     with pytest.raises(LotteryError, match="CRC"):

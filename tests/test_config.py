@@ -149,6 +149,12 @@ def test_unknown_key_is_named(tmp_path, text, key):
     assert str(user) in msg
 
 
+def test_compress_config_sets_bands_and_zero_turns_them_off(tmp_path):
+    assert load_task_config("compress").architecture.arm_band_rows == 256
+    user = write(tmp_path, "architecture:\n  arm_band_rows: 0\n")
+    assert load_task_config("compress", config_file=user).architecture.arm_band_rows == 0
+
+
 def test_architecture_section_overrides_sizes(tmp_path):
     user = write(tmp_path, "architecture:\n  arm_hidden: 8\n  synth_hidden: [16, 12, 8]\n")
     arch = load_task_config("denoise", config_file=user).architecture
@@ -164,6 +170,8 @@ def test_architecture_section_overrides_sizes(tmp_path):
         ("architecture: {arm_hidden: 2.5}\n", "'architecture.arm_hidden' must be an integer"),
         ("architecture: {synth_hidden: [8, 8]}\n", "list of 3 widths"),
         ("architecture: {latent_gain: 0}\n", "architecture.latent_gain"),
+        ("architecture: {arm_band_rows: -1}\n", "architecture.arm_band_rows"),
+        ("architecture: {arm_band_rows: 20000}\n", "arm_band_rows 20000 is outside"),
     ],
 )
 def test_bad_architecture_values(tmp_path, text, needle):

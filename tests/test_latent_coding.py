@@ -168,3 +168,62 @@ def test_truncated_or_corrupted_data_raises():
         decode_latents(bytes(rng.integers(0, 256, size=300, dtype=np.uint8)), shapes, ex)
     with pytest.raises(LotteryError):
         decode_latents(b"\x7f" + b"\xff" * 40, shapes, ex)
+
+
+# Bands (format v3) --------------------------------------------------------------------------
+def _split_bands(lat, band_rows):
+    return [b for g in lat for b in g.split(band_rows, dim=0)]
+
+
+def _separate_grid_bits(grids, ex):
+    """Table code length of each grid coded on its own (any number of grids; `_plan` directly)."""
+    active = [i for i, g in enumerate(grids) if bool(g.any())]
+    plan = entropy._plan([tuple(g.shape) for g in grids], active)
+    syms, _ = entropy._symbols(grids, ex, plan)
+    escapes = math.log2(entropy.ESC_K_SIZE) * syms.esc_k.shape[0] + float(syms.esc_k.sum())
+    return float(entropy._table_bits()[syms.rows, syms.sym].sum()) + escapes
+
+
+@pytest.mark.parametrize("band_rows", [1, 5, 16, 40])
+def test_bands_code_like_separate_grids_and_round_trip(band_rows):
+    """A band's contexts see zeros above it: the same code length as coding each band as its own grid."""
+    shapes = latent_shapes(37, 53, 5)
+    arm, ex = _exact_arm(6, std=0.15)
+    lat = _laplace_latents(shapes, 6, scale=3.0, big=3)
+    banded = estimate_bits(lat, ex, band_rows=band_rows)
+    assert banded == pytest.approx(_separate_grid_bits(_split_bands(lat, band_rows), ex), rel=1e-12)
+    with torch.no_grad():  # the fitting loop's rate model cuts the contexts at the same rows
+        rate = float(arm.rate_bits([g.float() for g in lat], band_rows=band_rows))
+        rate_split = float(arm.rate_bits([g.float() for g in _split_bands(lat, band_rows)]))
+    assert rate == pytest.approx(rate_split, rel=1e-5)
+    data = encode_latents(lat, ex, band_rows=band_rows)
+    out = decode_latents(data, shapes, ex, band_rows=band_rows)
+    assert all(torch.equal(a, b) for a, b in zip(lat, out))
+    if band_rows < 37:  # cutting the contexts changes the code: the other band height cannot read it
+        assert estimate_bits(lat, ex) != banded
+        with pytest.raises(LotteryError):  # other values come out: the checksum tells
+            decode_latents(data, shapes, ex)
+
+
+def test_bands_taller_than_every_grid_change_nothing():
+    shapes = latent_shapes(37, 53, 5)
+    _, ex = _exact_arm(7)
+    lat = _laplace_latents(shapes, 7)
+    assert encode_latents(lat, ex, band_rows=37) == encode_latents(lat, ex)
+
+
+def test_bands_cut_the_number_of_wavefronts():
+    shapes = latent_shapes(512, 768, 7)
+    active = list(range(7))
+    assert entropy._plan(shapes, active).bounds.shape[0] - 1 == 4 * 511 + 767 + 1
+    assert entropy._plan(shapes, active, 256).bounds.shape[0] - 1 == 4 * 255 + 767 + 1
+    assert entropy._plan(shapes, active, 128).bounds.shape[0] - 1 == 4 * 127 + 767 + 1
+
+
+def test_bad_band_rows_are_refused():
+    _, ex = _exact_arm(1)
+    lat = _laplace_latents(latent_shapes(16, 16, 2), 1)
+    with pytest.raises(LotteryError, match="band rows"):
+        encode_latents(lat, ex, band_rows=-1)
+    with pytest.raises(LotteryError, match="band rows"):
+        decode_latents(b"\0" * 16, [(16, 16), (8, 8)], ex, band_rows=1 << 20)

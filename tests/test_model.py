@@ -394,3 +394,26 @@ def test_per_tensor_steps_lower_the_real_cost(fitted):
     assert any(len(set(q.tensor_shifts().values())) > 1 for q in tensor_q.values())
     assert sum(module_bits(q) for q in tensor_q.values()) < sum(module_bits(q) for q in module_q.values())
     assert tensor_cost < module_cost
+
+
+def test_banded_model_writes_and_decodes_its_bands():
+    """A fit with ARM bands: the file carries the band height and decodes to the payload's pixels."""
+    torch.set_num_threads(1)
+    target = scene(24, 20)
+    torch.manual_seed(0)
+    model = LotteryModel(24, 20, Architecture(arm_band_rows=5), seed=3, mask_ratio=0.3)
+    fit(model, mse(target), 0.002, Schedule(steps=10, eval_every=5))
+    payload = model.to_payload(quantize_networks(model, mse(target), 0.002, per_tensor=False))
+    data = encode_file(payload)
+    back = decode_file(data)
+    assert back.architecture.arm_band_rows == 5 and data[4] == 3
+    assert all(torch.equal(a, b) for a, b in zip(back.latents, payload.latents))
+    assert torch.equal(decode_payload(back), decode_payload(payload))
+    with torch.no_grad():  # the model's rate is the banded one
+        rate_in, _ = model.latents.proxies("hard")
+        assert float(model("hard")[1]) == pytest.approx(float(model.arm.rate_bits(rate_in, 5)), rel=1e-6)
+
+
+def test_bands_at_least_as_tall_as_the_image_are_stored_as_none():
+    assert LotteryModel(24, 20, Architecture(arm_band_rows=24), seed=0, mask_ratio=0.3).arch.arm_band_rows == 0
+    assert LotteryModel(24, 20, Architecture(arm_band_rows=23), seed=0, mask_ratio=0.3).arch.arm_band_rows == 23

@@ -55,7 +55,7 @@ def _hard_bpp(model: LotteryModel) -> float:
     """Latent rate (bits per pixel) of the hard-rounded latents under the model's ARM."""
     with torch.no_grad():
         rate_in, _ = model.latents.proxies("hard")
-        return float(model.arm.rate_bits(rate_in)) / model.n_pixels
+        return float(model.arm.rate_bits(rate_in, model.arch.arm_band_rows)) / model.n_pixels
 
 
 def _hard_distortion(model: LotteryModel, distortion: Distortion) -> float:

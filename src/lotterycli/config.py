@@ -248,8 +248,8 @@ def _architecture(d: dict, source: str) -> Architecture:
             kwargs[k] = tuple(_number(x, key, source, integer=True, lo=1) for x in v)
         elif k == "latent_gain":
             kwargs[k] = _number(v, key, source, lo=0, lo_open=True)
-        else:
-            kwargs[k] = _number(v, key, source, integer=True, lo=1)
+        else:  # sizes; a band height of 0 means "no bands"
+            kwargs[k] = _number(v, key, source, integer=True, lo=0 if k == "arm_band_rows" else 1)
     arch = Architecture(**kwargs)
     try:
         check_architecture(arch)

@@ -1,5 +1,5 @@
-""".lottery file format, version 2 (version 1 still read): header, sections, CRC32. Byte layout
-in docs/format.md.
+""".lottery file format, version 3 (versions 1 and 2 still read): header, sections, CRC32. Byte
+layout in docs/format.md.
 
     encode_file(payload) -> bytes          decode_file(data) -> Payload
     read_header(data) -> Header            describe(data) -> dict (used by `lottery info`)
@@ -28,8 +28,8 @@ from . import mask_coding, param_coding
 from .varint import encode_varint
 
 MAGIC = b"LOTR"
-FORMAT_VERSION = 2  # what encode_file writes
-READ_VERSIONS = (1, 2)
+FORMAT_VERSION = 3  # what encode_file writes
+READ_VERSIONS = (1, 2, 3)
 
 # Limits checked before anything is allocated (also enforced when writing).
 MAX_SIDE = 16384
@@ -60,6 +60,7 @@ _ARCH_FIELDS = (
     "modnet_out",
     "synth_hidden",
     "arm_hidden",
+    "arm_band_rows",
 )
 _RATIO_SCALE = 10000
 
@@ -67,25 +68,29 @@ _RATIO_SCALE = 10000
 class LatentCoder(Protocol):
     """Codes the integer latent grids given the (quantized) ARM."""
 
-    def encode(self, latents: list[torch.Tensor], arm: QuantizedModule) -> bytes: ...
+    def encode(self, latents: list[torch.Tensor], arm: QuantizedModule, band_rows: int = 0) -> bytes: ...
 
-    def decode(self, data: bytes, shapes: list[tuple[int, int]], arm: QuantizedModule) -> list[torch.Tensor]: ...
+    def decode(
+        self, data: bytes, shapes: list[tuple[int, int]], arm: QuantizedModule, band_rows: int = 0
+    ) -> list[torch.Tensor]: ...
 
 
 class DefaultLatentCoder:
     """The real coder: `codec.entropy` driven by `codec.arm.ArmExact` (imported on first use)."""
 
-    def encode(self, latents: list[torch.Tensor], arm: QuantizedModule) -> bytes:
+    def encode(self, latents: list[torch.Tensor], arm: QuantizedModule, band_rows: int = 0) -> bytes:
         from ..codec import arm as arm_mod
         from ..codec import entropy
 
-        return entropy.encode_latents(latents, arm_mod.ArmExact(arm))
+        return entropy.encode_latents(latents, arm_mod.ArmExact(arm), band_rows)
 
-    def decode(self, data: bytes, shapes: list[tuple[int, int]], arm: QuantizedModule) -> list[torch.Tensor]:
+    def decode(
+        self, data: bytes, shapes: list[tuple[int, int]], arm: QuantizedModule, band_rows: int = 0
+    ) -> list[torch.Tensor]:
         from ..codec import arm as arm_mod
         from ..codec import entropy
 
-        return entropy.decode_latents(data, shapes, arm_mod.ArmExact(arm))
+        return entropy.decode_latents(data, shapes, arm_mod.ArmExact(arm), band_rows)
 
 
 @dataclass(frozen=True)
@@ -136,6 +141,8 @@ def check_architecture(arch: Architecture) -> None:
 
     if arch.arm_hidden > max_arm_hidden:
         raise LotteryError(f"arm_hidden {arch.arm_hidden} is outside the supported range 1..{max_arm_hidden}")
+    if not 0 <= arch.arm_band_rows <= MAX_SIDE:
+        raise LotteryError(f"arm_band_rows {arch.arm_band_rows} is outside the supported range 0..{MAX_SIDE}")
     g = arch.latent_gain
     if not (math.isfinite(g) and 0.0 < g <= MAX_LATENT_GAIN):
         raise LotteryError(f"latent_gain {g} is outside the supported range (0, {MAX_LATENT_GAIN:g}]")
@@ -173,6 +180,8 @@ def _checked_fields(payload: Payload, version: int) -> tuple[float, int, int, di
                 raise LotteryError(f"quantization shift {sh} of {name}.{t} is outside -{MAX_ABS_SHIFT}..{MAX_ABS_SHIFT}")
         if version == 1 and len(set(shifts[name].values())) > 1:
             raise LotteryError(f".lottery v1 stores one shift per module; {name} has per-tensor shifts")
+    if version < 3 and arch.arm_band_rows:
+        raise LotteryError(f".lottery v{version} has no latent bands; arm_band_rows is {arch.arm_band_rows}")
     return gain, seed, round(ratio * _RATIO_SCALE), shifts
 
 
@@ -193,15 +202,16 @@ def _pack_header_v1(payload: Payload, sizes: list[int]) -> bytes:
     )
 
 
-def _pack_header_v2(payload: Payload, sizes: list[int]) -> bytes:
-    """Version 2: variable-length integers and one shift per tensor (docs/format.md, section 1)."""
-    gain, seed, ratio, shifts = _checked_fields(payload, 2)
+def _pack_header_v2(payload: Payload, sizes: list[int], version: int = 2) -> bytes:
+    """Versions 2 and 3: variable-length integers and one shift per tensor; version 3 adds the
+    latent band height after arm_hidden (docs/format.md, section 1)."""
+    gain, seed, ratio, shifts = _checked_fields(payload, version)
     arch = payload.architecture
     v = encode_varint
     return b"".join(
         [
             MAGIC,
-            bytes([2]),
+            bytes([version]),
             v(payload.height),
             v(payload.width),
             v(seed),
@@ -213,6 +223,7 @@ def _pack_header_v2(payload: Payload, sizes: list[int]) -> bytes:
             v(arch.modnet_out),
             *(v(w) for w in arch.synth_hidden),
             v(arch.arm_hidden),
+            v(arch.arm_band_rows) if version >= 3 else b"",
             bytes(sh & 0xFF for name in MODULE_NAMES for sh in shifts[name].values()),
             *(v(n) for n in sizes),  # the latents' too, so that a cut file is told from a corrupted one
         ]
@@ -222,7 +233,8 @@ def _pack_header_v2(payload: Payload, sizes: list[int]) -> bytes:
 def encode_file(payload: Payload, latent_coder: LatentCoder | None = None, version: int = FORMAT_VERSION) -> bytes:
     """Serialise a Payload into .lottery bytes (deterministic: same payload, same bytes).
 
-    `version` 1 (fixed-size header, one shift per module) is kept for reading old files' tests.
+    Versions 1 (fixed-size header, one shift per module) and 2 (no latent bands) are kept for
+    the readers' tests.
     """
     if version not in READ_VERSIONS:
         raise ValueError(f"cannot write .lottery version {version}")
@@ -244,9 +256,10 @@ def encode_file(payload: Payload, latent_coder: LatentCoder | None = None, versi
     for name in MODULE_NAMES:
         layout = param_coding.module_layout(name, arch)
         sections.append(param_coding.encode_module(payload.modules[name], layout))
-    sections.append(bytes(coder.encode(payload.latents, payload.modules["arm"])))
-    pack = _pack_header_v1 if version == 1 else _pack_header_v2
-    body = pack(payload, [len(s) for s in sections]) + b"".join(sections)
+    sections.append(bytes(coder.encode(payload.latents, payload.modules["arm"], band_rows=arch.arm_band_rows)))
+    sizes = [len(s) for s in sections]
+    header = _pack_header_v1(payload, sizes) if version == 1 else _pack_header_v2(payload, sizes, version)
+    body = header + b"".join(sections)
     return body + _CRC.pack(zlib.crc32(body))
 
 
@@ -315,7 +328,8 @@ def _read_v1(data: bytes, n: int) -> tuple:
     return height, width, seed, ratio, arch, shifts, sizes, HEADER_SIZE_V1
 
 
-def _read_v2(data: bytes, n: int) -> tuple:
+def _read_v2(data: bytes, n: int, version: int = 2) -> tuple:
+    """Versions 2 and 3 (3 adds the band height after arm_hidden)."""
     c = _Cursor(data, n)
     c.take(5)  # magic and version, checked by the caller
     height = c.varint("height", MAX_SIDE)
@@ -329,7 +343,8 @@ def _read_v2(data: bytes, n: int) -> tuple:
     m_out = c.varint("modnet_out", MAX_WIDTH)
     synth = tuple(c.varint("synth_hidden", MAX_WIDTH) for _ in range(3))
     a_hid = c.varint("arm_hidden", MAX_WIDTH)
-    arch = _architecture(height, width, n_levels, gain, kernel, m_hid, m_out, synth, a_hid)
+    bands = c.varint("arm_band_rows", MAX_SIDE) if version >= 3 else 0
+    arch = _architecture(height, width, n_levels, gain, kernel, m_hid, m_out, synth, a_hid, bands)
     shifts = {}
     for name in MODULE_NAMES:
         shifts[name] = {}
@@ -340,7 +355,7 @@ def _read_v2(data: bytes, n: int) -> tuple:
     return height, width, seed, ratio, arch, shifts, sizes, c.pos
 
 
-def _architecture(height, width, n_levels, gain, kernel, m_hid, m_out, synth, a_hid) -> Architecture:
+def _architecture(height, width, n_levels, gain, kernel, m_hid, m_out, synth, a_hid, bands=0) -> Architecture:
     try:
         _check_image(height, width)
         arch = Architecture(
@@ -351,6 +366,7 @@ def _architecture(height, width, n_levels, gain, kernel, m_hid, m_out, synth, a_
             modnet_out=m_out,
             synth_hidden=tuple(synth),
             arm_hidden=a_hid,
+            arm_band_rows=bands,
         )
         check_architecture(arch)
     except LotteryError as exc:
@@ -370,10 +386,12 @@ def read_header(data: bytes, check_crc: bool = True) -> Header:
         raise LotteryError(f"truncated .lottery file ({n} bytes)")
     version = data[4]
     if version not in READ_VERSIONS:
-        known = " and ".join(str(v) for v in READ_VERSIONS)
+        known = ", ".join(str(v) for v in READ_VERSIONS[:-1]) + f" and {READ_VERSIONS[-1]}"
         raise LotteryError(f"unsupported .lottery format version {version} (this lottery reads {known})")
-    read = _read_v1 if version == 1 else _read_v2
-    height, width, seed, ratio, arch, shifts, sizes, header_size = read(data, n)
+    if version == 1:
+        height, width, seed, ratio, arch, shifts, sizes, header_size = _read_v1(data, n)
+    else:
+        height, width, seed, ratio, arch, shifts, sizes, header_size = _read_v2(data, n, version)
 
     if ratio > _RATIO_SCALE:
         raise _corrupt(f"mask ratio {ratio / _RATIO_SCALE} is above 1")
@@ -422,7 +440,7 @@ def _sections(data: bytes, header: Header) -> dict[str, bytes]:
 
 
 def decode_file(data: bytes, latent_coder: LatentCoder | None = None) -> Payload:
-    """Parse .lottery bytes (version 1 or 2) back into the exact Payload that was written."""
+    """Parse .lottery bytes (any version in READ_VERSIONS) back into the exact Payload that was written."""
     coder = latent_coder if latent_coder is not None else DefaultLatentCoder()
     header = read_header(data)
     arch = header.architecture
@@ -434,7 +452,7 @@ def decode_file(data: bytes, latent_coder: LatentCoder | None = None) -> Payload
         modules[name] = param_coding.decode_module(secs[name], header.shifts[name], layout)
     shapes = latent_shapes(header.height, header.width, arch.n_levels)
     try:
-        latents = coder.decode(secs["latents"], shapes, modules["arm"])
+        latents = coder.decode(secs["latents"], shapes, modules["arm"], band_rows=arch.arm_band_rows)
     except LotteryError:
         raise
     except (ValueError, RuntimeError, IndexError, KeyError, OverflowError, ZeroDivisionError) as exc:

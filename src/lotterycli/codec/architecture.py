@@ -18,6 +18,7 @@ class Architecture:
     modnet_out: int = 3  # channels of U1, U2, U3
     synth_hidden: tuple[int, int, int] = (32, 24, 16)  # widths of the three hidden synthesis layers
     arm_hidden: int = 24  # ARM hidden width (context size is fixed at 24 neighbours)
+    arm_band_rows: int = 0  # ARM contexts stop every this many rows, for a faster decoder (0 = never)
 
     def to_dict(self) -> dict:
         d = asdict(self)

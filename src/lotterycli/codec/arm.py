@@ -244,22 +244,25 @@ class Arm(nn.Module):
     def _w2res(self) -> torch.Tensor:
         return self.fc2.weight + torch.eye(self.hidden, dtype=self.fc2.weight.dtype, device=self.fc2.weight.device)
 
-    def rate_bits(self, latents: list[torch.Tensor]) -> torch.Tensor:
+    def rate_bits(self, latents: list[torch.Tensor], band_rows: int = 0) -> torch.Tensor:
         """Total bits of all grids under the model (scalar, differentiable).
 
         Each grid's values serve both as the context and as the coded symbols. Grids are
         processed one by one with one fused convolution each; equal-sized grids never occur,
-        and measured packing of the small grids did not pay off on CPU.
+        and measured packing of the small grids did not pay off on CPU. With `band_rows` B > 0
+        each grid is cut into bands of B rows whose contexts see zeros above them, exactly as
+        the coder codes them (`entropy`, format v3).
         """
         w1res = self._w1res()
         total = None
-        for g in latents:
-            if g.numel() == 0:
+        for grid in latents:
+            if grid.numel() == 0:
                 continue
-            h, w = g.shape
-            mu, ls = self._maps(_pad(g), w1res, h, w)
-            bits = laplace_bits(g, mu, ls).sum()
-            total = bits if total is None else total + bits
+            for g in grid.split(band_rows, dim=0) if 0 < band_rows < grid.shape[0] else (grid,):
+                h, w = g.shape
+                mu, ls = self._maps(_pad(g), w1res, h, w)
+                bits = laplace_bits(g, mu, ls).sum()
+                total = bits if total is None else total + bits
         if total is None:
             return self.fc3.bias.sum() * 0.0
         return total
@@ -386,7 +389,9 @@ class ArmExact:
         clipped), so the input clamp is skipped. The test suite checks equality with __call__.
 
         Pre-activations carry an extra +8 * 2**16 folded into the biases (an exact integer shift),
-        so the GELU table index is just the clamp of floor(h) to [0, 16 * 2**16].
+        so the GELU table index is floor(h) clamped to [0, 16 * 2**16]: `take(mode="clip")` does
+        the clamp, and truncation equals floor wherever the clamp does not decide (h >= 0). Above
+        +8 the GELU is the identity, added only when some value of the layer gets there.
         """
         one = fixedpoint.ONE
         lim = fixedpoint.ACT_LIMIT * one
@@ -402,14 +407,14 @@ class ArmExact:
         h *= one
         h += b1 + (0.5 + r)
         for w, b_next in ((w2, b2 + (0.5 + r)), (w3, b3 + 0.5)):  # only hidden layers get the +r
-            np.floor(h, out=h)  # = round_fixed(...) * 2**16 + r, before the +-lim clamp
-            idx = np.minimum(h, 2 * r)
-            np.maximum(idx, 0.0, out=idx)
-            g = table.take(idx.astype(np.int64))  # gelu at the clamped grid value
-            h -= 2 * r  # k - r, where k is the pre-activation * 2**16
-            np.maximum(h, 0.0, out=h)
-            np.minimum(h, lim - r, out=h)  # k clamped to lim first
-            g += h  # identity above +8 (table ends at exactly 8 * 2**16)
+            k = h.astype(np.int64)  # |h| < 2**36: exact
+            g = table.take(k, mode="clip")  # gelu * 2**16 at the clamped grid value
+            if k.max() > 2 * r:  # identity part: k - 2r, with k clamped to lim + r first
+                above = np.floor(h)
+                above -= 2 * r
+                np.maximum(above, 0.0, out=above)
+                np.minimum(above, lim - r, out=above)
+                g += above  # the table ends at exactly 8 * 2**16
             h = g @ w  # g is gelu * 2**16, so this is 2**16 * (gelu @ W.T): exact
             h += b_next
         np.floor(h, out=h)

@@ -18,6 +18,11 @@ Order: with the ARM's causal offsets every neighbour of (y, x) has a smaller t =
 decoder handles one anti-diagonal wavefront t at a time, all grids together (the number of steps
 is max over grids of 4h + w). The encoder emits symbols in exactly that order.
 
+Bands (`band_rows` B > 0, format v3): each grid is cut into horizontal bands of B rows whose
+contexts stop at the band's top edge, as at the grid's own top edge (zeros above). Bands are
+independent, so they share wavefronts too: t = 4 (y mod B) + x, and a 768x512 image needs
+4 * 255 + 768 = 1,788 steps at B = 256 instead of 2,812. B = 0 means one band per grid.
+
 Layout of the bytes:
     1 byte   bit i set = grid i is coded (grids whose values are all zero are skipped)
     varint   byte length of escape stream 1, varint byte length of escape stream 2
@@ -56,6 +61,7 @@ FREQ_TOTAL = 1 << FREQ_BITS
 ESC_K_SIZE = 32  # uniform alphabet for the escape length k
 LATENT_LIMIT = 1 << 20  # |latent value| bound (encode refuses, decode rejects beyond it)
 ENCODE_CHUNK = 1 << 16
+MAX_BAND_ROWS = 1 << 16  # band height limit (0 = no bands); the container's image limit is lower
 
 assert LOG_SCALE_MIN * LS_STEPS == int(LOG_SCALE_MIN * LS_STEPS)
 
@@ -133,11 +139,9 @@ def table_index(mu: torch.Tensor, log_scale: torch.Tensor) -> tuple[np.ndarray, 
     mu = mu.numpy() if isinstance(mu, torch.Tensor) else np.asarray(mu)
     ls = log_scale.numpy() if isinstance(log_scale, torch.Tensor) else np.asarray(log_scale)
     mq = np.floor(mu * MU_STEPS + 0.5).astype(np.int64)  # exact: mu is a multiple of 2**-16
-    m_int = mq >> 5
-    f = mq & (MU_STEPS - 1)
     ls = np.maximum(np.minimum(ls, LOG_SCALE_MAX), LOG_SCALE_MIN)  # np.clip, with less overhead
-    j = np.floor((ls - LOG_SCALE_MIN) * LS_STEPS + 0.5).astype(np.int64)
-    return f * N_LS + j, m_int
+    j = ((ls - LOG_SCALE_MIN) * LS_STEPS + 0.5).astype(np.int64)  # >= 0.5: truncation is floor
+    return (mq & (MU_STEPS - 1)) * N_LS + j, mq >> 5
 
 
 # --- geometry: all grids on one zero-padded canvas ----------------------------------------
@@ -152,7 +156,12 @@ class _Plan:
     bounds: np.ndarray  # wavefront t covers pos[bounds[t]:bounds[t+1]]
 
 
-def _plan(shapes: list[tuple[int, int]], active: list[int]) -> _Plan:
+def _plan(shapes: list[tuple[int, int]], active: list[int], band_rows: int = 0) -> _Plan:
+    """Canvas positions and wavefront order of every coded value.
+
+    Grids (and, with `band_rows`, each band of a grid) sit on one canvas, 4 zero rows apart and
+    with 4 zero columns on each side, so one gather with fixed offsets gives every context.
+    """
     wc = max([shapes[g][1] for g in active], default=0) + 8
     row = 4
     pos_parts, t_parts, starts = [], [], []
@@ -160,11 +169,13 @@ def _plan(shapes: list[tuple[int, int]], active: list[int]) -> _Plan:
     for g in active:
         h, w = shapes[g]
         ys, xs = np.meshgrid(np.arange(h, dtype=np.int64), np.arange(w, dtype=np.int64), indexing="ij")
-        pos_parts.append(((row + ys) * wc + 4 + xs).reshape(-1))
-        t_parts.append((4 * ys + xs).reshape(-1))
+        band, y_in = (ys // band_rows, ys % band_rows) if band_rows > 0 else (0, ys)
+        pos_parts.append(((row + ys + 4 * band) * wc + 4 + xs).reshape(-1))  # 4 zero rows before each band
+        t_parts.append((4 * y_in + xs).reshape(-1))
         starts.append(n)
         n += h * w
-        row += h + 4
+        n_bands = -(-h // band_rows) if band_rows > 0 else 1
+        row += h + 4 * n_bands
     canvas_size = row * wc
     offsets = np.array([dy * wc + dx for dy, dx in CONTEXT_OFFSETS], dtype=np.int64)
     if n == 0:
@@ -263,10 +274,17 @@ def _prepare(latents, arm):
     return shapes, lat, active
 
 
-def estimate_bits(latents: list[torch.Tensor], arm: ArmExact) -> float:
+def _check_band_rows(band_rows: int) -> int:
+    band_rows = int(band_rows)
+    if not 0 <= band_rows <= MAX_BAND_ROWS:
+        raise LotteryError(f"band rows {band_rows} outside 0..{MAX_BAND_ROWS}")
+    return band_rows
+
+
+def estimate_bits(latents: list[torch.Tensor], arm: ArmExact, band_rows: int = 0) -> float:
     """Code length (bits) the fixed table assigns to `latents`, escapes included (no header)."""
     shapes, lat, active = _prepare(latents, arm)
-    plan = _plan(shapes, active)
+    plan = _plan(shapes, active, _check_band_rows(band_rows))
     syms, _ = _symbols(lat, arm, plan)
     bits = float(_table_bits()[syms.rows, syms.sym].sum())
     return bits + math.log2(ESC_K_SIZE) * syms.esc_k.shape[0] + float(syms.esc_k.sum())
@@ -307,12 +325,12 @@ def _models():
 
 
 # --- encode / decode -------------------------------------------------------------------------
-def encode_latents(latents: list[torch.Tensor], arm: ArmExact) -> bytes:
-    """Integer grids (level 0 first) -> bytes. Inverse: `decode_latents` with the same shapes."""
+def encode_latents(latents: list[torch.Tensor], arm: ArmExact, band_rows: int = 0) -> bytes:
+    """Integer grids (level 0 first) -> bytes. Inverse: `decode_latents` with the same shapes and bands."""
     import constriction
 
     shapes, lat, active = _prepare(latents, arm)
-    plan = _plan(shapes, active)
+    plan = _plan(shapes, active, _check_band_rows(band_rows))
     syms, vals = _symbols(lat, arm, plan)
     cat, unif_k, unif = _models()
     q = constriction.stream.queue
@@ -333,12 +351,13 @@ def encode_latents(latents: list[torch.Tensor], arm: ArmExact) -> bytes:
                      _words_to_bytes(main.get_compressed()), _crc(vals)])
 
 
-def decode_latents(data: bytes, shapes: list[tuple[int, int]], arm: ArmExact) -> list[torch.Tensor]:
+def decode_latents(data: bytes, shapes: list[tuple[int, int]], arm: ArmExact, band_rows: int = 0) -> list[torch.Tensor]:
     """Bytes from `encode_latents` -> int64 grids of the given shapes.
 
     Raises LotteryError on truncated or corrupted data (work is bounded by the shapes).
     """
     shapes = _check_shapes(shapes)
+    band_rows = _check_band_rows(band_rows)
     data = bytes(data)
     if len(data) < 7:
         raise LotteryError("latent data truncated")
@@ -351,7 +370,7 @@ def decode_latents(data: bytes, shapes: list[tuple[int, int]], arm: ArmExact) ->
     body_end = len(data) - 4
     if i + n1 + n2 > body_end:
         raise LotteryError("latent data truncated")
-    plan = _plan(shapes, active)
+    plan = _plan(shapes, active, band_rows)
     try:
         vals = _decode_values(plan, arm, data[i: i + n1], data[i + n1: i + n1 + n2],
                               data[i + n1 + n2: body_end])
@@ -381,23 +400,24 @@ def _decode_values(plan: _Plan, arm: ArmExact, s1: bytes, s2: bytes, s_main: byt
     d2 = q.RangeDecoder(_bytes_to_words(s2))
     canvas = np.zeros(plan.canvas_size, dtype=np.float64)
     table = _table_float()
-    pos_all, off, bounds = plan.pos, plan.offsets, plan.bounds
-    for t in range(bounds.shape[0] - 1):
-        s, e = int(bounds[t]), int(bounds[t + 1])
+    pos_all, off, bounds = plan.pos, plan.offsets, plan.bounds.tolist()
+    limit = int(ACT_LIMIT)
+    for t in range(len(bounds) - 1):
+        s, e = bounds[t], bounds[t + 1]
         if s == e:
             continue
         pos = pos_all[s:e]
-        ctx = canvas[pos[:, None] + off]
+        ctx = canvas.take(pos[:, None] + off)  # take: faster than fancy indexing, same values
         mu, ls = arm.forward_numpy(ctx, clipped=True)
         rows, m_int = table_index(mu, ls)
-        sym = main.decode(cat, table[rows]).astype(np.int64)
+        sym = main.decode(cat, table.take(rows, axis=0)).astype(np.int64)
         r = sym - HALF_ALPHABET
         esc = sym >= ESC_NEG
         if esc.any():
             r[esc] = _decode_escapes(sym[esc], d1, d2, unif_k, unif)
         v = m_int + r
         vals[s:e] = v
-        canvas[pos] = np.clip(v, -ACT_LIMIT, ACT_LIMIT)  # the ARM clamps contexts to this anyway
+        canvas[pos] = np.clip(v, -limit, limit, out=v)  # the ARM clamps contexts to this anyway
     if np.abs(vals).max() > LATENT_LIMIT:
         raise LotteryError("corrupted latent data (value out of range)")
     return vals

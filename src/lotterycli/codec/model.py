@@ -7,6 +7,8 @@ the same pixels on every machine. The encoder calls the same function for its se
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import nn
 
@@ -23,6 +25,8 @@ from .upsampling import Upsampling, upsampling_exact
 class LotteryModel(nn.Module):
     def __init__(self, height: int, width: int, arch: Architecture, seed: int, mask_ratio: float):
         super().__init__()
+        if arch.arm_band_rows >= height:  # one band per grid: the same code, written as "no bands"
+            arch = replace(arch, arm_band_rows=0)
         self.height, self.width = height, width
         self.arch, self.seed, self.mask_ratio = arch, seed, mask_ratio
         self.latents = LatentGrids(height, width, arch.n_levels, arch.latent_gain, noise_seed=seed)
@@ -60,7 +64,7 @@ class LotteryModel(nn.Module):
         """(image (3, H, W), latent rate in bits) under the given quantization proxy; with `pixels`
         the image part is (3, len(pixels)) (see `render_from`)."""
         rate_in, synth_in = self.latents.proxies(mode, temperature, noise_a)
-        return self.render_from(synth_in, pixels), self.arm.rate_bits(rate_in)
+        return self.render_from(synth_in, pixels), self.arm.rate_bits(rate_in, self.arch.arm_band_rows)
 
     # -- parameter groups for the optimiser ------------------------------------------------------
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
