@@ -275,7 +275,7 @@ def write_file(path: str | Path, payload: Payload, latent_coder: LatentCoder | N
 
 # Reading -------------------------------------------------------------------------------------
 class _Cursor:
-    """Reads a v2 header front to back; running out of bytes is reported as truncation."""
+    """Reads a v2 or v3 header front to back; running out of bytes is reported as truncation."""
 
     def __init__(self, data: bytes, n_file: int) -> None:
         self.data, self.pos, self.n_file = data, 0, n_file

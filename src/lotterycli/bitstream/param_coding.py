@@ -365,7 +365,7 @@ def encode_module(qmodule: QuantizedModule, layout=None) -> bytes:
 def decode_module(data: bytes, shift: int | dict[str, int], layout: list[tuple[str, tuple[int, ...]]]) -> QuantizedModule:
     """Rebuild a `QuantizedModule` from its section bytes, shift(s) and layout.
 
-    `shift`: one for the module, or one per tensor (format v2); the module's `shift` is then the
+    `shift`: one for the module, or one per tensor (format v2 and later); the module's `shift` is then the
     first tensor's, with the others that differ from it in `shifts`.
     """
     sizes = []
