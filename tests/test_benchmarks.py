@@ -393,27 +393,48 @@ def test_quantize_study_script_compares_both_searches(tmp_path):
     assert row["v1_header_extra"] > 0
 
 
-def test_band_study_script_codes_each_band_height(tmp_path):
-    """benchmarks/band_study.py (docs/format.md quotes it) on a tiny file: one line per band height,
-    fewer wavefronts with bands, the file's own height at +0.00 %."""
-    import subprocess
 
+@pytest.fixture(scope="module")
+def tiny_lottery_file(tmp_path_factory) -> Path:
+    """A 24x40 noise image compressed with 20 steps (nonzero latents), written as a .lottery file."""
     from PIL import Image
 
     from lotterycli import api
-
-    root = Path(__file__).resolve().parents[1]
-    g = torch.Generator().manual_seed(0)
-    pixels = (torch.rand(40, 24, 3, generator=g) * 255).to(torch.uint8).numpy()
-    Image.fromarray(pixels).save(tmp_path / "img.png")
     from lotterycli.images import read_image
 
-    result = api.compress(read_image(tmp_path / "img.png"), preset="fast", steps=20, lam=1e-4, seed=0, device="cpu")
-    (tmp_path / "img.lottery").write_bytes(result.data)
-    out = subprocess.run([sys.executable, str(root / "benchmarks" / "band_study.py"), str(tmp_path / "img.lottery"),
-                          "--bands", "0,8", "--repeats", "1", "--threads", "1"],
-                         capture_output=True, text=True, timeout=120, check=True).stdout
+    folder = tmp_path_factory.mktemp("tiny")
+    g = torch.Generator().manual_seed(0)
+    pixels = (torch.rand(40, 24, 3, generator=g) * 255).to(torch.uint8).numpy()
+    Image.fromarray(pixels).save(folder / "img.png")
+    result = api.compress(read_image(folder / "img.png"), preset="fast", steps=20, lam=1e-4, seed=0, device="cpu")
+    (folder / "img.lottery").write_bytes(result.data)
+    return folder / "img.lottery"
+
+
+def _run_script(name: str, *args: str) -> str:
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    return subprocess.run([sys.executable, str(root / "benchmarks" / name), *args],
+                          capture_output=True, text=True, timeout=120, check=True).stdout
+
+
+def test_band_study_script_codes_each_band_height(tiny_lottery_file):
+    """benchmarks/band_study.py (docs/format.md quotes it) on a tiny file: one line per band height,
+    fewer wavefronts with bands, the file's own height at +0.00 %."""
+    out = _run_script("band_study.py", str(tiny_lottery_file), "--bands", "0,8", "--repeats", "1", "--threads", "1")
     lines = [line for line in out.splitlines() if "wavefronts" in line]
     assert len(lines) == 2 and "(+0.00 %)" in lines[0] and "latent decode median" in lines[1]
     steps = [int(line.split(", ")[1].split()[0]) for line in lines]
     assert steps[1] < steps[0]
+
+
+def test_mask_stats_script_reports_each_layer(tiny_lottery_file):
+    """benchmarks/mask_stats.py (docs/tuning.md quotes it): both code lengths and four layers' counts,
+    the per-layer one never above the global one (a finer model of the same bits)."""
+    out = _run_script("mask_stats.py", str(tiny_lottery_file))
+    (line,) = out.splitlines()
+    whole = float(line.split("one ratio ")[1].split(" B")[0])
+    per_layer = float(line.split("per layer ")[1].split(" B")[0])
+    assert 0 < per_layer <= whole
+    assert len(line.split("kept per layer: ")[1].split(", ")) == 4
