@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -213,6 +215,18 @@ def test_decompress_bad_files(work, tmp_path, kind):
         assert "version" in msg
     if kind in ("truncated", "header_only"):
         assert "truncated" in msg
+
+
+def test_info_reads_the_header_without_importing_torch(work):
+    """`lottery info` in a batch loop should not pay seconds for the torch import per file."""
+    code = ("import sys\n"
+            "from lotterycli.cli import main\n"
+            f"sys.argv = ['lottery', 'info', {str(work['a'])!r}, '--json']\n"
+            "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["sizes"]["total"] == work["a"].stat().st_size
 
 
 def test_info_bad_file(work, tmp_path):

@@ -191,7 +191,7 @@ def info(
     as_json: bool = _json_opt,
 ) -> None:
     """Show a .lottery file's header and a size breakdown (header, mask, networks, latents)."""
-    from .bitstream.container import describe
+    from .bitstream.header import describe  # no torch: the header is all `info` reads
 
     d = describe(_read_bytes(file))
     if as_json:

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import torch
 
-from ..codec.architecture import Architecture
-from ..codec.params import MODULE_NAMES, QuantizedModule
+from ..codec.architecture import ARM_CONTEXT_SIZE, Architecture, module_layout
+from ..codec.params import QuantizedModule
 from ..errors import LotteryError
 
-ARM_CONTEXT = 24  # causal neighbours fed to the ARM (fixed by the method, METHOD.md section 2)
+ARM_CONTEXT = ARM_CONTEXT_SIZE  # kept for callers of the old name
 
 MAX_K = 12  # largest Exp-Golomb order the encoder tries
 MAX_SUFFIX = 63  # c + k <= 63 (x < 2**64) covers every int64; more in a stream is corruption
@@ -42,36 +42,6 @@ _MASK32 = 0xFFFFFFFF
 
 
 # Layout ------------------------------------------------------------------------------------
-def module_layout(name: str, arch: Architecture) -> list[tuple[str, tuple[int, ...]]]:
-    """Canonical (parameter name, shape) list of one learned module, in storage order."""
-    if name == "arm":
-        h = arch.arm_hidden
-        return [
-            ("fc1.weight", (h, ARM_CONTEXT)),
-            ("fc1.bias", (h,)),
-            ("fc2.weight", (h, h)),
-            ("fc2.bias", (h,)),
-            ("fc3.weight", (2, h)),
-            ("fc3.bias", (2,)),
-        ]
-    if name == "upsampling":
-        k = arch.upsample_kernel
-        return [("kernel", (k, k))]
-    if name == "modnet":
-        hid, out = arch.modnet_hidden, arch.modnet_out
-        return [
-            ("u0.weight", (hid, arch.n_levels)),
-            ("u0.bias", (hid,)),
-            ("u1.weight", (out, hid)),
-            ("u1.bias", (out,)),
-            ("u2.weight", (out, out, 3, 3)),
-            ("u2.bias", (out,)),
-            ("u3.weight", (out, out, 3, 3)),
-            ("u3.bias", (out,)),
-        ]
-    raise ValueError(f"unknown module {name!r} (expected one of {MODULE_NAMES})")
-
-
 def layout_size(name: str, arch: Architecture) -> int:
     """Number of integers stored for module `name`."""
     total = 0

@@ -1,7 +1,8 @@
 """Architecture sizes of the model: one frozen dataclass, serialised into every .lottery header.
 
 Defaults are the reference configuration of METHOD.md section 2. Nothing else in the code base
-hard-codes these numbers.
+hard-codes these numbers. Also here, because the header reader needs them and must not import
+torch (`lottery info` stays fast): the learned modules' names and parameter layouts.
 """
 
 from __future__ import annotations
@@ -53,3 +54,38 @@ class Architecture:
     @property
     def n_synth_weights(self) -> int:
         return sum(o * i for o, i in self.synth_layer_shapes)
+
+
+MODULE_NAMES = ("arm", "upsampling", "modnet")  # the small learned networks, in file order
+ARM_CONTEXT_SIZE = 24  # causal neighbours fed to the ARM (fixed by the method, METHOD.md section 2)
+MAX_ARM_HIDDEN = 32  # exactness bound of the fixed-point ARM (codec.arm: sums of <= 32 products < 2**53)
+
+
+def module_layout(name: str, arch: Architecture) -> list[tuple[str, tuple[int, ...]]]:
+    """Canonical (parameter name, shape) list of one learned module, in storage order."""
+    if name == "arm":
+        h = arch.arm_hidden
+        return [
+            ("fc1.weight", (h, ARM_CONTEXT_SIZE)),
+            ("fc1.bias", (h,)),
+            ("fc2.weight", (h, h)),
+            ("fc2.bias", (h,)),
+            ("fc3.weight", (2, h)),
+            ("fc3.bias", (2,)),
+        ]
+    if name == "upsampling":
+        k = arch.upsample_kernel
+        return [("kernel", (k, k))]
+    if name == "modnet":
+        hid, out = arch.modnet_hidden, arch.modnet_out
+        return [
+            ("u0.weight", (hid, arch.n_levels)),
+            ("u0.bias", (hid,)),
+            ("u1.weight", (out, hid)),
+            ("u1.bias", (out,)),
+            ("u2.weight", (out, out, 3, 3)),
+            ("u2.bias", (out,)),
+            ("u3.weight", (out, out, 3, 3)),
+            ("u3.bias", (out,)),
+        ]
+    raise ValueError(f"unknown module {name!r} (expected one of {MODULE_NAMES})")

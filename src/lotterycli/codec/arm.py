@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import fixedpoint
+from .architecture import ARM_CONTEXT_SIZE, MAX_ARM_HIDDEN
 from .params import QuantizedModule
 
 CONTEXT_OFFSETS: tuple[tuple[int, int], ...] = (
@@ -43,7 +44,7 @@ CONTEXT_OFFSETS: tuple[tuple[int, int], ...] = (
     + tuple((0, dx) for dx in range(-4, 0))
 )
 CONTEXT_SIZE = len(CONTEXT_OFFSETS)  # 24
-assert CONTEXT_SIZE == 24
+assert CONTEXT_SIZE == ARM_CONTEXT_SIZE == 24
 
 # Laplace scale b = exp(clamp(log_scale, LOG_SCALE_MIN, LOG_SCALE_MAX)): b in [0.0498, 244.7].
 # The limits are multiples of 1/16 so the coding table's log-scale grid lands on them exactly.
@@ -313,7 +314,7 @@ def expected_shapes(hidden: int) -> dict[str, tuple[int, ...]]:
     }
 MAX_SHIFT = 16
 MAX_ABS_PARAM = 64.0  # keeps every fixed-point partial sum far below 2**53
-MAX_HIDDEN = 32  # with MAX_ABS_PARAM and |activation| <= 256, sums of <= 32 products stay below 2**53
+MAX_HIDDEN = MAX_ARM_HIDDEN  # with MAX_ABS_PARAM and |activation| <= 256, sums of <= 32 products stay below 2**53
 
 
 def exact_gelu(x: torch.Tensor) -> torch.Tensor:

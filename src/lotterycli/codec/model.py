@@ -12,7 +12,6 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from . import fixedpoint
 from .architecture import Architecture
 from .arm import Arm
 from .latents import LatentGrids

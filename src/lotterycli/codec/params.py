@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .architecture import Architecture
+from .architecture import MODULE_NAMES, Architecture
+
+__all__ = ["MODULE_NAMES", "Payload", "QuantizedModule", "latent_shapes"]  # MODULE_NAMES: re-exported
 
 
 @dataclass
@@ -45,7 +47,6 @@ class QuantizedModule:
 
 
 # Names of the learned modules, in the order they are stored.
-MODULE_NAMES = ("arm", "upsampling", "modnet")
 
 
 @dataclass
