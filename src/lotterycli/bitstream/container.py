@@ -63,7 +63,6 @@ __all__ = [  # this module's API, with the header names it re-exports
 ]
 
 
-
 class LatentCoder(Protocol):
     """Codes the integer latent grids given the (quantized) ARM."""
 
@@ -90,7 +89,6 @@ class DefaultLatentCoder:
         from ..codec import entropy
 
         return entropy.decode_latents(data, shapes, arm_mod.ArmExact(arm), band_rows)
-
 
 
 # Writing -------------------------------------------------------------------------------------
@@ -212,7 +210,6 @@ def write_file(path: str | Path, payload: Payload, latent_coder: LatentCoder | N
     except OSError as exc:
         raise LotteryError(f"cannot write {path}: {exc.strerror or exc}") from None
     return len(data)
-
 
 
 def _sections(data: bytes, header: Header) -> dict[str, bytes]:

@@ -21,11 +21,9 @@ from __future__ import annotations
 
 import torch
 
-from ..codec.architecture import ARM_CONTEXT_SIZE, Architecture, module_layout
+from ..codec.architecture import Architecture, module_layout  # module_layout: re-exported
 from ..codec.params import QuantizedModule
 from ..errors import LotteryError
-
-ARM_CONTEXT = ARM_CONTEXT_SIZE  # kept for callers of the old name
 
 MAX_K = 12  # largest Exp-Golomb order the encoder tries
 MAX_SUFFIX = 63  # c + k <= 63 (x < 2**64) covers every int64; more in a stream is corruption

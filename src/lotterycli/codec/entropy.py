@@ -162,6 +162,9 @@ def _plan(shapes: list[tuple[int, int]], active: list[int], band_rows: int = 0) 
     Grids (and, with `band_rows`, each band of a grid) sit on one canvas, 4 zero rows apart and
     with 4 zero columns on each side, so one gather with fixed offsets gives every context.
     """
+    band_rows = int(band_rows)
+    if not 0 <= band_rows <= MAX_BAND_ROWS:
+        raise LotteryError(f"band rows {band_rows} outside 0..{MAX_BAND_ROWS}")
     wc = max([shapes[g][1] for g in active], default=0) + 8
     row = 4
     pos_parts, t_parts, starts = [], [], []
@@ -274,17 +277,10 @@ def _prepare(latents, arm):
     return shapes, lat, active
 
 
-def _check_band_rows(band_rows: int) -> int:
-    band_rows = int(band_rows)
-    if not 0 <= band_rows <= MAX_BAND_ROWS:
-        raise LotteryError(f"band rows {band_rows} outside 0..{MAX_BAND_ROWS}")
-    return band_rows
-
-
 def estimate_bits(latents: list[torch.Tensor], arm: ArmExact, band_rows: int = 0) -> float:
     """Code length (bits) the fixed table assigns to `latents`, escapes included (no header)."""
     shapes, lat, active = _prepare(latents, arm)
-    plan = _plan(shapes, active, _check_band_rows(band_rows))
+    plan = _plan(shapes, active, band_rows)
     syms, _ = _symbols(lat, arm, plan)
     bits = float(_table_bits()[syms.rows, syms.sym].sum())
     return bits + math.log2(ESC_K_SIZE) * syms.esc_k.shape[0] + float(syms.esc_k.sum())
@@ -330,7 +326,7 @@ def encode_latents(latents: list[torch.Tensor], arm: ArmExact, band_rows: int = 
     import constriction
 
     shapes, lat, active = _prepare(latents, arm)
-    plan = _plan(shapes, active, _check_band_rows(band_rows))
+    plan = _plan(shapes, active, band_rows)
     syms, vals = _symbols(lat, arm, plan)
     cat, unif_k, unif = _models()
     q = constriction.stream.queue
@@ -357,7 +353,6 @@ def decode_latents(data: bytes, shapes: list[tuple[int, int]], arm: ArmExact, ba
     Raises LotteryError on truncated or corrupted data (work is bounded by the shapes).
     """
     shapes = _check_shapes(shapes)
-    band_rows = _check_band_rows(band_rows)
     data = bytes(data)
     if len(data) < 7:
         raise LotteryError("latent data truncated")
