@@ -155,6 +155,13 @@ def test_compress_config_sets_bands_and_zero_turns_them_off(tmp_path):
     assert load_task_config("compress", config_file=user).architecture.arm_band_rows == 0
 
 
+def test_compress_config_refits_the_arm_and_zero_turns_it_off(tmp_path):
+    assert load_task_config("compress").schedule.arm_refit_steps == 300
+    assert load_task_config("denoise").schedule.arm_refit_steps == 0  # restoration: no refit by default
+    user = write(tmp_path, "schedule:\n  arm_refit_steps: 0\n")
+    assert load_task_config("compress", config_file=user).schedule.arm_refit_steps == 0
+
+
 def test_architecture_section_overrides_sizes(tmp_path):
     user = write(tmp_path, "architecture:\n  arm_hidden: 8\n  synth_hidden: [16, 12, 8]\n")
     arch = load_task_config("denoise", config_file=user).architecture
@@ -239,6 +246,10 @@ def test_config_must_be_mapping(tmp_path, text):
         ("schedule:\n  average_every: 1.5\n", "schedule.average_every"),
         ("schedule:\n  pixel_fraction: 0\n", "schedule.pixel_fraction"),
         ("schedule:\n  pixel_fraction: 1.5\n", "schedule.pixel_fraction"),
+        ("schedule:\n  arm_refit_steps: -1\n", "schedule.arm_refit_steps"),
+        ("schedule:\n  arm_refit_steps: 2.5\n", "schedule.arm_refit_steps"),
+        ("schedule:\n  arm_refit_steps: 1000000\n", "schedule.arm_refit_steps"),
+        ("schedule:\n  arm_refit_lr: -0.1\n", "schedule.arm_refit_lr"),
         ("schedule: 5\n", "schedule"),
         ("presets: [fast]\n", "presets"),
         ("presets:\n  fast: 300\n", "fast"),

@@ -176,3 +176,20 @@ def test_a_guide_term_needs_full_renders():
     loss = PixelMSE(torch.tensor([0, 1]), target.reshape(3, -1)[:, :2], 480)
     with pytest.raises(ValueError):
         Fitter(model, loss, 1e-3, Schedule(steps=4), guide=lambda im, s: None)
+
+
+def test_progress_shows_the_arm_refit_on_its_own_bar(capsys):
+    """The fit's bar keeps its numbers; the refit (stage "arm refit") gets a second bar that shows
+    the latent rate and no PSNR (its distortion is unknown: nan), and never crashes on it."""
+    import math
+
+    from lotterycli.fit import StepInfo
+    from lotterycli.progress import FitProgress
+
+    with FitProgress(True, label="compress") as progress:
+        progress(StepInfo(10, 10, 0.002, 0.001, 0.5, 1.0, "hard"))
+        progress(StepInfo(5, 20, 0.6, math.nan, 0.25, 0.5, "arm refit"))
+        progress(StepInfo(20, 20, 0.55, math.nan, 0.24, 1.0, "arm refit"))
+    err = capsys.readouterr().err
+    assert "compress" in err and "30.00 dB" in err and "0.500 bpp" in err
+    assert "ARM refit" in err and "20/20" in err and "0.240 bpp" in err and "nan" not in err

@@ -417,3 +417,97 @@ def test_banded_model_writes_and_decodes_its_bands():
 def test_bands_at_least_as_tall_as_the_image_are_stored_as_none():
     assert LotteryModel(24, 20, Architecture(arm_band_rows=24), seed=0, mask_ratio=0.3).arch.arm_band_rows == 0
     assert LotteryModel(24, 20, Architecture(arm_band_rows=23), seed=0, mask_ratio=0.3).arch.arm_band_rows == 23
+
+
+# -- ARM refit (compress.refit_arm) --------------------------------------------------------------
+def test_arm_parameter_bits_is_zero_at_zero_and_pulls_weights_towards_zero():
+    from lotterycli.codec.arm import Arm
+
+    arm = Arm(8)
+    with torch.no_grad():
+        for p in arm.parameters():
+            p.zero_()
+    assert float(arm.parameter_bits().detach()) == 0.0
+    with torch.no_grad():
+        arm.fc1.weight[0, 0] = 0.125  # one hidden-layer step: log2(1 + 1) = 1 bit
+        arm.fc3.weight[1, 2] = -0.0625  # two output-layer steps: log2(3) bits
+    bits = arm.parameter_bits()
+    assert float(bits.detach()) == pytest.approx(1.0 + math.log2(3.0), rel=1e-6)
+    bits.backward()
+    assert float(arm.fc1.weight.grad[0, 0]) > 0 and float(arm.fc3.weight.grad[1, 2]) < 0
+
+
+def test_refit_arm_lowers_its_objective_and_touches_nothing_but_the_arm(fitted):
+    """The refit changes only the ARM: the render (latents, upsampling, ModNet, mask) is the
+    same, so PSNR cannot move; its objective (latent bits + the ARM's parameter estimate) falls."""
+    import copy
+
+    from lotterycli.compress import refit_arm
+
+    model, _, _ = fitted
+    m = copy.deepcopy(model)
+    before = refit_arm(m, 0, 0.005)  # 0 steps: only evaluates
+    assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), model.state_dict().values()))
+    after = refit_arm(m, 30, 0.005)
+    assert after < before
+    changed = {k for k, v in m.state_dict().items() if not torch.equal(v, model.state_dict()[k])}
+    assert changed and all(k.startswith("arm.") for k in changed)
+    with torch.no_grad():
+        assert torch.equal(m("hard")[0], model("hard")[0])
+    # deterministic: a second refit from the same state lands on the same ARM
+    m2 = copy.deepcopy(model)
+    assert refit_arm(m2, 30, 0.005) == after
+    assert all(torch.equal(a, b) for a, b in zip(m2.arm.state_dict().values(), m.arm.state_dict().values()))
+
+
+def test_refit_arm_shrinks_the_real_file_at_equal_pixels(fitted):
+    """What the stage is for: the same fit, refitted, codes to fewer bytes and the same pixels."""
+    import copy
+
+    from lotterycli.compress import refit_arm
+
+    model, _, target = fitted
+    files = {}
+    for steps in (0, 60):
+        m = copy.deepcopy(model)
+        refit_arm(m, steps, 0.005)
+        data = encode_file(m.to_payload(quantize_networks(m, mse(target), 0.002)))
+        files[steps] = (len(data), decode_payload(decode_file(data)))
+    assert files[60][0] < files[0][0]
+    assert torch.equal(files[60][1], files[0][1])
+
+
+def test_an_arm_alternative_is_kept_only_when_it_codes_cheaper(fitted):
+    """quantize_networks prices every ARM state it is given and keeps the cheapest: offered a
+    useless ARM (all zero: b = 1 everywhere) beside the fitted one, it keeps the fitted one's
+    code; offered it as the main state with the fitted one as the alternative, the same."""
+    import copy
+
+    model, _, target = fitted
+    plain = quantize_networks(copy.deepcopy(model), mse(target), 0.002)
+    useless = {k: torch.zeros_like(v) for k, v in model.arm.state_dict().items()}
+    fitted_arm = {k: v.clone() for k, v in model.arm.state_dict().items()}
+    m = copy.deepcopy(model)
+    with_alt = quantize_networks(m, mse(target), 0.002, arm_alternatives=[useless])
+    m2 = copy.deepcopy(model)
+    m2.arm.load_state_dict(useless)
+    swapped = quantize_networks(m2, mse(target), 0.002, arm_alternatives=[fitted_arm])
+    for q in (with_alt["arm"], swapped["arm"]):
+        assert q.tensor_shifts() == plain["arm"].tensor_shifts()
+        assert all(torch.equal(q.tensors[k], plain["arm"].tensors[k]) for k in q.tensors)
+
+
+def test_compress_refits_the_arm_for_at_most_the_fit_steps(monkeypatch):
+    """compress_image runs the config's refit, capped at the fit's own step count."""
+    from lotterycli import compress
+    from lotterycli.config import load_task_config
+
+    calls = []
+    real = compress.refit_arm
+    monkeypatch.setattr(compress, "refit_arm",
+                        lambda m, steps, lr, *rest: calls.append((steps, lr)) or real(m, steps, lr, *rest))
+    torch.set_num_threads(1)
+    cfg = load_task_config("compress", overrides={"steps": 8})
+    result = compress.compress_image(scene(20, 24), cfg, device="cpu")
+    assert calls == [(8, cfg.schedule.arm_refit_lr)]
+    assert torch.equal(compress.decompress_bytes(result.data), result.decoded)

@@ -6,6 +6,7 @@ that `decompress` will produce (the encoder decodes its own output before return
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -17,7 +18,7 @@ from .codec.architecture import Architecture
 from .codec.model import LotteryModel, decode_payload, macs_per_pixel
 from .codec.params import MODULE_NAMES, QuantizedModule
 from .config import TaskConfig
-from .fit import Distortion, FitResult, PixelMSE, ProgressCallback, Schedule, fit, mse
+from .fit import Distortion, FitResult, PixelMSE, ProgressCallback, Schedule, StepInfo, fit, mse
 from .metrics import psnr
 
 SHIFT_CANDIDATES = range(4, 15)  # power-of-two steps 2**-4 .. 2**-14 tried per module
@@ -71,7 +72,8 @@ def _hard_distortion(model: LotteryModel, distortion: Distortion) -> float:
 
 
 def quantize_networks(
-    model: LotteryModel, distortion: Distortion, lam: float, per_tensor: bool = True
+    model: LotteryModel, distortion: Distortion, lam: float, per_tensor: bool = True,
+    arm_alternatives: list[dict[str, torch.Tensor]] = (),
 ) -> dict[str, QuantizedModule]:
     """Pick the small networks' power-of-two steps by rate-distortion search, real code lengths.
 
@@ -82,44 +84,22 @@ def quantize_networks(
     coarser steps than output layers (docs/tuning.md, session 9). The ARM changes only the rate
     and the other modules only the distortion, so each trial computes just the part that moves.
     `per_tensor=False` stops after the module-wide step (for comparisons).
+    `arm_alternatives`: other float states of the ARM (state dicts, e.g. the ARM before its refit)
+    searched the same way; the cheapest of all is kept, so an alternative can only help.
     """
     chosen: dict[str, QuantizedModule] = {}
     d0, bpp0 = _hard_distortion(model, distortion), _hard_bpp(model)
     for name in MODULE_NAMES:
         module = model.modules_by_name()[name]
-        original = {k: v.detach().clone() for k, v in module.state_dict().items()}
-
-        def cost_of(q: QuantizedModule) -> float:
-            model.load_quantized(name, q)
-            if name == "arm":
-                d, bpp = d0, _hard_bpp(model)
-            else:
-                d, bpp = _hard_distortion(model, distortion), bpp0
-            module.load_state_dict(original)
-            return d + lam * (bpp + module_bits(q) / model.n_pixels)
-
+        states = [{k: v.detach().clone() for k, v in module.state_dict().items()}]
+        if name == "arm":
+            states += [{k: v.detach().clone() for k, v in alt.items()} for alt in arm_alternatives]
         best_cost, best_q = float("inf"), None
-        for shift in SHIFT_CANDIDATES:
-            q = model.quantize_module(name, shift)
-            cost = cost_of(q)
+        for state in states:
+            module.load_state_dict(state)
+            cost, q = _search_steps(model, name, state, distortion, lam, d0, bpp0, per_tensor)
             if cost < best_cost:
                 best_cost, best_q = cost, q
-        shifts = best_q.tensor_shifts()
-        coarser, finer, rounds = TENSOR_SEARCH
-        for _ in range(rounds if per_tensor else 0):
-            changed = False
-            for tensor in list(shifts):
-                now = shifts[tensor]
-                for s in range(max(MIN_TENSOR_SHIFT, now - coarser), min(SHIFT_CANDIDATES[-1], now + finer) + 1):
-                    if s == now:
-                        continue
-                    trial = dict(shifts, **{tensor: s})
-                    q = model.quantize_module(name, best_q.shift, trial)
-                    cost = cost_of(q)
-                    if cost < best_cost:
-                        best_cost, best_q, shifts, changed = cost, q, trial, True
-            if not changed:
-                break
         model.load_quantized(name, best_q)
         chosen[name] = best_q
         if name == "arm":
@@ -127,6 +107,89 @@ def quantize_networks(
         else:
             d0 = _hard_distortion(model, distortion)
     return chosen
+
+
+def _search_steps(model: LotteryModel, name: str, state: dict[str, torch.Tensor], distortion: Distortion,
+                  lam: float, d0: float, bpp0: float, per_tensor: bool) -> tuple[float, QuantizedModule]:
+    """(cost, quantized module) of the best steps for module `name` holding float `state`."""
+    module = model.modules_by_name()[name]
+
+    def cost_of(q: QuantizedModule) -> float:
+        model.load_quantized(name, q)
+        if name == "arm":
+            d, bpp = d0, _hard_bpp(model)
+        else:
+            d, bpp = _hard_distortion(model, distortion), bpp0
+        module.load_state_dict(state)
+        return d + lam * (bpp + module_bits(q) / model.n_pixels)
+
+    best_cost, best_q = float("inf"), None
+    for shift in SHIFT_CANDIDATES:
+        q = model.quantize_module(name, shift)
+        cost = cost_of(q)
+        if cost < best_cost:
+            best_cost, best_q = cost, q
+    shifts = best_q.tensor_shifts()
+    coarser, finer, rounds = TENSOR_SEARCH
+    for _ in range(rounds if per_tensor else 0):
+        changed = False
+        for tensor in list(shifts):
+            now = shifts[tensor]
+            for s in range(max(MIN_TENSOR_SHIFT, now - coarser), min(SHIFT_CANDIDATES[-1], now + finer) + 1):
+                if s == now:
+                    continue
+                trial = dict(shifts, **{tensor: s})
+                q = model.quantize_module(name, best_q.shift, trial)
+                cost = cost_of(q)
+                if cost < best_cost:
+                    best_cost, best_q, shifts, changed = cost, q, trial, True
+        if not changed:
+            break
+    return best_cost, best_q
+
+
+def refit_arm(model: LotteryModel, steps: int, lr: float, progress: ProgressCallback | None = None,
+              report_every: int = 10) -> float:
+    """Fit the ARM alone to the final integer latents, minimising their bits plus its own.
+
+    Why: during the fit the ARM learns from soft-rounded, noisy latents and pays nothing for its
+    parameters, yet the file codes the hard-rounded integers and stores the ARM. With the latents
+    frozen the ARM changes only the rate, so this stage cannot cost PSNR; its objective is the
+    latents' bits plus a smooth estimate of the ARM's parameter bits (`Arm.parameter_bits`), which
+    keeps it from growing more parameter bits than it saves. Adam at a constant learning rate;
+    the best state seen is kept. The network quantization that follows still prices every
+    candidate by its real code length. Returns the objective (bits) of the kept state.
+    `progress` gets a `StepInfo` with stage "arm refit" every `report_every` steps (loss and bpp
+    are the objective and the latent rate, in bits per pixel; the distortion is not known here: nan).
+    """
+    arm = model.arm
+    band_rows = model.arch.arm_band_rows
+    device = next(arm.parameters()).device
+    latents = [q.to(device=device, dtype=torch.float32) for q in model.latents.quantized()]
+
+    if steps <= 0:
+        with torch.no_grad():
+            return float(arm.rate_bits(latents, band_rows) + arm.parameter_bits())
+    optimizer = torch.optim.Adam(arm.parameters(), lr=lr)
+    best_bits, best_state = float("inf"), None
+    start = time.perf_counter()
+    for step in range(steps + 1):
+        optimizer.zero_grad(set_to_none=True)
+        latent_bits = arm.rate_bits(latents, band_rows)
+        bits = latent_bits + arm.parameter_bits()
+        value = float(bits.detach())
+        if value < best_bits:  # the state before this step's update
+            best_bits, best_state = value, {k: v.detach().clone() for k, v in arm.state_dict().items()}
+        if progress is not None and (step % report_every == 0 or step == steps):
+            n = model.n_pixels
+            progress(StepInfo(step, steps, value / n, math.nan, float(latent_bits.detach()) / n,
+                              time.perf_counter() - start, "arm refit"))
+        if step == steps:
+            break
+        bits.backward()
+        optimizer.step()
+    arm.load_state_dict(best_state)
+    return best_bits
 
 
 def fit_distortion(target: torch.Tensor, schedule: Schedule) -> Distortion:
@@ -156,9 +219,14 @@ def compress_image(
     model = LotteryModel(height, width, arch or cfg.architecture, cfg.seed, cfg.mask_ratio).to(dev)
     schedule = cfg.fitted_schedule()
     fit_result = fit(model, fit_distortion(image.to(dev), schedule), cfg.lam, schedule, progress)
+    fitted_arm = {k: v.detach().cpu().clone() for k, v in model.arm.state_dict().items()}
+    # never more refit steps than fit steps: a quick fit (tests, trials) stays quick
+    refit_steps = min(schedule.arm_refit_steps, schedule.steps)
+    refit_arm(model, refit_steps, schedule.arm_refit_lr, progress)
     model = model.cpu()
     distortion = mse(image)
-    modules = quantize_networks(model, distortion, cfg.lam)
+    # the fitted ARM is priced too: the file is never larger than it would be without the refit
+    modules = quantize_networks(model, distortion, cfg.lam, arm_alternatives=[fitted_arm] if refit_steps > 0 else [])
     payload = model.to_payload(modules)
     data = encode_file(payload)
     decoded = decode_payload(decode_file(data))

@@ -35,6 +35,8 @@ class Schedule:
     average_fraction: float = 0.0  # restoration: average the renders of this last fraction of steps
     average_every: int = 1  # ... taking the render of every n-th step of that window
     pixel_fraction: float = 1.0  # with a PixelMSE distortion: fraction of its pixels drawn at random each step
+    arm_refit_steps: int = 0  # after the fit: Adam steps fitting the ARM alone to the final integer latents
+    arm_refit_lr: float = 5e-3  # ... at this learning rate
 
 
 @dataclass

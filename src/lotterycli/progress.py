@@ -22,6 +22,7 @@ class FitProgress:
         self.label = label
         self._progress: Progress | None = None
         self._task = None
+        self._refit_task = None  # the bar of compression's ARM refit, after the fit's
 
     def __enter__(self) -> "FitProgress":
         if self.enabled:
@@ -67,12 +68,19 @@ class FitProgress:
     def __call__(self, info: StepInfo) -> None:
         if self._progress is None:
             return
+        if info.stage == "arm refit":  # its own bar, below the fit's
+            if self._refit_task is None:
+                self._refit_task = self._progress.add_task("ARM refit", total=info.total, loss="-", psnr="-", bpp="-")
+            self._update(self._refit_task, info)
+            return
         if self._task is None:
             self.start(self.label, info.total)
         self._update(self._task, info)
 
     def _update(self, task, info: StepInfo) -> None:
-        psnr = -10 * math.log10(info.distortion) if info.distortion > 0 else float("inf")
-        self._progress.update(
-            task, completed=info.step, loss=f"{info.loss:.5f}", psnr=f"{psnr:.2f} dB", bpp=f"{info.bpp:.3f}"
-        )
+        if info.stage == "arm refit":  # the fit's pixels, only the latent rate moves
+            loss, psnr = "-", "-"
+        else:
+            loss = f"{info.loss:.5f}"
+            psnr = f"{-10 * math.log10(info.distortion) if info.distortion > 0 else float('inf'):.2f} dB"
+        self._progress.update(task, completed=info.step, loss=loss, psnr=psnr, bpp=f"{info.bpp:.3f}")

@@ -25,7 +25,7 @@ import torch
 from .codec.architecture import Architecture
 from .codec.model import LotteryModel
 from .codec.params import Payload
-from .compress import quantize_networks, resolve_device
+from .compress import quantize_networks, refit_arm, resolve_device
 from .config import TaskConfig
 from .fit import Fitter, FitResult, PixelMSE, ProgressCallback
 from .operators import Operator
@@ -237,6 +237,7 @@ def restore_image(
         if keep_payloads:
             model = model.cpu()
             y_cpu = y.cpu()
+            refit_arm(model, min(schedule.arm_refit_steps, schedule.steps), schedule.arm_refit_lr)
             modules = quantize_networks(model, lambda im: operator.loss(im, y_cpu), lam)  # frame 0 (see above)
             payload = model.to_payload(modules)
         models[k] = None  # free the member's memory once done

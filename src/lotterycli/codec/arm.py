@@ -279,6 +279,21 @@ class Arm(nn.Module):
             total = total + laplace_bits(g.reshape(-1), mu, ls).sum()
         return total
 
+    def parameter_bits(self) -> torch.Tensor:
+        """A smooth estimate of the bits the ARM's quantized parameters will cost in the file.
+
+        log2(1 + |w| / s) per parameter, with s the step the quantizer typically picks (2**-3 for
+        the hidden layers and biases, 2**-5 for the output weights): about the Exp-Golomb length of
+        |w| / s, and zero for a zero weight. Its gradient pulls weights that do not pay for
+        themselves towards zero, where the parameter coder codes them in a fraction of a bit.
+        """
+        total = None
+        for name, p in self.named_parameters():
+            step = 2.0 ** (-5 if name == "fc3.weight" else -3)
+            bits = torch.log2(1.0 + p.abs() / step).sum()
+            total = bits if total is None else total + bits
+        return total
+
     # Quantization -----------------------------------------------------------------------
     def quantize(self, shift: int) -> QuantizedModule:
         """Round every parameter to an integer times 2**-shift (names in PARAM_NAMES order)."""
