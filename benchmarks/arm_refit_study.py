@@ -3,7 +3,7 @@
     python benchmarks/arm_refit_study.py OUT.jsonl --images 3,4 --lams 0.004,0.016 --steps 2500 \
         --refits 0,150:0.005,300:0.005 [--workers 2]
 
-Each (crop, lambda) is fitted once with the compression config (256x256 centre crop of
+Each (crop, lambda) is fitted once with the compression config (`--crop` 256: the centre crop of
 ../shared/data/kodak, `--steps`, seed 0, the config's own `arm_refit_steps` switched off), then for
 each refit setting STEPS:LR the fitted model is copied, its ARM refitted (`compress.refit_arm`), its
 networks quantized and the file written and decoded. Refitting changes only the rate, so every
@@ -34,11 +34,12 @@ def _job(spec: dict) -> list[dict]:
     from lotterycli.fit import fit, mse
     from lotterycli.metrics import psnr
 
-    image = center_crop(load_image(f"kodim{spec['img']:02d}"), 256).contiguous()
+    image = center_crop(load_image(f"kodim{spec['img']:02d}"), spec["crop"]).contiguous()
+    height, width = image.shape[1:]
     cfg = load_task_config("compress", overrides={"steps": spec["steps"], "lambda": spec["lam"]})
     schedule = dataclasses.replace(cfg.fitted_schedule(), arm_refit_steps=0)
     torch.manual_seed(cfg.seed)
-    model = LotteryModel(256, 256, cfg.architecture, cfg.seed, cfg.mask_ratio)
+    model = LotteryModel(height, width, cfg.architecture, cfg.seed, cfg.mask_ratio)
     start = time.perf_counter()
     fit(model, fit_distortion(image, schedule), cfg.lam, schedule)
     fit_s = time.perf_counter() - start
@@ -50,8 +51,8 @@ def _job(spec: dict) -> list[dict]:
         refit_s = time.perf_counter() - t
         data = encode_file(m.to_payload(quantize_networks(m, mse(image), cfg.lam)))
         decoded = decode_payload(decode_file(data))
-        rows.append(dict(img=spec["img"], lam=spec["lam"], steps=spec["steps"], refit_steps=steps, refit_lr=lr,
-                         bytes=len(data), bpp=round(len(data) * 8 / 256 ** 2, 4), psnr=round(psnr(decoded, image), 3),
+        rows.append(dict(img=spec["img"], crop=spec["crop"], lam=spec["lam"], steps=spec["steps"], refit_steps=steps, refit_lr=lr,
+                         bytes=len(data), bpp=round(len(data) * 8 / (height * width), 4), psnr=round(psnr(decoded, image), 3),
                          arm_bytes=describe(data)["sizes"]["networks"]["arm"], objective_bits=round(bits, 1),
                          refit_s=round(refit_s, 1), fit_s=round(fit_s, 1)))
     return rows
@@ -65,12 +66,13 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=2500)
     p.add_argument("--refits", default="0,150:0.005,300:0.005", help="STEPS[:LR],...")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--crop", type=int, default=256, help="centre crop size (the protocol's is 256)")
     args = p.parse_args()
     refits = []
     for item in args.refits.split(","):
         steps, _, lr = item.partition(":")
         refits.append((int(steps), float(lr or 0.005)))
-    specs = [dict(img=int(i), lam=float(l), steps=args.steps, refits=refits)
+    specs = [dict(img=int(i), lam=float(l), steps=args.steps, refits=refits, crop=args.crop)
              for l in args.lams.split(",") for i in args.images.split(",")]
     with Pool(args.workers) as pool, open(args.out, "a") as out:
         for rows in pool.imap_unordered(_job, specs):

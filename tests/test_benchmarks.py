@@ -438,3 +438,48 @@ def test_mask_stats_script_reports_each_layer(tiny_lottery_file):
     per_layer = float(line.split("per layer ")[1].split(" B")[0])
     assert 0 < per_layer <= whole
     assert len(line.split("kept per layer: ")[1].split(", ")) == 4
+
+
+def test_arm_refit_study_writes_each_refit_of_one_fit(tmp_path):
+    """benchmarks/arm_refit_study.py (docs/tuning.md quotes it) on a tiny crop: one line per refit
+    setting of the same fit, all with the fit's PSNR (the refit moves only the rate)."""
+    import json
+
+    if not (kodak_dir() / "kodim01.png").exists():
+        pytest.skip(f"Kodak images not found in {kodak_dir()}")
+    out = tmp_path / "r.jsonl"
+    _run_script("arm_refit_study.py", str(out), "--images", "1", "--lams", "0.02", "--steps", "4", "--crop", "24",
+                "--refits", "0,6:0.005", "--workers", "1")
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["refit_steps"], r["crop"]) for r in rows] == [(0, 24), (6, 24)]
+    assert rows[0]["psnr"] == rows[1]["psnr"] and rows[0]["fit_s"] == rows[1]["fit_s"]
+    assert rows[1]["objective_bits"] <= rows[0]["objective_bits"]
+    assert all(r["bytes"] > r["arm_bytes"] > 0 for r in rows)
+
+
+def test_refit_bd_script_reads_a_study_and_a_protocol(tmp_path):
+    """benchmarks/refit_bd.py on made-up lines: BD-rates against the protocol's anchor, the
+    same-fit byte change, and the refit-0 points beside the protocol's."""
+    import json
+
+    study = tmp_path / "s.jsonl"
+    lines = []
+    for k, lam in enumerate((0.001, 0.004, 0.016)):
+        for steps, shrink in ((0, 1.0), (300, 0.9)):
+            n_bytes = int(4000 / (k + 1) * shrink)
+            lines.append(dict(img=1, lam=lam, refit_steps=steps, refit_lr=0.005, bytes=n_bytes,
+                              bpp=n_bytes * 8 / 65536, psnr=34.0 - 3 * k))
+    study.write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    webp = [dict(method="webp", image="kodim01", setting=f"q={q}", bpp=b, psnr=p)
+            for q, b, p in ((10, 0.2, 28.0), (50, 0.5, 31.0), (90, 1.0, 35.0))]
+    own = [dict(method="lottery", image="kodim01", setting="lam=0.004", n_bytes=2000, bpp=0.24, psnr=31.0)]
+    protocol = tmp_path / "full.json"
+    protocol.write_text(json.dumps({"parts": {"compress": {"points": webp + own}}}))
+    out = _run_script("refit_bd.py", str(study), "--protocol", str(protocol))
+    assert "images with every lambda (lam=0.001, lam=0.004, lam=0.016): kodim01" in out
+    assert "kodim01 lam=0.004: study 2000 B" in out and "protocol 2000 B" in out
+    refit0 = next(line for line in out.splitlines() if line.startswith("refit 0:"))
+    refit = next(line for line in out.splitlines() if line.startswith("refit 300"))
+    bd0 = float(refit0.split("webp ")[1].split(" %")[0])
+    bd1 = float(refit.split("webp ")[1].split(" %")[0])
+    assert bd1 < bd0 and "mean -9.99 %" in refit
