@@ -218,3 +218,27 @@ def test_banded_rate_sums_the_bands_and_keeps_gradients():
     assert not torch.allclose(banded, arm.rate_bits(lat))  # the first rows of each band lose their context
     banded.backward()
     assert all(g.grad.abs().sum() > 0 for g in lat)
+
+
+def test_rate_from_fixed_contexts_equals_the_fused_rate_with_bands():
+    """The refit's path (contexts built once, one batch) gives rate_bits' sum and gradients."""
+    from lotterycli.codec.arm import Arm
+
+    torch.manual_seed(3)
+    arm = Arm(12).double()
+    with torch.no_grad():
+        arm.fc3.weight.normal_(0, 0.3)
+        arm.fc1.bias.normal_(0, 0.1)
+    latents = [torch.round(torch.randn(h, w, dtype=torch.float64) * 3) for h, w in ((23, 17), (12, 9), (6, 5), (3, 3))]
+    for band_rows in (0, 5):
+        contexts, values = Arm.fixed_contexts(latents, band_rows)
+        assert contexts.shape == (24, sum(g.numel() for g in latents)) and values.shape == (contexts.shape[1],)
+        arm.zero_grad()
+        a = arm.rate_bits(latents, band_rows)
+        a.backward()
+        grads = [p.grad.clone() for p in arm.parameters()]
+        arm.zero_grad()
+        b = arm.rate_bits_from_contexts(contexts, values)
+        b.backward()
+        assert torch.allclose(a, b, rtol=1e-12)
+        assert all(torch.allclose(g, p.grad, rtol=1e-9, atol=1e-12) for g, p in zip(grads, arm.parameters()))

@@ -166,16 +166,17 @@ def refit_arm(model: LotteryModel, steps: int, lr: float, progress: ProgressCall
     band_rows = model.arch.arm_band_rows
     device = next(arm.parameters()).device
     latents = [q.to(device=device, dtype=torch.float32) for q in model.latents.quantized()]
+    contexts, values = arm.fixed_contexts(latents, band_rows)  # the latents are frozen: built once
 
     if steps <= 0:
         with torch.no_grad():
-            return float(arm.rate_bits(latents, band_rows) + arm.parameter_bits())
+            return float(arm.rate_bits_from_contexts(contexts, values) + arm.parameter_bits())
     optimizer = torch.optim.Adam(arm.parameters(), lr=lr)
     best_bits, best_state = float("inf"), None
     start = time.perf_counter()
     for step in range(steps + 1):
         optimizer.zero_grad(set_to_none=True)
-        latent_bits = arm.rate_bits(latents, band_rows)
+        latent_bits = arm.rate_bits_from_contexts(contexts, values)
         bits = latent_bits + arm.parameter_bits()
         value = float(bits.detach())
         if value < best_bits:  # the state before this step's update
