@@ -476,7 +476,7 @@ def test_refit_bd_script_reads_a_study_and_a_protocol(tmp_path):
     protocol = tmp_path / "full.json"
     protocol.write_text(json.dumps({"parts": {"compress": {"points": webp + own}}}))
     out = _run_script("refit_bd.py", str(study), "--protocol", str(protocol))
-    assert "images with every lambda (lam=0.001, lam=0.004, lam=0.016): kodim01" in out
+    assert "lambdas: lam=0.001, lam=0.004, lam=0.016" in out and "images with every lambda: kodim01;" in out
     assert "kodim01 lam=0.004: study 2000 B" in out and "protocol 2000 B" in out
     refit0 = next(line for line in out.splitlines() if line.startswith("refit 0:"))
     refit = next(line for line in out.splitlines() if line.startswith("refit 300"))
