@@ -481,3 +481,31 @@ def test_kodak_crop_denoise(kodak):
     y = op.simulate(x, 0)
     res = restore(y, op, task="denoise", preset="fast", steps=60, seed=0, device="cpu")
     assert psnr(res.image, x) > psnr(y.clamp(0, 1), x) + 1.0
+
+
+def test_a_saved_member_can_have_its_arm_refitted_without_changing_its_render():
+    """schedule.arm_refit_steps also applies to the member a restoration saves as a .lottery file
+    (off in the restoration configs): its latents and render stay, only the ARM may change."""
+    import dataclasses
+
+    from lotterycli.bitstream.container import decode_file, encode_file
+    from lotterycli.codec.model import decode_payload
+    from lotterycli.config import load_task_config
+    from lotterycli.operators import Denoise
+    from lotterycli.restore import restore_image
+
+    x = scene(16, 20)
+    op = Denoise(0.1)
+    y = op.simulate(x, 0)
+    cfg = load_task_config("denoise", overrides={"steps": 8, "ensemble": 1, "candidates": 0, "seed": 2})
+    assert cfg.schedule.arm_refit_steps == 0
+    plain = restore_image(y, op, cfg, lam=5e-3, device="cpu", workers=1, keep_payloads=True)
+    cfg.schedule = dataclasses.replace(cfg.schedule, arm_refit_steps=8)
+    refit = restore_image(y, op, cfg, lam=5e-3, device="cpu", workers=1, keep_payloads=True)
+    (a,), (b,) = plain.payloads, refit.payloads
+    assert all(torch.equal(p, q) for p, q in zip(a.latents, b.latents))
+    assert torch.equal(decode_payload(decode_file(encode_file(a))), decode_payload(decode_file(encode_file(b))))
+    assert torch.equal(plain.image, refit.image)
+    arm_a, arm_b = a.modules["arm"], b.modules["arm"]
+    assert any(not torch.equal(arm_a.tensors[k], arm_b.tensors[k]) for k in arm_a.tensors) or \
+        arm_a.tensor_shifts() != arm_b.tensor_shifts()  # the refit did run
