@@ -127,6 +127,12 @@ def _pad(grid: torch.Tensor) -> torch.Tensor:
     return F.pad(grid.reshape(1, 1, h, w), (4, 4, 4, 0)).reshape(h + 4, w + 8)
 
 
+def _bands(latents: list[torch.Tensor], band_rows: int) -> list[torch.Tensor]:
+    """The non-empty grids cut into bands of `band_rows` rows (0: whole grids), as the coder codes them."""
+    return [g for grid in latents if grid.numel()
+            for g in (grid.split(band_rows, dim=0) if 0 < band_rows < grid.shape[0] else (grid,))]
+
+
 def _scatter_kernel(w1res: torch.Tensor) -> torch.Tensor:
     """(24, 24) context weights -> (24, 1, 5, 9) convolution kernel (zero at non-causal taps)."""
     k = w1res.new_zeros(w1res.shape[0], _KH * _KW)
@@ -256,14 +262,11 @@ class Arm(nn.Module):
         """
         w1res = self._w1res()
         total = None
-        for grid in latents:
-            if grid.numel() == 0:
-                continue
-            for g in grid.split(band_rows, dim=0) if 0 < band_rows < grid.shape[0] else (grid,):
-                h, w = g.shape
-                mu, ls = self._maps(_pad(g), w1res, h, w)
-                bits = laplace_bits(g, mu, ls).sum()
-                total = bits if total is None else total + bits
+        for g in _bands(latents, band_rows):
+            h, w = g.shape
+            mu, ls = self._maps(_pad(g), w1res, h, w)
+            bits = laplace_bits(g, mu, ls).sum()
+            total = bits if total is None else total + bits
         if total is None:
             return self.fc3.bias.sum() * 0.0
         return total
@@ -276,13 +279,10 @@ class Arm(nn.Module):
         rate evaluation into three matrix products over one batch, with no per-grid calls.
         """
         mats, values = [], []
-        for grid in latents:
-            if grid.numel() == 0:
-                continue
-            for g in grid.split(band_rows, dim=0) if 0 < band_rows < grid.shape[0] else (grid,):
-                h, w = g.shape
-                mats.append(_context_matrix(_pad(g), h, w))
-                values.append(g.reshape(-1))
+        for g in _bands(latents, band_rows):
+            h, w = g.shape
+            mats.append(_context_matrix(_pad(g), h, w))
+            values.append(g.reshape(-1))
         return torch.cat(mats, 1), torch.cat(values)
 
     def rate_bits_from_contexts(self, contexts: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
