@@ -107,6 +107,7 @@ class Config:
     rss_steps: int = 100
     # run control
     time_limit_s: float | None = None
+    keep_files: str | None = None  # write each compression point's .lottery file here (re-coding studies)
 
 
 def quick_config() -> Config:
@@ -397,6 +398,9 @@ def run_compress(cfg: Config, deadline: Deadline) -> dict:
                                        device=cfg.device)
                     wall = time.perf_counter() - t0
                     data = bytes(res.data)
+                    if cfg.keep_files is not None:
+                        Path(cfg.keep_files).mkdir(parents=True, exist_ok=True)
+                        (Path(cfg.keep_files) / f"{name}-{setting}.lottery").write_bytes(data)
                     t1 = time.perf_counter()
                     dec = api.decompress(data)
                     dec_s = time.perf_counter() - t1
@@ -1023,6 +1027,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "the other tasks' rows are kept")
     p.add_argument("--dip-iters", type=int, help="deep image prior iterations (0 = leave DIP out)")
     p.add_argument("--threads", type=int, help="torch.set_num_threads for this process")
+    p.add_argument("--keep-files", type=Path, metavar="DIR",
+                   help="write each lottery compression point's file to DIR/<image>-lam=<lambda>.lottery")
     p.add_argument("--time-limit", type=float, metavar="MIN", help="skip items still pending after MIN minutes "
                    "(quick default 17, full none)")
     return p
@@ -1053,6 +1059,8 @@ def config_from_args(args) -> Config:
         cfg.dip_iters = args.dip_iters
     if args.presets:
         cfg.presets = [s.strip() for s in args.presets.split(",") if s.strip()]
+    if args.keep_files is not None:
+        cfg.keep_files = str(args.keep_files.resolve())
     if args.time_limit is not None:
         cfg.time_limit_s = args.time_limit * 60 if args.time_limit > 0 else None
     return cfg

@@ -492,3 +492,28 @@ def test_time_refit_script_reports_seconds_and_a_lower_objective(tiny_lottery_fi
     assert line.startswith("24x40, 5 steps, 1 thread(s): ")
     before, after = (float(v) for v in line.split("objective ")[1].split(" bits")[0].split(" -> "))
     assert after <= before
+
+
+def test_compress_part_keeps_each_lottery_file(monkeypatch, tmp_path):
+    """`--keep-files DIR` (re-coding studies read them): one decodable file per (image, lambda)."""
+    from PIL import Image
+
+    from benchmarks.runner import Config, Deadline, run_compress
+    from lotterycli import api
+
+    kodak = tmp_path / "kodak"
+    kodak.mkdir()
+    g = torch.Generator().manual_seed(3)
+    pixels = (torch.rand(24, 24, 3, generator=g) * 255).to(torch.uint8).numpy()
+    Image.fromarray(pixels).save(kodak / "kodim01.png")
+    monkeypatch.setenv("LOTTERY_KODAK", str(kodak))
+    keep = tmp_path / "files"
+    cfg = Config(mode="quick", images=["kodim01"], crop=16, lambdas=[0.01, 0.02], compress_preset="fast",
+                 compress_steps=3, codecs=[], keep_files=str(keep))
+    part = run_compress(cfg, Deadline(None))
+    points = [p for p in part["points"] if p["method"] == "lottery"]
+    assert len(points) == 2
+    for p in points:
+        data = (keep / f"kodim01-{p['setting']}.lottery").read_bytes()
+        assert len(data) == p["n_bytes"]
+        assert api.decompress(data).shape == (3, 16, 16)
