@@ -217,7 +217,7 @@ def test_param_layout_mismatch_is_rejected():
 
 
 # Container --------------------------------------------------------------------------------
-@pytest.mark.parametrize("version", [1, 2, 3])
+@pytest.mark.parametrize("version", [1, 2, 3, 4])
 def test_file_round_trip_and_determinism(version):
     p = make_payload()
     data = encode_file(p, latent_coder=CODER, version=version)
@@ -226,17 +226,123 @@ def test_file_round_trip_and_determinism(version):
     assert_payload_equal(decode_file(data, latent_coder=CODER), p)
 
 
-def test_version_3_is_written_by_default_and_versions_2_3_are_smaller():
+def test_version_4_is_written_by_default_and_each_version_is_smaller():
     p = make_payload()
-    v3 = encode_file(p, latent_coder=CODER)
-    v2, v1 = encode_file(p, latent_coder=CODER, version=2), encode_file(p, latent_coder=CODER, version=1)
-    assert v3[4] == 3 == container.FORMAT_VERSION
-    h3, h2, h1 = read_header(v3), read_header(v2), read_header(v1)
+    v4 = encode_file(p, latent_coder=CODER)
+    v3, v2, v1 = (encode_file(p, latent_coder=CODER, version=v) for v in (3, 2, 1))
+    assert v4[4] == 4 == container.FORMAT_VERSION
+    h4, h3, h2, h1 = (read_header(d) for d in (v4, v3, v2, v1))
     assert h1.header_size == container.HEADER_SIZE_V1 == 61
-    assert h3.section_sizes == h2.section_sizes == h1.section_sizes and h3.shifts == h2.shifts == h1.shifts
+    assert h3.section_sizes == h2.section_sizes == h1.section_sizes
+    assert h4.shifts == h3.shifts == h2.shifts == h1.shifts
     # 10x13 image, 41-bit seed: 4+1+1+1+6+2 + 1+4+1+1+1+3+1 + 15 shifts + 5 lengths
     assert h2.header_size == 48 and len(v2) == len(v1) - 13
     assert h3.header_size == 49  # + the band height (0: one byte)
+    # v4: + the layout byte, shifts 6..8 as 8 bytes of nibbles instead of 15 (SMALL is no preset)
+    assert h4.header_size == 49 + 1 - 7
+    assert h4.section_sizes["mask"] == h3.section_sizes["mask"] - 3  # the count: one byte, not four
+    assert_payload_equal(decode_file(v4, latent_coder=CODER), p)
+
+
+def test_version_4_names_a_preset_architecture_in_one_byte():
+    arch = replace(container.ARCH_PRESETS[1], arm_band_rows=256)
+    p = make_payload(arch=arch, height=20, width=16)
+    v4, v3 = encode_file(p, latent_coder=CODER), encode_file(p, latent_coder=CODER, version=3)
+    assert v4[15] & 0x03 == 1  # the layout byte, after magic, version, height, width, seed (6 bytes), ratio (2)
+    assert read_header(v4).header_size == read_header(v3).header_size + 1 - 12 - 7  # 12 architecture bytes, 7 of the 15 shift bytes
+    back = decode_file(v4, latent_coder=CODER)
+    assert back.architecture == arch
+    assert_payload_equal(back, p)
+    reference = make_payload(arch=Architecture(), height=20, width=16)
+    assert encode_file(reference, latent_coder=CODER)[15] & 0x03 == 2
+    assert_payload_equal(decode_file(encode_file(reference, latent_coder=CODER), latent_coder=CODER), reference)
+
+
+def test_version_4_layout_byte_is_checked():
+    data = encode_file(make_payload(), latent_coder=CODER)
+    pos = _v2_offsets(data)["layout"]
+    assert pos == 15 and data[pos] == 0x04  # SMALL: fields in full; shifts as nibbles
+    for value, message in ((0x08, "layout flags"), (0x03, "preset 3")):
+        b = bytearray(data)
+        b[pos] = value
+        with pytest.raises(LotteryError, match=message):
+            read_header(resign(bytes(b)))
+
+
+def test_version_4_falls_back_to_a_byte_per_shift():
+    """Shifts outside 0..15 (negative, or fine steps) take one signed byte each, as in v3."""
+    p = make_payload()
+    p.modules["arm"].shifts = {"fc1.weight": 16, "fc3.bias": -3}
+    data = encode_file(p, latent_coder=CODER)
+    assert not data[15] & 0x04
+    assert read_header(data).header_size == read_header(encode_file(p, latent_coder=CODER, version=3)).header_size + 1
+    assert_payload_equal(decode_file(data, latent_coder=CODER), p)
+
+
+def test_version_4_shift_padding_nibble_must_be_zero():
+    data = encode_file(make_payload(), latent_coder=CODER)  # 15 shifts: the 8th byte's high nibble pads
+    o = _v2_offsets(data)
+    last = o["shifts"] + 7
+    b = bytearray(data)
+    b[last] |= 0x30
+    with pytest.raises(LotteryError, match="padding"):
+        read_header(resign(bytes(b)))
+
+
+def test_version_4_mask_count_is_relative_to_the_ratio():
+    n = 1000
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[:700] = True  # exactly what ratio 0.3 keeps: count delta 0, one byte
+    for ones in (700, 640, 1000, 0):
+        m = torch.zeros(n, dtype=torch.bool)
+        m[torch.randperm(n, generator=torch.Generator().manual_seed(ones))[:ones]] = True
+        data = mask_coding.encode_mask(m, 3000)
+        assert torch.equal(mask_coding.decode_mask(data, n, 3000), m)
+        if ones in (0, 1000):
+            assert len(data) <= 3  # a constant mask: the count alone
+    assert mask_coding.encode_mask(mask, 3000)[0] == 0
+    assert len(mask_coding.encode_mask(mask, 3000)) == len(mask_coding.encode_mask(mask)) - 3
+    assert mask_coding.expected_ones(1627, 3000) == 1627 - round(0.3 * 1627)
+    for bad in (b"", b"\x80", b"\x80\x00\x01", bytes([0xFF]) * 6):
+        with pytest.raises(LotteryError, match="mask"):
+            mask_coding.decode_mask(bad, n, 3000)
+    with pytest.raises(LotteryError, match="negative"):
+        mask_coding.decode_mask(bytes([0xFF, 0x7F]), 10, 3000)
+
+
+def test_version_4_upsampling_kernel_is_coded_against_bicubic():
+    """A kernel near the bicubic start codes to fewer bytes than the same integers as they are,
+    and decodes exactly."""
+    from lotterycli.codec.upsampling import bicubic_kernel_1d, initial_kernel_integers
+
+    k1 = bicubic_kernel_1d(8).double()
+    for shift in range(0, 15):  # the exact rational prediction equals the float one (dyadic taps)
+        want = torch.floor(torch.outer(k1, k1) * 2**shift + 0.5).long().reshape(-1).tolist()
+        assert list(initial_kernel_integers(8, shift)) == want
+    g = torch.Generator().manual_seed(5)
+    layout = [("kernel", (8, 8))]
+    near = torch.tensor(initial_kernel_integers(8, 9)).view(8, 8) + torch.randint(-3, 4, (8, 8), generator=g)
+    q = QuantizedModule(shift=9, tensors={"kernel": near})
+    v4, v3 = param_coding.encode_module(q, layout, "upsampling"), param_coding.encode_module(q, layout)
+    assert len(v4) < len(v3) * 0.6
+    back = param_coding.decode_module(v4, {"kernel": 9}, layout, "upsampling")
+    assert torch.equal(back.tensors["kernel"], near)
+    assert param_coding.module_bits(q, "upsampling") == 8 * len(v4)
+    odd = initial_kernel_integers(5, 4)  # odd sizes have non-dyadic taps: still exact and symmetric
+    assert len(odd) == 25 and odd == tuple(reversed(odd))
+
+
+def test_version_4_gives_each_tensor_its_own_zero_and_prefix_contexts():
+    """Many zeros in one tensor and none in the next: per-tensor contexts code it smaller."""
+    g = torch.Generator().manual_seed(2)
+    sparse = [0] * 200 + [1, -1]
+    dense = (torch.randint(1, 40, (200,), generator=g) * torch.where(torch.rand(200, generator=g) < 0.5, -1, 1)).tolist()
+    values = sparse + dense
+    joint, split = param_coding.encode_values(values), param_coding.encode_values(values, [202, 200])
+    assert len(split) < len(joint)
+    assert param_coding.decode_values(split, 402, [202, 200]) == values
+    with pytest.raises(ValueError):
+        param_coding.encode_values(values, [100, 100])
 
 
 def test_latent_bands_round_trip_in_version_3_only():
@@ -290,7 +396,7 @@ def test_per_tensor_shifts_round_trip_in_version_2_only():
 
 
 def _v2_offsets(data: bytes) -> dict[str, int]:
-    """Where each v2/v3 header field starts in a make_payload() file (varints: docs/format.md)."""
+    """Where each v2-v4 header field starts in a make_payload() file (varints: docs/format.md)."""
     offsets, pos = {}, 5
 
     def skip_varint(name):
@@ -302,12 +408,16 @@ def _v2_offsets(data: bytes) -> dict[str, int]:
 
     for name in ("height", "width", "seed", "ratio"):
         skip_varint(name)
+    nibbles = False
+    if data[4] >= 4:  # the layout byte (make_payload's SMALL architecture is no preset)
+        offsets["layout"], nibbles = pos, bool(data[pos] & 0x04)
+        pos += 1
     offsets["levels"], offsets["gain"], offsets["kernel"] = pos, pos + 1, pos + 5
     pos += 6
     for name in ("mhid", "mout", "s1", "s2", "s3", "ahid") + (("bands",) if data[4] >= 3 else ()):
         skip_varint(name)
     offsets["shifts"] = pos
-    pos += 15
+    pos += 8 if nibbles else 15
     for name in ("len_mask", "len_arm", "len_up", "len_modnet", "len_latents"):
         skip_varint(name)
     offsets["end"] = pos
@@ -316,7 +426,7 @@ def _v2_offsets(data: bytes) -> dict[str, int]:
 
 def test_version_2_header_fields_are_where_documented():
     p = make_payload()
-    data = encode_file(p, latent_coder=CODER)
+    data = encode_file(p, latent_coder=CODER, version=3)
     o = _v2_offsets(data)
     assert o["end"] == read_header(data).header_size
     assert data[o["height"]] == 10 and data[o["width"]] == 13
@@ -342,7 +452,7 @@ def test_version_2_header_fields_are_where_documented():
     ],
 )
 def test_version_2_header_limits_are_enforced(field, value, message):
-    data = encode_file(make_payload(), latent_coder=CODER)
+    data = encode_file(make_payload(), latent_coder=CODER, version=3)
     b = bytearray(data)
     b[_v2_offsets(data)[field]] = value
     bad = resign(bytes(b))
@@ -353,7 +463,7 @@ def test_version_2_header_limits_are_enforced(field, value, message):
 
 
 def test_version_2_varints_must_be_short_and_bounded():
-    data = encode_file(make_payload(), latent_coder=CODER)
+    data = encode_file(make_payload(), latent_coder=CODER, version=3)
     o = _v2_offsets(data)
     # height 10 written in two bytes (0x8A 0x00): valid LEB128, but not the canonical form
     long_form = data[: o["height"]] + b"\x8a\x00" + data[o["height"] + 1 :]
@@ -430,8 +540,8 @@ def test_wrong_magic_version_trailing():
     data = encode_file(make_payload(), latent_coder=CODER)
     with pytest.raises(LotteryError, match="not a .lottery file"):
         decode_file(b"PNG\x89" + data[4:], latent_coder=CODER)
-    with pytest.raises(LotteryError, match=r"unsupported \.lottery format version 4 \(this lottery reads 1, 2 and 3\)"):
-        decode_file(data[:4] + b"\x04" + data[5:], latent_coder=CODER)
+    with pytest.raises(LotteryError, match=r"unsupported \.lottery format version 5 \(this lottery reads 1, 2, 3 and 4\)"):
+        decode_file(data[:4] + b"\x05" + data[5:], latent_coder=CODER)
     with pytest.raises(LotteryError):
         decode_file(data + b"\x00", latent_coder=CODER)
     with pytest.raises(LotteryError, match="CRC"):

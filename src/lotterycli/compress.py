@@ -121,7 +121,7 @@ def _search_steps(model: LotteryModel, name: str, state: dict[str, torch.Tensor]
         else:
             d, bpp = _hard_distortion(model, distortion), bpp0
         module.load_state_dict(state)
-        return d + lam * (bpp + module_bits(q) / model.n_pixels)
+        return d + lam * (bpp + module_bits(q, name) / model.n_pixels)
 
     best_cost, best_q = float("inf"), None
     for shift in SHIFT_CANDIDATES:

@@ -1,4 +1,4 @@
-""".lottery file format, version 3 (versions 1 and 2 still read): header, sections, CRC32. Byte
+""".lottery file format, version 4 (versions 1-3 still read): header, sections, CRC32. Byte
 layout in docs/format.md; the header's parsing and `describe` live in `header` (no torch).
 
     encode_file(payload) -> bytes          decode_file(data) -> Payload
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -33,6 +33,7 @@ from .header import (  # re-exported: the header's names have always been reacha
     _LENGTHS,
     _RATIO_SCALE,
     _SHIFTS,
+    ARCH_PRESETS,
     CHANNELS,
     FORMAT_VERSION,
     HEADER_SIZE_V1,
@@ -46,6 +47,7 @@ from .header import (  # re-exported: the header's names have always been reacha
     MAX_WIDTH,
     READ_VERSIONS,
     SECTION_NAMES,
+    V4_NIBBLE_SHIFTS,
     Header,
     _check_image,
     _corrupt,
@@ -141,12 +143,36 @@ def _pack_header_v1(payload: Payload, sizes: list[int]) -> bytes:
     )
 
 
+def _arch_preset(arch: Architecture) -> int:
+    """The v4 preset number of `arch` (its band height aside), 0 when it is none of them."""
+    bare = replace(arch, arm_band_rows=0)
+    return next((k for k, p in ARCH_PRESETS.items() if p == bare), 0)
+
+
 def _pack_header_v2(payload: Payload, sizes: list[int], version: int = 2) -> bytes:
-    """Versions 2 and 3: variable-length integers and one shift per tensor; version 3 adds the
-    latent band height after arm_hidden (docs/format.md, section 1)."""
+    """Versions 2-4: variable-length integers and one shift per tensor; version 3 adds the
+    latent band height after arm_hidden; version 4 a layout byte, so that a preset architecture
+    takes no bytes and shifts 0..15 half a byte each (docs/format.md, section 1)."""
     gain, seed, ratio, shifts = _checked_fields(payload, version)
     arch = payload.architecture
     v = encode_varint
+    all_shifts = [sh for name in MODULE_NAMES for sh in shifts[name].values()]
+    preset = _arch_preset(arch) if version >= 4 else 0
+    nibbles = version >= 4 and all(0 <= sh <= 15 for sh in all_shifts)
+    if nibbles:
+        padded = all_shifts + [0] * (len(all_shifts) % 2)
+        shift_bytes = bytes(padded[i] | padded[i + 1] << 4 for i in range(0, len(padded), 2))
+    else:
+        shift_bytes = bytes(sh & 0xFF for sh in all_shifts)
+    fields_ = [] if preset else [
+        bytes([arch.n_levels]),
+        _GAIN.pack(gain),
+        bytes([arch.upsample_kernel]),
+        v(arch.modnet_hidden),
+        v(arch.modnet_out),
+        *(v(w) for w in arch.synth_hidden),
+        v(arch.arm_hidden),
+    ]
     return b"".join(
         [
             MAGIC,
@@ -155,15 +181,10 @@ def _pack_header_v2(payload: Payload, sizes: list[int], version: int = 2) -> byt
             v(payload.width),
             v(seed),
             v(ratio),
-            bytes([arch.n_levels]),
-            _GAIN.pack(gain),
-            bytes([arch.upsample_kernel]),
-            v(arch.modnet_hidden),
-            v(arch.modnet_out),
-            *(v(w) for w in arch.synth_hidden),
-            v(arch.arm_hidden),
+            bytes([preset | (V4_NIBBLE_SHIFTS if nibbles else 0)]) if version >= 4 else b"",
+            *fields_,
             v(arch.arm_band_rows) if version >= 3 else b"",
-            bytes(sh & 0xFF for name in MODULE_NAMES for sh in shifts[name].values()),
+            shift_bytes,
             *(v(n) for n in sizes),  # the latents' too, so that a cut file is told from a corrupted one
         ]
     )
@@ -172,8 +193,9 @@ def _pack_header_v2(payload: Payload, sizes: list[int], version: int = 2) -> byt
 def encode_file(payload: Payload, latent_coder: LatentCoder | None = None, version: int = FORMAT_VERSION) -> bytes:
     """Serialise a Payload into .lottery bytes (deterministic: same payload, same bytes).
 
-    Versions 1 (fixed-size header, one shift per module) and 2 (no latent bands) are kept for
-    the readers' tests.
+    Versions 1 (fixed-size header, one shift per module), 2 (no latent bands) and 3 (every
+    architecture field and shift in full, the mask count as a u32, the upsampling kernel coded as
+    it is) are kept for the readers' tests and re-coding studies.
     """
     if version not in READ_VERSIONS:
         raise ValueError(f"cannot write .lottery version {version}")
@@ -191,10 +213,12 @@ def encode_file(payload: Payload, latent_coder: LatentCoder | None = None, versi
     if got != shapes:
         raise ValueError(f"latent grid shapes {got} differ from the expected {shapes}")
 
-    sections = [mask_coding.encode_mask(mask)]
+    v4 = version >= 4
+    ratio_units = _checked_fields(payload, version)[2] if v4 else None
+    sections = [mask_coding.encode_mask(mask, ratio_units)]
     for name in MODULE_NAMES:
         layout = param_coding.module_layout(name, arch)
-        sections.append(param_coding.encode_module(payload.modules[name], layout))
+        sections.append(param_coding.encode_module(payload.modules[name], layout, name if v4 else None))
     sections.append(bytes(coder.encode(payload.latents, payload.modules["arm"], band_rows=arch.arm_band_rows)))
     sizes = [len(s) for s in sections]
     header = _pack_header_v1(payload, sizes) if version == 1 else _pack_header_v2(payload, sizes, version)
@@ -228,11 +252,13 @@ def decode_file(data: bytes, latent_coder: LatentCoder | None = None) -> Payload
     header = read_header(data)
     arch = header.architecture
     secs = _sections(data, header)
-    mask = mask_coding.decode_mask(secs["mask"], arch.n_synth_weights)
+    v4 = header.version >= 4
+    ratio_units = round(header.mask_ratio * _RATIO_SCALE) if v4 else None
+    mask = mask_coding.decode_mask(secs["mask"], arch.n_synth_weights, ratio_units)
     modules = {}
     for name in MODULE_NAMES:
         layout = param_coding.module_layout(name, arch)
-        modules[name] = param_coding.decode_module(secs[name], header.shifts[name], layout)
+        modules[name] = param_coding.decode_module(secs[name], header.shifts[name], layout, name if v4 else None)
     shapes = latent_shapes(header.height, header.width, arch.n_levels)
     try:
         latents = coder.decode(secs["latents"], shapes, modules["arm"], band_rows=arch.arm_band_rows)

@@ -19,8 +19,8 @@ from ..codec.architecture import MAX_ARM_HIDDEN, MODULE_NAMES, Architecture, mod
 from ..errors import LotteryError
 
 MAGIC = b"LOTR"
-FORMAT_VERSION = 3  # what encode_file writes
-READ_VERSIONS = (1, 2, 3)
+FORMAT_VERSION = 4  # what encode_file writes
+READ_VERSIONS = (1, 2, 3, 4)
 
 # Limits checked before anything is allocated (also enforced when writing).
 MAX_SIDE = 16384
@@ -54,6 +54,18 @@ _ARCH_FIELDS = (
     "arm_band_rows",
 )
 _RATIO_SCALE = 10000
+
+# Version 4: architectures named by one number (part of the format: never edit an entry, only
+# append). 1 = every shipped task config's sizes (configs/*.yaml), 2 = the reference defaults
+# (METHOD.md); arm_band_rows is stored on its own, since it follows the image height.
+ARCH_PRESETS: dict[int, Architecture] = {
+    1: Architecture(n_levels=7, latent_gain=16.0, upsample_kernel=8, modnet_hidden=16, modnet_out=3,
+                    synth_hidden=(32, 24, 16), arm_hidden=16),
+    2: Architecture(n_levels=7, latent_gain=16.0, upsample_kernel=8, modnet_hidden=48, modnet_out=3,
+                    synth_hidden=(32, 24, 16), arm_hidden=24),
+}
+V4_ARCH_BITS = 0x03  # layout byte: architecture preset (0 = the fields follow)
+V4_NIBBLE_SHIFTS = 0x04  # layout byte: every shift is 0..15, two per byte
 
 
 @dataclass(frozen=True)
@@ -115,7 +127,7 @@ def _corrupt(msg: str) -> LotteryError:
 
 # Reading -------------------------------------------------------------------------------------
 class _Cursor:
-    """Reads a v2 or v3 header front to back; running out of bytes is reported as truncation."""
+    """Reads a v2, v3 or v4 header front to back; running out of bytes is reported as truncation."""
 
     def __init__(self, data: bytes, n_file: int) -> None:
         self.data, self.pos, self.n_file = data, 0, n_file
@@ -169,28 +181,45 @@ def _read_v1(data: bytes, n: int) -> tuple:
 
 
 def _read_v2(data: bytes, n: int, version: int = 2) -> tuple:
-    """Versions 2 and 3 (3 adds the band height after arm_hidden)."""
+    """Versions 2, 3 (adds the band height after arm_hidden) and 4 (a layout byte: architecture
+    preset and nibble shifts)."""
     c = _Cursor(data, n)
     c.take(5)  # magic and version, checked by the caller
     height = c.varint("height", MAX_SIDE)
     width = c.varint("width", MAX_SIDE)
     seed = c.varint("seed", (1 << 64) - 1)
     ratio = c.varint("mask ratio", _RATIO_SCALE)
-    n_levels = c.byte()
-    (gain,) = _GAIN.unpack(c.take(_GAIN.size))
-    kernel = c.byte()
-    m_hid = c.varint("modnet_hidden", MAX_WIDTH)
-    m_out = c.varint("modnet_out", MAX_WIDTH)
-    synth = tuple(c.varint("synth_hidden", MAX_WIDTH) for _ in range(3))
-    a_hid = c.varint("arm_hidden", MAX_WIDTH)
+    layout = c.byte() if version >= 4 else 0
+    if layout & ~(V4_ARCH_BITS | V4_NIBBLE_SHIFTS):
+        raise _corrupt(f"unknown header layout flags 0x{layout:02x}")
+    preset = layout & V4_ARCH_BITS
+    if preset:
+        if preset not in ARCH_PRESETS:
+            raise _corrupt(f"unknown architecture preset {preset}")
+        p = ARCH_PRESETS[preset]
+        n_levels, gain, kernel, m_hid, m_out = p.n_levels, p.latent_gain, p.upsample_kernel, p.modnet_hidden, p.modnet_out
+        synth, a_hid = p.synth_hidden, p.arm_hidden
+    else:
+        n_levels = c.byte()
+        (gain,) = _GAIN.unpack(c.take(_GAIN.size))
+        kernel = c.byte()
+        m_hid = c.varint("modnet_hidden", MAX_WIDTH)
+        m_out = c.varint("modnet_out", MAX_WIDTH)
+        synth = tuple(c.varint("synth_hidden", MAX_WIDTH) for _ in range(3))
+        a_hid = c.varint("arm_hidden", MAX_WIDTH)
     bands = c.varint("arm_band_rows", MAX_SIDE) if version >= 3 else 0
     arch = _architecture(height, width, n_levels, gain, kernel, m_hid, m_out, synth, a_hid, bands)
-    shifts = {}
-    for name in MODULE_NAMES:
-        shifts[name] = {}
-        for t, _ in module_layout(name, arch):
-            b = c.byte()
-            shifts[name][t] = b - 256 if b >= 128 else b
+    names = [(name, t) for name in MODULE_NAMES for t, _ in module_layout(name, arch)]
+    if layout & V4_NIBBLE_SHIFTS:
+        packed = c.take((len(names) + 1) // 2)
+        values = [packed[i // 2] >> (4 * (i % 2)) & 0x0F for i in range(len(names))]
+        if len(names) % 2 and packed[-1] >> 4:
+            raise _corrupt("the shifts' padding nibble is not zero")
+    else:
+        values = [b - 256 if b >= 128 else b for b in c.take(len(names))]
+    shifts: dict[str, dict[str, int]] = {name: {} for name in MODULE_NAMES}
+    for (name, t), value in zip(names, values):
+        shifts[name][t] = value
     sizes = {name: c.varint(f"{name} section length", 1 << 32) for name in SECTION_NAMES}
     return height, width, seed, ratio, arch, shifts, sizes, c.pos
 
@@ -229,7 +258,7 @@ def read_header(data: bytes, check_crc: bool = True) -> Header:
         known = ", ".join(str(v) for v in READ_VERSIONS[:-1]) + f" and {READ_VERSIONS[-1]}"
         raise LotteryError(f"unsupported .lottery format version {version} (this lottery reads {known})")
     if version == 1:
-        height, width, seed, ratio, arch, shifts, sizes, header_size = _read_v1(data, n)
+        height, width, seed, ratio, arch, shifts, sizes, header_size = _read_v1(data, n)  # v2-v4 below
     else:
         height, width, seed, ratio, arch, shifts, sizes, header_size = _read_v2(data, n, version)
 
@@ -239,7 +268,7 @@ def read_header(data: bytes, check_crc: bool = True) -> Header:
         for t, s in per_tensor.items():
             if abs(s) > MAX_ABS_SHIFT:
                 raise _corrupt(f"quantization shift {s} of {name}.{t} is out of range")
-    if sizes["mask"] < 4:
+    if sizes["mask"] < (1 if version >= 4 else 4):
         raise _corrupt("mask section is too short")
     for name in MODULE_NAMES:
         if sizes[name] < 1:

@@ -23,6 +23,7 @@ import torch
 
 from ..codec.architecture import Architecture, module_layout  # module_layout: re-exported
 from ..codec.params import QuantizedModule
+from ..codec.upsampling import initial_kernel_integers
 from ..errors import LotteryError
 
 MAX_K = 12  # largest Exp-Golomb order the encoder tries
@@ -49,6 +50,17 @@ def layout_size(name: str, arch: Architecture) -> int:
             n *= s
         total += n
     return total
+
+
+def _sizes(layout: list[tuple[str, tuple[int, ...]]]) -> list[int]:
+    """Number of integers of each tensor of a layout."""
+    sizes = []
+    for _, shape in layout:
+        n = 1
+        for s in shape:
+            n *= s
+        sizes.append(n)
+    return sizes
 
 
 def _flatten(qmodule: QuantizedModule, layout=None) -> list[int]:
@@ -207,11 +219,25 @@ class _Model:
         return ctx
 
 
-def _encode_values(values: list[int], k: int) -> bytes:
+def _group_models(n: int, sizes: list[int] | None) -> list[_Model]:
+    """The model each value's zero flag and prefix use: one for all (versions 1-3), or a fresh one
+    per tensor (`sizes`, format v4); the sign and suffix contexts stay shared (the first model's)."""
+    if sizes is None:
+        return [_Model()] * n
+    if sum(sizes) != n:
+        raise ValueError(f"tensor sizes {sizes} do not add up to {n} values")
+    models = []
+    for size in sizes:
+        models += [_Model()] * size
+    return models
+
+
+def _encode_values(values: list[int], k: int, sizes: list[int] | None = None) -> bytes:
     enc = _Encoder()
-    model = _Model()
-    for v in values:
-        ctx = model.zero
+    shared = _Model()
+    for v, own in zip(values, _group_models(len(values), sizes)):
+        model = shared
+        ctx = own.zero
         b = 1 if v != 0 else 0
         enc.bit(ctx.p0(), b)
         ctx.update(b)
@@ -227,7 +253,7 @@ def _encode_values(values: list[int], k: int) -> bytes:
         if n_bits > MAX_SUFFIX:
             raise ValueError(f"parameter value {v} is too large to store")
         for i in range(c + 1):
-            ctx = model.prefix[i if i < _N_PREFIX_CTX else _N_PREFIX_CTX - 1]
+            ctx = own.prefix[i if i < _N_PREFIX_CTX else _N_PREFIX_CTX - 1]
             b = 1 if i < c else 0
             enc.bit(ctx.p0(), b)
             ctx.update(b)
@@ -242,12 +268,12 @@ def _encode_values(values: list[int], k: int) -> bytes:
     return enc.finish()
 
 
-def _decode_values(data: bytes, n: int, k: int) -> list[int]:
+def _decode_values(data: bytes, n: int, k: int, sizes: list[int] | None = None) -> list[int]:
     dec = _Decoder(data)
     model = _Model()
     values = [0] * n
-    for idx in range(n):
-        ctx = model.zero
+    for idx, own in enumerate(_group_models(n, sizes)):
+        ctx = own.zero
         b = dec.bit(ctx.p0())
         ctx.update(b)
         if not b:
@@ -257,7 +283,7 @@ def _decode_values(data: bytes, n: int, k: int) -> list[int]:
         ctx.update(neg)
         c = 0
         while True:
-            ctx = model.prefix[c if c < _N_PREFIX_CTX else _N_PREFIX_CTX - 1]
+            ctx = own.prefix[c if c < _N_PREFIX_CTX else _N_PREFIX_CTX - 1]
             b = dec.bit(ctx.p0())
             ctx.update(b)
             if not b:
@@ -285,10 +311,13 @@ def _decode_values(data: bytes, n: int, k: int) -> list[int]:
 
 
 # Public API --------------------------------------------------------------------------------
-def encode_values(values: list[int]) -> bytes:
+def encode_values(values: list[int], sizes: list[int] | None = None) -> bytes:
     """Code a list of integers: one byte k, then the range-coded stream.
 
-    k is the best Exp-Golomb order among up to five around log2(mean |v|) (0..MAX_K).
+    k is the best Exp-Golomb order among up to five around log2(mean |v|) (0..MAX_K). `sizes`
+    (format v4): the values are tensors of these sizes, each with its own zero-flag and prefix
+    contexts (biases and weights differ in how many zeros and how large; 3-4 % fewer network
+    bytes, docs/format.md).
     """
     values = [int(v) for v in values]
     if any(v >= (1 << 63) or v < -(1 << 63) for v in values):
@@ -300,49 +329,68 @@ def encode_values(values: list[int]) -> bytes:
     mean_abs = sum(abs(v) for v in values) // len(values)
     centre = min(MAX_K, max(0, mean_abs.bit_length() - 1))
     for k in range(max(0, centre - 2), min(MAX_K, centre + 2) + 1):
-        coded = bytes([k]) + _encode_values(values, k)
+        coded = bytes([k]) + _encode_values(values, k, sizes)
         if best is None or len(coded) < len(best):
             best = coded
     return best
 
 
-def decode_values(data: bytes, n: int) -> list[int]:
-    """Inverse of `encode_values` for a known count `n`; LotteryError on bad data."""
+def decode_values(data: bytes, n: int, sizes: list[int] | None = None) -> list[int]:
+    """Inverse of `encode_values` for a known count `n` (and the same `sizes`); LotteryError on bad data."""
     if len(data) < 1:
         raise LotteryError("corrupted .lottery file: empty network section")
     k = data[0]
     if k > MAX_K:
         raise LotteryError(f"corrupted .lottery file: invalid Exp-Golomb order {k} in a network section")
     body = bytes(data[1:])
-    values = _decode_values(body, n, k)
+    values = _decode_values(body, n, k, sizes)
     # Only the canonical stream is accepted (catches trailing or altered bytes that the
     # arithmetic decoder would silently absorb).
-    if _encode_values(values, k) != body:
+    if _encode_values(values, k, sizes) != body:
         raise LotteryError("corrupted .lottery file: invalid network section data")
     return values
 
 
-def encode_module(qmodule: QuantizedModule, layout=None) -> bytes:
+def _prediction(name: str | None, shifts: dict[str, int], layout) -> list[int] | None:
+    """What format v4 subtracts before coding: the upsampling kernel's initial (bicubic) value at
+    its step; None for the other modules (their random initial values are not worth predicting)."""
+    if name != "upsampling":
+        return None
+    (tensor, shape), = layout
+    return list(initial_kernel_integers(shape[-1], int(shifts[tensor])))
+
+
+def encode_module(qmodule: QuantizedModule, layout=None, name: str | None = None) -> bytes:
     """Code one module's integers in canonical order (the shift is stored in the file header).
 
-    `layout` (from `module_layout`) is checked against the tensors when given.
+    `layout` (from `module_layout`) is checked against the tensors when given. `name`: the
+    module's name, for format v4, which codes the upsampling kernel as its difference from the
+    bicubic kernel (None: versions 1-3, every integer as it is).
     """
-    return encode_values(_flatten(qmodule, layout))
+    values = _flatten(qmodule, layout)
+    if name is None:
+        return encode_values(values)
+    layout = layout if layout is not None else [(t, tuple(v.shape)) for t, v in qmodule.tensors.items()]
+    pred = _prediction(name, qmodule.tensor_shifts(), layout)
+    if pred is not None:
+        values = [v - p for v, p in zip(values, pred)]
+    return encode_values(values, _sizes(layout))
 
 
-def decode_module(data: bytes, shift: int | dict[str, int], layout: list[tuple[str, tuple[int, ...]]]) -> QuantizedModule:
+def decode_module(data: bytes, shift: int | dict[str, int], layout: list[tuple[str, tuple[int, ...]]],
+                  name: str | None = None) -> QuantizedModule:
     """Rebuild a `QuantizedModule` from its section bytes, shift(s) and layout.
 
     `shift`: one for the module, or one per tensor (format v2 and later); the module's `shift` is then the
-    first tensor's, with the others that differ from it in `shifts`.
+    first tensor's, with the others that differ from it in `shifts`. `name`: as for `encode_module`.
     """
-    sizes = []
-    for _, shape in layout:
-        n = 1
-        for s in shape:
-            n *= s
-        sizes.append(n)
-    values = decode_values(data, sum(sizes))
+    sizes = _sizes(layout)
+    values = decode_values(data, sum(sizes), sizes if name is not None else None)
+    if name is not None:
+        per_tensor = shift if isinstance(shift, dict) else {t: shift for t, _ in layout}
+        pred = _prediction(name, per_tensor, layout)
+        if pred is not None:
+            values = [v + p for v, p in zip(values, pred)]
     tensors: dict[str, torch.Tensor] = {}
     start = 0
     for (name, shape), n in zip(layout, sizes):
@@ -355,10 +403,10 @@ def decode_module(data: bytes, shift: int | dict[str, int], layout: list[tuple[s
     return QuantizedModule(shift=int(shift), tensors=tensors)
 
 
-def module_bits(qmodule: QuantizedModule) -> int:
-    """Exact size in bits of this module's section in a .lottery file (a multiple of 8).
+def module_bits(qmodule: QuantizedModule, name: str | None = None) -> int:
+    """Exact size in bits of this module's section in a .lottery file (a multiple of 8); with
+    `name`, as format v4 codes it.
 
-    The shift (1 byte) and the section length (4 bytes) live in the fixed-size header and are
-    not included.
+    The shifts and the section length live in the header and are not included.
     """
-    return 8 * len(encode_module(qmodule))
+    return 8 * len(encode_module(qmodule, name=name))

@@ -6,6 +6,7 @@ result has one channel per level at full resolution.
 
 from __future__ import annotations
 
+from fractions import Fraction
 from functools import lru_cache
 
 import torch
@@ -28,6 +29,28 @@ def bicubic_kernel_1d(size: int, a: float = -0.75) -> torch.Tensor:
             w = 0.0
         taps.append(w)
     return torch.tensor(taps)
+
+
+@lru_cache(maxsize=None)
+def initial_kernel_integers(size: int, shift: int) -> tuple[int, ...]:
+    """The initial (bicubic) kernel on the grid 2**-shift, row-major, in exact rational arithmetic.
+
+    Why: format v4 stores the learned kernel as its difference from this prediction (a fitted
+    kernel stays close to bicubic), and encoder and decoder must compute it identically on every
+    machine, hence fractions rather than floats (halves round up).
+    """
+    a = Fraction(-3, 4)
+    taps = []
+    for k in range(size):
+        t = abs(Fraction(2 * k - (size - 1), 4))  # (k - (size - 1) / 2) / 2, as in bicubic_kernel_1d
+        if t <= 1:
+            taps.append((a + 2) * t**3 - (a + 3) * t**2 + 1)
+        elif t < 2:
+            taps.append(a * t**3 - 5 * a * t**2 + 8 * a * t - 4 * a)
+        else:
+            taps.append(Fraction(0))
+    scale = Fraction(2) ** shift
+    return tuple(int((ti * tj * scale + Fraction(1, 2)).__floor__()) for ti in taps for tj in taps)
 
 
 def _transposed_x2(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
