@@ -328,6 +328,22 @@ def test_version_4_upsampling_kernel_is_coded_against_bicubic():
     back = param_coding.decode_module(v4, {"kernel": 9}, layout, "upsampling")
     assert torch.equal(back.tensors["kernel"], near)
     assert param_coding.module_bits(q, "upsampling") == 8 * len(v4)
+    assert v4[0] & param_coding.PREDICTED
+    far = QuantizedModule(shift=9, tensors={"kernel": -near})  # far from bicubic: coded as it is
+    plain = param_coding.encode_module(far, layout, "upsampling")
+    assert not plain[0] & param_coding.PREDICTED
+    assert torch.equal(param_coding.decode_module(plain, 9, layout, "upsampling").tensors["kernel"], -near)
+    # the longer of the two codings is refused (only the encoder's choice is canonical)
+    pred = torch.tensor(initial_kernel_integers(8, 9)).view(8, 8)
+    as_difference = param_coding.encode_values((-near - pred).reshape(-1).tolist(), [64])
+    assert len(as_difference) >= len(plain)
+    longer = bytes([as_difference[0] | param_coding.PREDICTED]) + as_difference[1:]
+    with pytest.raises(LotteryError, match="not canonical"):
+        param_coding.decode_module(longer, 9, layout, "upsampling")
+    arm_layout = param_coding.module_layout("arm", SMALL)
+    arm = param_coding.encode_module(make_payload().modules["arm"], arm_layout, "arm")
+    with pytest.raises(LotteryError, match="claims a prediction"):
+        param_coding.decode_module(bytes([arm[0] | param_coding.PREDICTED]) + arm[1:], 6, arm_layout, "arm")
     odd = initial_kernel_integers(5, 4)  # odd sizes have non-dyadic taps: still exact and symmetric
     assert len(odd) == 25 and odd == tuple(reversed(odd))
 

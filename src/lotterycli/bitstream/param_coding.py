@@ -27,6 +27,7 @@ from ..codec.upsampling import initial_kernel_integers
 from ..errors import LotteryError
 
 MAX_K = 12  # largest Exp-Golomb order the encoder tries
+PREDICTED = 0x80  # format v4, first byte of a section: coded as the difference from a prediction
 MAX_SUFFIX = 63  # c + k <= 63 (x < 2**64) covers every int64; more in a stream is corruption
 _N_PREFIX_CTX = 24  # prefix positions >= this share the last context
 _N_SUFFIX_CTX = 2  # leading suffix bits with their own contexts
@@ -364,17 +365,22 @@ def encode_module(qmodule: QuantizedModule, layout=None, name: str | None = None
     """Code one module's integers in canonical order (the shift is stored in the file header).
 
     `layout` (from `module_layout`) is checked against the tensors when given. `name`: the
-    module's name, for format v4, which codes the upsampling kernel as its difference from the
-    bicubic kernel (None: versions 1-3, every integer as it is).
+    module's name, for format v4: per-tensor contexts, and the upsampling kernel coded as its
+    difference from the bicubic kernel when that is shorter (the first byte's PREDICTED bit says
+    so). None: versions 1-3, every integer as it is.
     """
     values = _flatten(qmodule, layout)
     if name is None:
         return encode_values(values)
     layout = layout if layout is not None else [(t, tuple(v.shape)) for t, v in qmodule.tensors.items()]
+    plain = encode_values(values, _sizes(layout))
     pred = _prediction(name, qmodule.tensor_shifts(), layout)
-    if pred is not None:
-        values = [v - p for v, p in zip(values, pred)]
-    return encode_values(values, _sizes(layout))
+    if pred is None:
+        return plain
+    predicted = encode_values([v - p for v, p in zip(values, pred)], _sizes(layout))
+    if len(predicted) < len(plain):  # a kernel far from bicubic codes better as it is
+        return bytes([predicted[0] | PREDICTED]) + predicted[1:]
+    return plain
 
 
 def decode_module(data: bytes, shift: int | dict[str, int], layout: list[tuple[str, tuple[int, ...]]],
@@ -385,22 +391,30 @@ def decode_module(data: bytes, shift: int | dict[str, int], layout: list[tuple[s
     first tensor's, with the others that differ from it in `shifts`. `name`: as for `encode_module`.
     """
     sizes = _sizes(layout)
-    values = decode_values(data, sum(sizes), sizes if name is not None else None)
-    if name is not None:
+    original, pred = bytes(data), None
+    if name is not None and data and data[0] & PREDICTED:
         per_tensor = shift if isinstance(shift, dict) else {t: shift for t, _ in layout}
         pred = _prediction(name, per_tensor, layout)
-        if pred is not None:
-            values = [v + p for v, p in zip(values, pred)]
+        if pred is None:
+            raise LotteryError(f"corrupted .lottery file: the {name} section claims a prediction")
+        data = bytes([data[0] & ~PREDICTED]) + bytes(data[1:])
+    values = decode_values(data, sum(sizes), sizes if name is not None else None)
+    if pred is not None:
+        values = [v + p for v, p in zip(values, pred)]
     tensors: dict[str, torch.Tensor] = {}
     start = 0
-    for (name, shape), n in zip(layout, sizes):
-        tensors[name] = torch.tensor(values[start : start + n], dtype=torch.int64).reshape(shape)
+    for (tensor, shape), n in zip(layout, sizes):
+        tensors[tensor] = torch.tensor(values[start : start + n], dtype=torch.int64).reshape(shape)
         start += n
     if isinstance(shift, dict):
         base = int(shift[layout[0][0]]) if layout else 0
         overrides = {k: int(v) for k, v in shift.items() if int(v) != base}
-        return QuantizedModule(shift=base, tensors=tensors, shifts=overrides)
-    return QuantizedModule(shift=int(shift), tensors=tensors)
+        module = QuantizedModule(shift=base, tensors=tensors, shifts=overrides)
+    else:
+        module = QuantizedModule(shift=int(shift), tensors=tensors)
+    if pred is not None and encode_module(module, layout, name) != original:
+        raise LotteryError(f"corrupted .lottery file: the {name} section is not canonical")  # it had to be the shorter
+    return module
 
 
 def module_bits(qmodule: QuantizedModule, name: str | None = None) -> int:
