@@ -253,6 +253,9 @@ def test_version_4_names_a_preset_architecture_in_one_byte():
     back = decode_file(v4, latent_coder=CODER)
     assert back.architecture == arch
     assert_payload_equal(back, p)
+    narrow = make_payload(arch=replace(container.ARCH_PRESETS[1], arm_hidden=8), height=20, width=16)
+    assert encode_file(narrow, latent_coder=CODER)[15] & 0x03 == 3
+    assert_payload_equal(decode_file(encode_file(narrow, latent_coder=CODER), latent_coder=CODER), narrow)
     reference = make_payload(arch=Architecture(), height=20, width=16)
     assert encode_file(reference, latent_coder=CODER)[15] & 0x03 == 2
     assert_payload_equal(decode_file(encode_file(reference, latent_coder=CODER), latent_coder=CODER), reference)
@@ -262,7 +265,7 @@ def test_version_4_layout_byte_is_checked():
     data = encode_file(make_payload(), latent_coder=CODER)
     pos = _v2_offsets(data)["layout"]
     assert pos == 15 and data[pos] == 0x04  # SMALL: fields in full; shifts as nibbles
-    for value, message in ((0x08, "layout flags"), (0x03, "preset 3")):
+    for value, message in ((0x08, "layout flags"),):
         b = bytearray(data)
         b[pos] = value
         with pytest.raises(LotteryError, match=message):

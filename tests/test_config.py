@@ -160,6 +160,10 @@ def test_compress_config_refits_the_arm_and_zero_turns_it_off(tmp_path):
     assert load_task_config("denoise").schedule.arm_refit_steps == 0  # restoration: no refit by default
     user = write(tmp_path, "schedule:\n  arm_refit_steps: 0\n")
     assert load_task_config("compress", config_file=user).schedule.arm_refit_steps == 0
+    assert load_task_config("compress").schedule.arm_scratch_widths == (8,)
+    assert load_task_config("denoise").schedule.arm_scratch_widths == ()
+    user = write(tmp_path, "schedule:\n  arm_scratch_widths: []\n")
+    assert load_task_config("compress", config_file=user).schedule.arm_scratch_widths == ()
 
 
 def test_architecture_section_overrides_sizes(tmp_path):
@@ -250,6 +254,11 @@ def test_config_must_be_mapping(tmp_path, text):
         ("schedule:\n  arm_refit_steps: 2.5\n", "schedule.arm_refit_steps"),
         ("schedule:\n  arm_refit_steps: 1000000\n", "schedule.arm_refit_steps"),
         ("schedule:\n  arm_refit_lr: -0.1\n", "schedule.arm_refit_lr"),
+        ("schedule:\n  arm_scratch_widths: 8\n", "schedule.arm_scratch_widths"),
+        ("schedule:\n  arm_scratch_widths: [0]\n", "schedule.arm_scratch_widths"),
+        ("schedule:\n  arm_scratch_widths: [33]\n", "schedule.arm_scratch_widths"),
+        ("schedule:\n  arm_scratch_widths: [8.5]\n", "schedule.arm_scratch_widths"),
+        ("schedule:\n  arm_scratch_steps: -1\n", "schedule.arm_scratch_steps"),
         ("schedule: 5\n", "schedule"),
         ("presets: [fast]\n", "presets"),
         ("presets:\n  fast: 300\n", "fast"),

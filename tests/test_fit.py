@@ -190,6 +190,8 @@ def test_progress_shows_the_arm_refit_on_its_own_bar(capsys):
         progress(StepInfo(10, 10, 0.002, 0.001, 0.5, 1.0, "hard"))
         progress(StepInfo(5, 20, 0.6, math.nan, 0.25, 0.5, "arm refit"))
         progress(StepInfo(20, 20, 0.55, math.nan, 0.24, 1.0, "arm refit"))
+        progress(StepInfo(40, 60, 0.52, math.nan, 0.222, 1.0, "arm refit, width 8"))  # a bar of its own
     err = capsys.readouterr().err
     assert "compress" in err and "30.00 dB" in err and "0.500 bpp" in err
     assert "ARM refit" in err and "20/20" in err and "0.240 bpp" in err and "nan" not in err
+    assert "ARM refit, width 8" in err and "40/60" in err and "0.222 bpp" in err

@@ -505,9 +505,49 @@ def test_compress_refits_the_arm_for_at_most_the_fit_steps(monkeypatch):
     calls = []
     real = compress.refit_arm
     monkeypatch.setattr(compress, "refit_arm",
-                        lambda m, steps, lr, *rest: calls.append((steps, lr)) or real(m, steps, lr, *rest))
+                        lambda m, steps, lr, *rest, **kw: calls.append((steps, lr)) or real(m, steps, lr, *rest, **kw))
     torch.set_num_threads(1)
     cfg = load_task_config("compress", overrides={"steps": 8})
+    assert cfg.schedule.arm_scratch_widths == (8,)
     result = compress.compress_image(scene(20, 24), cfg, device="cpu")
-    assert calls == [(8, cfg.schedule.arm_refit_lr)]
+    # the refit, then the 8-wide ARM from scratch: both capped at the fit's 8 steps
+    assert calls == [(8, cfg.schedule.arm_refit_lr), (8, cfg.schedule.arm_scratch_lr)]
     assert torch.equal(compress.decompress_bytes(result.data), result.decoded)
+
+
+def test_a_narrower_arm_is_installed_when_its_search_says_cheaper(fitted, monkeypatch):
+    """An `Arm` of another width offered to quantize_networks becomes the model's ARM (and the
+    file's arm_hidden) when its cost, header bytes included, is the lowest; the pixels are those
+    without it. `scratch_arm` makes one deterministically and leaves the model alone."""
+    import copy
+
+    from lotterycli import compress
+    from lotterycli.bitstream.container import architecture_bytes
+
+    model, _, target = fitted
+    m = copy.deepcopy(model)
+    base = encode_file(copy.deepcopy(m).to_payload(quantize_networks(copy.deepcopy(m), mse(target), 0.002)))
+    narrow = compress.scratch_arm(m, 2, 20, 0.01, seed=0)
+    assert m.arch.arm_hidden == model.arch.arm_hidden and m.arm is not narrow  # only offered
+    again = compress.scratch_arm(copy.deepcopy(m), 2, 20, 0.01, seed=0)
+    assert all(torch.equal(a, b) for a, b in zip(narrow.state_dict().values(), again.state_dict().values()))
+    priced = []
+    real = compress._search_steps
+
+    def search(model_, name, *args):
+        cost, q = real(model_, name, *args)
+        if name == "arm":
+            priced.append(model_.arch.arm_hidden)
+            if model_.arch.arm_hidden == 2:
+                cost -= 1.0  # far below any real difference: this one must win
+        return cost, q
+
+    monkeypatch.setattr(compress, "_search_steps", search)
+    data = encode_file(m.to_payload(quantize_networks(m, mse(target), 0.002, arm_alternatives=[narrow])))
+    assert priced == [model.arch.arm_hidden, 2]
+    back = decode_file(data)
+    assert back.architecture.arm_hidden == 2 and m.arm is narrow and m.arch.arm_hidden == 2
+    assert back.modules["arm"].tensors["fc1.weight"].shape == (2, 24)
+    assert torch.equal(decode_payload(back), decode_payload(decode_file(base)))
+    # the header's share: a preset costs nothing, the same sizes with a 2-wide ARM 12 bytes
+    assert architecture_bytes(model.arch) == 0 and architecture_bytes(m.arch) == 12

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
-from .bitstream.container import decode_file, encode_file
+from .bitstream.container import architecture_bytes, decode_file, encode_file
 from .bitstream.param_coding import module_bits
+from .codec.arm import Arm
 from .codec.architecture import Architecture
 from .codec.model import LotteryModel, decode_payload, macs_per_pixel
 from .codec.params import MODULE_NAMES, QuantizedModule
@@ -71,9 +72,15 @@ def _hard_distortion(model: LotteryModel, distortion: Distortion) -> float:
         return float(distortion(image))
 
 
+def install_arm(model: LotteryModel, arm: Arm) -> None:
+    """Make `arm` the model's ARM; its width becomes the model's (and the file's) arm_hidden."""
+    model.arm = arm
+    model.arch = replace(model.arch, arm_hidden=arm.hidden)
+
+
 def quantize_networks(
     model: LotteryModel, distortion: Distortion, lam: float, per_tensor: bool = True,
-    arm_alternatives: list[dict[str, torch.Tensor]] = (),
+    arm_alternatives: list[dict[str, torch.Tensor] | Arm] = (),
 ) -> dict[str, QuantizedModule]:
     """Pick the small networks' power-of-two steps by rate-distortion search, real code lengths.
 
@@ -84,22 +91,32 @@ def quantize_networks(
     coarser steps than output layers (docs/tuning.md, session 9). The ARM changes only the rate
     and the other modules only the distortion, so each trial computes just the part that moves.
     `per_tensor=False` stops after the module-wide step (for comparisons).
-    `arm_alternatives`: other float states of the ARM (state dicts, e.g. the ARM before its refit)
-    searched the same way; the cheapest of all is kept, so an alternative can only help.
+    `arm_alternatives`: other ARMs searched the same way: float states of the model's ARM (state
+    dicts, e.g. the ARM before its refit) or `Arm` modules of any width (`install_arm`); the
+    cheapest of all is kept, so an alternative can only help.
     """
     chosen: dict[str, QuantizedModule] = {}
     d0, bpp0 = _hard_distortion(model, distortion), _hard_bpp(model)
     for name in MODULE_NAMES:
         module = model.modules_by_name()[name]
-        states = [{k: v.detach().clone() for k, v in module.state_dict().items()}]
+        candidates = [(module, module.state_dict())]
         if name == "arm":
-            states += [{k: v.detach().clone() for k, v in alt.items()} for alt in arm_alternatives]
-        best_cost, best_q = float("inf"), None
-        for state in states:
-            module.load_state_dict(state)
+            candidates += [(alt, alt.state_dict()) if isinstance(alt, Arm) else (module, alt) for alt in arm_alternatives]
+        best_cost, best = float("inf"), None
+        for owner, state in candidates:
+            state = {k: v.detach().clone() for k, v in state.items()}
+            if name == "arm":
+                install_arm(model, owner)
+            owner.load_state_dict(state)
             cost, q = _search_steps(model, name, state, distortion, lam, d0, bpp0, per_tensor)
+            if name == "arm":  # another width can leave the header's architecture presets
+                cost += lam * 8 * architecture_bytes(model.arch) / model.n_pixels
             if cost < best_cost:
-                best_cost, best_q = cost, q
+                best_cost, best = cost, (owner, state, q)
+        owner, state, best_q = best
+        if name == "arm":
+            install_arm(model, owner)
+        owner.load_state_dict(state)
         model.load_quantized(name, best_q)
         chosen[name] = best_q
         if name == "arm":
@@ -149,7 +166,7 @@ def _search_steps(model: LotteryModel, name: str, state: dict[str, torch.Tensor]
 
 
 def refit_arm(model: LotteryModel, steps: int, lr: float, progress: ProgressCallback | None = None,
-              report_every: int = 10) -> float:
+              report_every: int = 10, arm: Arm | None = None) -> float:
     """Fit the ARM alone to the final integer latents, minimising their bits plus its own.
 
     Why: during the fit the ARM learns from soft-rounded, noisy latents and pays nothing for its
@@ -161,8 +178,11 @@ def refit_arm(model: LotteryModel, steps: int, lr: float, progress: ProgressCall
     candidate by its real code length. Returns the objective (bits) of the kept state.
     `progress` gets a `StepInfo` with stage "arm refit" every `report_every` steps (loss and bpp
     are the objective and the latent rate, in bits per pixel; the distortion is not known here: nan).
+    `arm`: fit this ARM (e.g. a narrower one, from scratch) instead of the model's; its progress
+    stage is then "arm refit, width W".
     """
-    arm = model.arm
+    stage = "arm refit" if arm is None else f"arm refit, width {arm.hidden}"
+    arm = model.arm if arm is None else arm
     band_rows = model.arch.arm_band_rows
     device = next(arm.parameters()).device
     latents = [q.to(device=device, dtype=torch.float32) for q in model.latents.quantized()]
@@ -184,13 +204,29 @@ def refit_arm(model: LotteryModel, steps: int, lr: float, progress: ProgressCall
         if progress is not None and (step % report_every == 0 or step == steps):
             n = model.n_pixels
             progress(StepInfo(step, steps, value / n, math.nan, float(latent_bits.detach()) / n,
-                              time.perf_counter() - start, "arm refit"))
+                              time.perf_counter() - start, stage))
         if step == steps:
             break
         bits.backward()
         optimizer.step()
     arm.load_state_dict(best_state)
     return best_bits
+
+
+def scratch_arm(model: LotteryModel, width: int, steps: int, lr: float, seed: int,
+                progress: ProgressCallback | None = None) -> Arm:
+    """A new ARM of `width`, fitted from its seeded start to the model's final latents (`refit_arm`).
+
+    Why: at low rates the ARM's parameters cost about as much as the latents they code (kodim04
+    at lambda 1.6e-2: 305 of 1,025 bytes); a narrower ARM fitted to the same integers can code
+    them in fewer bytes all told. The model is not changed; `quantize_networks` decides.
+    """
+    with torch.random.fork_rng(devices=[]):  # its own start, whatever the RNG's state
+        torch.manual_seed(seed)
+        arm = Arm(width)
+    arm = arm.to(next(model.arm.parameters()).device)
+    refit_arm(model, steps, lr, progress, arm=arm)
+    return arm
 
 
 def fit_distortion(target: torch.Tensor, schedule: Schedule) -> Distortion:
@@ -224,10 +260,15 @@ def compress_image(
     # never more refit steps than fit steps: a quick fit (tests, trials) stays quick
     refit_steps = min(schedule.arm_refit_steps, schedule.steps)
     refit_arm(model, refit_steps, schedule.arm_refit_lr, progress)
+    # the fitted ARM is priced too: the file is never larger than it would be without the refit
+    alternatives: list = [fitted_arm] if refit_steps > 0 else []
+    for width in schedule.arm_scratch_widths:  # narrower ARMs for the same latents (docs/tuning.md, session 12)
+        if width != model.arch.arm_hidden:
+            alternatives.append(scratch_arm(model, width, min(schedule.arm_scratch_steps, schedule.steps),
+                                            schedule.arm_scratch_lr, cfg.seed, progress).cpu())
     model = model.cpu()
     distortion = mse(image)
-    # the fitted ARM is priced too: the file is never larger than it would be without the refit
-    modules = quantize_networks(model, distortion, cfg.lam, arm_alternatives=[fitted_arm] if refit_steps > 0 else [])
+    modules = quantize_networks(model, distortion, cfg.lam, arm_alternatives=alternatives)
     payload = model.to_payload(modules)
     data = encode_file(payload)
     decoded = decode_payload(decode_file(data))

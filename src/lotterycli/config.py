@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from .errors import LotteryError
-from .codec.architecture import Architecture
+from .codec.architecture import MAX_ARM_HIDDEN, Architecture
 from .fit import Schedule
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
@@ -183,8 +183,12 @@ def load_task_config(task: str, *, preset: str | None = None, config_file: str |
             sched_kwargs[k] = tuple(_number(x, f"schedule.{k}", source, lo=0, lo_open=True) for x in v)
         elif k in ("eval_every", "average_every"):
             sched_kwargs[k] = _number(v, f"schedule.{k}", source, integer=True, lo=1)
-        elif k == "arm_refit_steps":
+        elif k in ("arm_refit_steps", "arm_scratch_steps"):
             sched_kwargs[k] = _number(v, f"schedule.{k}", source, integer=True, lo=0, hi=100_000)
+        elif k == "arm_scratch_widths":
+            if not isinstance(v, (list, tuple)):
+                raise LotteryError(f"{source}: 'schedule.{k}' must be a list of ARM widths, e.g. [8]")
+            sched_kwargs[k] = tuple(_number(x, f"schedule.{k}", source, integer=True, lo=1, hi=MAX_ARM_HIDDEN) for x in v)
         elif k == "pixel_fraction":
             sched_kwargs[k] = _number(v, f"schedule.{k}", source, lo=0, lo_open=True, hi=1)
         else:

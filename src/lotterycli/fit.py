@@ -37,6 +37,9 @@ class Schedule:
     pixel_fraction: float = 1.0  # with a PixelMSE distortion: fraction of its pixels drawn at random each step
     arm_refit_steps: int = 0  # after the fit: Adam steps fitting the ARM alone to the final integer latents
     arm_refit_lr: float = 5e-3  # ... at this learning rate
+    arm_scratch_widths: tuple[int, ...] = ()  # ARMs of these widths also fitted, from scratch, to those latents
+    arm_scratch_steps: int = 600  # ... with this many Adam steps
+    arm_scratch_lr: float = 1e-2  # ... at this learning rate (the cheapest ARM goes in the file)
 
 
 @dataclass

@@ -22,7 +22,7 @@ class FitProgress:
         self.label = label
         self._progress: Progress | None = None
         self._task = None
-        self._refit_task = None  # the bar of compression's ARM refit, after the fit's
+        self._refit_tasks: dict[str, object] = {}  # stage -> bar of each ARM refit, below the fit's
 
     def __enter__(self) -> "FitProgress":
         if self.enabled:
@@ -68,17 +68,18 @@ class FitProgress:
     def __call__(self, info: StepInfo) -> None:
         if self._progress is None:
             return
-        if info.stage == "arm refit":  # its own bar, below the fit's
-            if self._refit_task is None:
-                self._refit_task = self._progress.add_task("ARM refit", total=info.total, loss="-", psnr="-", bpp="-")
-            self._update(self._refit_task, info)
+        if info.stage.startswith("arm refit"):  # each refit on its own bar, below the fit's
+            if info.stage not in self._refit_tasks:
+                label = "ARM refit" + info.stage[len("arm refit"):]
+                self._refit_tasks[info.stage] = self._progress.add_task(label, total=info.total, loss="-", psnr="-", bpp="-")
+            self._update(self._refit_tasks[info.stage], info)
             return
         if self._task is None:
             self.start(self.label, info.total)
         self._update(self._task, info)
 
     def _update(self, task, info: StepInfo) -> None:
-        if info.stage == "arm refit":  # the fit's pixels, only the latent rate moves
+        if info.stage.startswith("arm refit"):  # the fit's pixels, only the latent rate moves
             loss, psnr = "-", "-"
         else:
             loss = f"{info.loss:.5f}"

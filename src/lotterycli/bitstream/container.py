@@ -149,6 +149,17 @@ def _arch_preset(arch: Architecture) -> int:
     return next((k for k, p in ARCH_PRESETS.items() if p == bare), 0)
 
 
+def architecture_bytes(arch: Architecture) -> int:
+    """Header bytes the architecture takes in a v4 file (band height aside): 0 for a preset.
+
+    The encoder prices them when it chooses between ARMs of different widths."""
+    if _arch_preset(arch):
+        return 0
+    v = encode_varint
+    return 1 + _GAIN.size + 1 + sum(len(v(w)) for w in (arch.modnet_hidden, arch.modnet_out, *arch.synth_hidden,
+                                                        arch.arm_hidden))
+
+
 def _pack_header_v2(payload: Payload, sizes: list[int], version: int = 2) -> bytes:
     """Versions 2-4: variable-length integers and one shift per tensor; version 3 adds the
     latent band height after arm_hidden; version 4 a layout byte, so that a preset architecture

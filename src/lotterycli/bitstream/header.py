@@ -57,12 +57,15 @@ _RATIO_SCALE = 10000
 
 # Version 4: architectures named by one number (part of the format: never edit an entry, only
 # append). 1 = every shipped task config's sizes (configs/*.yaml), 2 = the reference defaults
-# (METHOD.md); arm_band_rows is stored on its own, since it follows the image height.
+# (METHOD.md), 3 = 1 with the 8-wide ARM compression may pick (schedule.arm_scratch_widths);
+# arm_band_rows is stored on its own, since it follows the image height.
 ARCH_PRESETS: dict[int, Architecture] = {
     1: Architecture(n_levels=7, latent_gain=16.0, upsample_kernel=8, modnet_hidden=16, modnet_out=3,
                     synth_hidden=(32, 24, 16), arm_hidden=16),
     2: Architecture(n_levels=7, latent_gain=16.0, upsample_kernel=8, modnet_hidden=48, modnet_out=3,
                     synth_hidden=(32, 24, 16), arm_hidden=24),
+    3: Architecture(n_levels=7, latent_gain=16.0, upsample_kernel=8, modnet_hidden=16, modnet_out=3,
+                    synth_hidden=(32, 24, 16), arm_hidden=8),  # 1 with compression's narrower ARM
 }
 V4_ARCH_BITS = 0x03  # layout byte: architecture preset (0 = the fields follow)
 V4_NIBBLE_SHIFTS = 0x04  # layout byte: every shift is 0..15, two per byte
