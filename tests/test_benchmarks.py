@@ -542,3 +542,19 @@ def test_recode_study_rewrites_kept_files_with_the_same_pixels(monkeypatch, tmp_
     growth = [float(line.split("(")[1].split(" %")[0]) for line in lines if "-> v3" in line]
     assert all(g > 0 for g in growth)  # v3 headers alone are 18 bytes longer
     assert lines[-2].startswith("files as written: BD-rate vs") and lines[-1].startswith("re-coded as v3: BD-rate vs")
+
+
+def test_scratch_arm_study_keeps_the_cheaper_arm_with_the_same_pixels(tiny_lottery_file, tmp_path):
+    """benchmarks/scratch_arm_study.py (docs/tuning.md quotes it): one line per file, each
+    candidate width priced, the kept file never larger than the file re-coded as v4."""
+    import shutil
+
+    folder = tmp_path / "kept"
+    folder.mkdir()
+    shutil.copy(tiny_lottery_file, folder / "kodim01-lam=0.0001.lottery")
+    out = _run_script("scratch_arm_study.py", str(folder), "--widths", "4", "--steps", "5")
+    line = out.splitlines()[0]
+    assert line.startswith("kodim01-lam=0.0001.lottery: v4 ") and "width 4: " in line and line.endswith("same pixels")
+    v4 = int(line.split("v4 ")[1].split(" B")[0])
+    kept = int(line.split("kept ")[1].split(" B")[0])
+    assert kept <= v4
