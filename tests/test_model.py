@@ -512,6 +512,7 @@ def test_compress_refits_the_arm_for_at_most_the_fit_steps(monkeypatch):
     result = compress.compress_image(scene(20, 24), cfg, device="cpu")
     # the refit, then the 8-wide ARM from scratch: both capped at the fit's 8 steps
     assert calls == [(8, cfg.schedule.arm_refit_lr), (8, cfg.schedule.arm_scratch_lr)]
+    assert result.bpp == pytest.approx(len(result.data) * 8 / (20 * 24))  # the image's own pixel count
     assert torch.equal(compress.decompress_bytes(result.data), result.decoded)
 
 

@@ -262,9 +262,9 @@ def compress_image(
     refit_arm(model, refit_steps, schedule.arm_refit_lr, progress)
     # the fitted ARM is priced too: the file is never larger than it would be without the refit
     alternatives: list = [fitted_arm] if refit_steps > 0 else []
-    for width in schedule.arm_scratch_widths:  # narrower ARMs for the same latents (docs/tuning.md, session 12)
-        if width != model.arch.arm_hidden:
-            alternatives.append(scratch_arm(model, width, min(schedule.arm_scratch_steps, schedule.steps),
+    for arm_width in schedule.arm_scratch_widths:  # narrower ARMs for the same latents (docs/tuning.md, session 12)
+        if arm_width != model.arch.arm_hidden:
+            alternatives.append(scratch_arm(model, arm_width, min(schedule.arm_scratch_steps, schedule.steps),
                                             schedule.arm_scratch_lr, cfg.seed, progress).cpu())
     model = model.cpu()
     distortion = mse(image)
