@@ -1,7 +1,7 @@
 """What `schedule.arm_scratch_widths` does to kept .lottery files: same latents, a narrower ARM.
 
     python benchmarks/scratch_arm_study.py DIR [--widths 8] [--steps 600] [--lr 0.01]
-        [--protocol benchmarks/results/full.json] [--threads 1]
+        [--protocol benchmarks/results/full.json] [--threads 1] [--log FILE]
 
 For each file of DIR (`<image>-lam=<lambda>.lottery`, as `python -m benchmarks --keep-files DIR`
 writes them), an ARM of each width is fitted from scratch to the file's latents
@@ -11,7 +11,9 @@ its cost includes the header bytes a non-preset architecture takes, and the chea
 file. The file's own ARM keeps its exact integers, so a file whose ARM is kept is the file
 re-coded as format v4. Only the ARM changes, so the pixels are the file's (checked).
 Prints per file: v4 bytes, each candidate's bytes, the kept one; with `--protocol`, the BD-rates of
-the lottery curve re-coded as v4 and with the choice.
+the lottery curve re-coded as v4 and with the choice. `--log FILE`: each file's line is appended
+to FILE, and files already there are not fitted again (several runs, e.g. side by side on parts
+of DIR or as a protocol run writes its files, then one with `--protocol` for the totals).
 """
 import argparse
 import json
@@ -68,22 +70,36 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--protocol", type=Path, help="results JSON of the run that wrote the files")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--log", type=Path, help="append each file's line here; skip files already in it")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     widths = [int(w) for w in args.widths.split(",")]
     files = sorted(args.dir.glob("*-lam=*.lottery"))
     if not files:
         raise SystemExit(f"no <image>-lam=<lambda>.lottery files in {args.dir}")
+    done = {}
+    if args.log and args.log.exists():
+        for line in args.log.read_text().splitlines():
+            if ": v4 " in line and " kept " in line:
+                done[line.split(":")[0]] = line
     sizes_v4, sizes_chosen, changes = {}, {}, []
     for f in files:
         image, setting = f.stem.split("-", 1)
-        v4, chosen, sizes, seconds = choose(f.read_bytes(), widths, args.steps, args.lr)
-        sizes_v4[(image, setting)], sizes_chosen[(image, setting)] = len(v4), len(chosen)
-        change = len(chosen) / len(v4) - 1
-        changes.append(change)
-        cands = ", ".join(f"width {w}: {n} B" for w, n in sizes.items())
-        print(f"{f.name}: v4 {len(v4)} B; {cands}; kept {len(chosen)} B ({100 * change:+.2f} %), "
-              f"{seconds:.0f} s; same pixels", flush=True)
+        if f.name in done:
+            line = done[f.name]
+        else:
+            v4, chosen, sizes, seconds = choose(f.read_bytes(), widths, args.steps, args.lr)
+            cands = ", ".join(f"width {w}: {n} B" for w, n in sizes.items())
+            line = (f"{f.name}: v4 {len(v4)} B; {cands}; kept {len(chosen)} B "
+                    f"({100 * (len(chosen) / len(v4) - 1):+.2f} %), {seconds:.0f} s; same pixels")
+            if args.log:
+                with args.log.open("a") as log:
+                    log.write(line + "\n")
+        n_v4 = int(line.split(": v4 ")[1].split(" B")[0])
+        n_kept = int(line.split(" kept ")[1].split(" B")[0])
+        sizes_v4[(image, setting)], sizes_chosen[(image, setting)] = n_v4, n_kept
+        changes.append(n_kept / n_v4 - 1)
+        print(line, flush=True)
     print(f"{len(files)} files: bytes {100 * sum(changes) / len(changes):+.2f} % against v4 on average "
           f"({100 * min(changes):+.2f} to {100 * max(changes):+.2f} %)")
     if args.protocol:

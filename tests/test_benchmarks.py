@@ -558,3 +558,7 @@ def test_scratch_arm_study_keeps_the_cheaper_arm_with_the_same_pixels(tiny_lotte
     v4 = int(line.split("v4 ")[1].split(" B")[0])
     kept = int(line.split("kept ")[1].split(" B")[0])
     assert kept <= v4
+    log = tmp_path / "study.log"
+    log.write_text(line.replace(f"kept {kept} B", f"kept {kept - 1} B") + "\n")  # an earlier run's line
+    again = _run_script("scratch_arm_study.py", str(folder), "--widths", "4", "--steps", "5", "--log", str(log))
+    assert f"kept {kept - 1} B" in again.splitlines()[0]  # read back, not fitted again
