@@ -64,26 +64,34 @@ def main() -> None:
     print(f"{len(files)} files: bytes {100 * sum(changes) / len(changes):+.2f} % on average "
           f"({100 * min(changes):+.2f} to {100 * max(changes):+.2f} %)")
     if args.protocol:
-        from benchmarks.runner import _bd_table, _curves
-
-        points = json.loads(args.protocol.read_text())["parts"]["compress"]["points"]
-        ours = {(q["image"], q["setting"]): q for q in points if q["method"] == "lottery"}
-        images = sorted({img for img, _ in new_bytes})
-        keys = [k for k in ours if k[0] in images]
-        if not all(k in new_bytes for k in keys):
-            raise SystemExit("the protocol has lottery points whose file is not in DIR")
         old_sizes = {(f.stem.split("-", 1)[0], f.stem.split("-", 1)[1]): f.stat().st_size for f in files}
-        if any(ours[k]["n_bytes"] != old_sizes[k] for k in keys):
-            raise SystemExit("the files in DIR are not the ones this protocol run measured (sizes differ)")
-        anchors = [q for q in points if q["method"] != "lottery" and q["image"] in images]
-        for label, size_of in (("files as written", lambda k: ours[k]["n_bytes"]),
-                               (f"re-coded as v{args.version}", lambda k: new_bytes[k])):
-            pts = anchors + [dict(ours[k], bpp=ours[k]["bpp"] * size_of(k) / ours[k]["n_bytes"]) for k in keys]
-            table = _bd_table(pts, _curves(pts))
-            bds = ", ".join(f"{t['anchor']} {t['bd_rate_percent']:+.1f} %" for t in table
-                            if t["bd_rate_percent"] is not None)
-            print(f"{label}: BD-rate vs {bds} ({len(images)} images)")
+        for line in bd_lines(args.protocol, [("files as written", old_sizes),
+                                             (f"re-coded as v{args.version}", new_bytes)], check=old_sizes):
+            print(line)
 
+
+def bd_lines(protocol: Path, curves: list[tuple[str, dict]], check: dict | None = None) -> list[str]:
+    """One line per (label, {(image, setting): bytes}): BD-rates against every codec anchor of the
+    protocol run, its lottery points with these sizes (same PSNR: the pixels do not change).
+    `check`: the files' own sizes, which must be the ones the run measured."""
+    from benchmarks.runner import _bd_table, _curves
+
+    points = json.loads(protocol.read_text())["parts"]["compress"]["points"]
+    ours = {(q["image"], q["setting"]): q for q in points if q["method"] == "lottery"}
+    images = sorted({img for img, _ in curves[0][1]})
+    keys = [k for k in ours if k[0] in images]
+    if not all(k in sizes for k in keys for _, sizes in curves):
+        raise SystemExit("the protocol has lottery points whose file is not in DIR")
+    if check is not None and any(ours[k]["n_bytes"] != check[k] for k in keys):
+        raise SystemExit("the files in DIR are not the ones this protocol run measured (sizes differ)")
+    anchors = [q for q in points if q["method"] != "lottery" and q["image"] in images]
+    out = []
+    for label, sizes in curves:
+        pts = anchors + [dict(ours[k], bpp=ours[k]["bpp"] * sizes[k] / ours[k]["n_bytes"]) for k in keys]
+        table = _bd_table(pts, _curves(pts))
+        bds = ", ".join(f"{t['anchor']} {t['bd_rate_percent']:+.1f} %" for t in table if t["bd_rate_percent"] is not None)
+        out.append(f"{label}: BD-rate vs {bds} ({len(images)} images)")
+    return out
 
 if __name__ == "__main__":
     main()

@@ -16,7 +16,6 @@ to FILE, and files already there are not fitted again (several runs, e.g. side b
 of DIR or as a protocol run writes its files, then one with `--protocol` for the totals).
 """
 import argparse
-import json
 import sys
 import time
 from dataclasses import replace
@@ -103,23 +102,10 @@ def main() -> None:
     print(f"{len(files)} files: bytes {100 * sum(changes) / len(changes):+.2f} % against v4 on average "
           f"({100 * min(changes):+.2f} to {100 * max(changes):+.2f} %)")
     if args.protocol:
-        from benchmarks.runner import _bd_table, _curves
+        from benchmarks.recode_study import bd_lines
 
-        points = json.loads(args.protocol.read_text())["parts"]["compress"]["points"]
-        ours = {(q["image"], q["setting"]): q for q in points if q["method"] == "lottery"}
-        images = sorted({img for img, _ in sizes_v4})
-        keys = [k for k in ours if k[0] in images]
-        if not all(k in sizes_v4 for k in keys):
-            raise SystemExit("the protocol has lottery points whose file is not in DIR")
-        anchors = [q for q in points if q["method"] != "lottery" and q["image"] in images]
-        for label, size_of in (("re-coded as v4", sizes_v4), ("with the ARM choice", sizes_chosen)):
-            pts = anchors + [dict(ours[k], bpp=8.0 * size_of[k] * ours[k]["bpp"] / (8.0 * ours[k]["n_bytes"]))
-                             for k in keys]
-            table = _bd_table(pts, _curves(pts))
-            bds = ", ".join(f"{t['anchor']} {t['bd_rate_percent']:+.1f} %" for t in table
-                            if t["bd_rate_percent"] is not None)
-            print(f"{label}: BD-rate vs {bds} ({len(images)} images)")
-
+        for line in bd_lines(args.protocol, [("re-coded as v4", sizes_v4), ("with the ARM choice", sizes_chosen)]):
+            print(line)
 
 if __name__ == "__main__":
     main()
