@@ -343,6 +343,9 @@ def test_version_4_upsampling_kernel_is_coded_against_bicubic():
     longer = bytes([as_difference[0] | param_coding.PREDICTED]) + as_difference[1:]
     with pytest.raises(LotteryError, match="not canonical"):
         param_coding.decode_module(longer, 9, layout, "upsampling")
+    near_as_is = param_coding.encode_values(near.reshape(-1).tolist(), [64])  # plain, though the difference is shorter
+    with pytest.raises(LotteryError, match="not canonical"):
+        param_coding.decode_module(near_as_is, 9, layout, "upsampling")
     arm_layout = param_coding.module_layout("arm", SMALL)
     arm = param_coding.encode_module(make_payload().modules["arm"], arm_layout, "arm")
     with pytest.raises(LotteryError, match="claims a prediction"):

@@ -149,15 +149,19 @@ def _arch_preset(arch: Architecture) -> int:
     return next((k for k, p in ARCH_PRESETS.items() if p == bare), 0)
 
 
+def _architecture_fields(arch: Architecture) -> bytes:
+    """The architecture fields of a v2-v4 header, band height aside (v4 leaves them out for a preset)."""
+    v = encode_varint
+    return b"".join([bytes([arch.n_levels]), _GAIN.pack(float(arch.latent_gain)), bytes([arch.upsample_kernel]),
+                     v(arch.modnet_hidden), v(arch.modnet_out), *(v(w) for w in arch.synth_hidden),
+                     v(arch.arm_hidden)])
+
+
 def architecture_bytes(arch: Architecture) -> int:
     """Header bytes the architecture takes in a v4 file (band height aside): 0 for a preset.
 
     The encoder prices them when it chooses between ARMs of different widths."""
-    if _arch_preset(arch):
-        return 0
-    v = encode_varint
-    return 1 + _GAIN.size + 1 + sum(len(v(w)) for w in (arch.modnet_hidden, arch.modnet_out, *arch.synth_hidden,
-                                                        arch.arm_hidden))
+    return 0 if _arch_preset(arch) else len(_architecture_fields(arch))
 
 
 def _pack_header_v2(payload: Payload, sizes: list[int], version: int = 2) -> bytes:
@@ -175,15 +179,7 @@ def _pack_header_v2(payload: Payload, sizes: list[int], version: int = 2) -> byt
         shift_bytes = bytes(padded[i] | padded[i + 1] << 4 for i in range(0, len(padded), 2))
     else:
         shift_bytes = bytes(sh & 0xFF for sh in all_shifts)
-    fields_ = [] if preset else [
-        bytes([arch.n_levels]),
-        _GAIN.pack(gain),
-        bytes([arch.upsample_kernel]),
-        v(arch.modnet_hidden),
-        v(arch.modnet_out),
-        *(v(w) for w in arch.synth_hidden),
-        v(arch.arm_hidden),
-    ]
+    fields_ = [] if preset else [_architecture_fields(arch)]
     return b"".join(
         [
             MAGIC,

@@ -44,13 +44,7 @@ _MASK32 = 0xFFFFFFFF
 # Layout ------------------------------------------------------------------------------------
 def layout_size(name: str, arch: Architecture) -> int:
     """Number of integers stored for module `name`."""
-    total = 0
-    for _, shape in module_layout(name, arch):
-        n = 1
-        for s in shape:
-            n *= s
-        total += n
-    return total
+    return sum(_sizes(module_layout(name, arch)))
 
 
 def _sizes(layout: list[tuple[str, tuple[int, ...]]]) -> list[int]:
@@ -235,9 +229,8 @@ def _group_models(n: int, sizes: list[int] | None) -> list[_Model]:
 
 def _encode_values(values: list[int], k: int, sizes: list[int] | None = None) -> bytes:
     enc = _Encoder()
-    shared = _Model()
+    model = _Model()  # sign and suffix contexts; zero flag and prefix come from `own`
     for v, own in zip(values, _group_models(len(values), sizes)):
-        model = shared
         ctx = own.zero
         b = 1 if v != 0 else 0
         enc.bit(ctx.p0(), b)
@@ -391,15 +384,16 @@ def decode_module(data: bytes, shift: int | dict[str, int], layout: list[tuple[s
     first tensor's, with the others that differ from it in `shifts`. `name`: as for `encode_module`.
     """
     sizes = _sizes(layout)
-    original, pred = bytes(data), None
-    if name is not None and data and data[0] & PREDICTED:
-        per_tensor = shift if isinstance(shift, dict) else {t: shift for t, _ in layout}
-        pred = _prediction(name, per_tensor, layout)
+    original = bytes(data)
+    per_tensor = shift if isinstance(shift, dict) else {t: shift for t, _ in layout}
+    pred = _prediction(name, per_tensor, layout)
+    predicted = name is not None and bool(data) and bool(data[0] & PREDICTED)
+    if predicted:
         if pred is None:
             raise LotteryError(f"corrupted .lottery file: the {name} section claims a prediction")
         data = bytes([data[0] & ~PREDICTED]) + bytes(data[1:])
     values = decode_values(data, sum(sizes), sizes if name is not None else None)
-    if pred is not None:
+    if predicted:
         values = [v + p for v, p in zip(values, pred)]
     tensors: dict[str, torch.Tensor] = {}
     start = 0
@@ -412,8 +406,8 @@ def decode_module(data: bytes, shift: int | dict[str, int], layout: list[tuple[s
         module = QuantizedModule(shift=base, tensors=tensors, shifts=overrides)
     else:
         module = QuantizedModule(shift=int(shift), tensors=tensors)
-    if pred is not None and encode_module(module, layout, name) != original:
-        raise LotteryError(f"corrupted .lottery file: the {name} section is not canonical")  # it had to be the shorter
+    if pred is not None and encode_module(module, layout, name) != original:  # either way, the shorter
+        raise LotteryError(f"corrupted .lottery file: the {name} section is not canonical")
     return module
 
 
