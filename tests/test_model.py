@@ -229,6 +229,21 @@ def test_gelu_grid_matches_gelu_on_decoder_shaped_maps():
     assert torch.equal(x, before)  # the input is left alone
 
 
+@pytest.mark.parametrize("scale", [1.0, 4.0, 12.0, 400.0])
+def test_fused_rounding_and_gelu_equals_the_two_steps(scale):
+    """gelu_scaled_ (the decoder layers' fused rounding + GELU) against round_fixed then gelu,
+    on unrounded dyadic products, at the rounding ties, the table ends and the activation limit."""
+    g = torch.Generator().manual_seed(int(scale))
+    one = fixedpoint.ONE
+    s = torch.randint(-(1 << 40), 1 << 40, (6, 3001), generator=g).to(torch.float64) * (scale * one / 2**40 / 1024)
+    s = torch.round(s * 1024) / 1024  # products carry a few bits below the grid
+    edges = [8 * one - 0.5, 8 * one + 0.5, 8 * one - 0.51, -8 * one - 0.5, -8 * one + 0.5,
+             256 * one + 0.5, 256 * one - 0.5, -256 * one - 0.5, 0.5, -0.5]
+    s[0, : len(edges)] = torch.tensor(edges, dtype=torch.float64)
+    want = fixedpoint.gelu(fixedpoint.round_fixed(s / one))
+    assert torch.equal(fixedpoint.gelu_scaled_(s.clone()), want)
+
+
 @pytest.mark.parametrize("size", [2, 3, 4, 5, 7, 8])
 def test_polyphase_upsampling_equals_transposed_convolution(size):
     gen = torch.Generator().manual_seed(size)

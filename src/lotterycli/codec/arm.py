@@ -402,10 +402,13 @@ class ArmExact:
         self.b2 = deq["fc2.bias"].contiguous()
         self.w3 = deq["fc3.weight"].contiguous()
         self.b3 = deq["fc3.bias"].contiguous()
-        # numpy mirror (see forward_numpy): weights transposed, biases pre-scaled by 2**16 (exact)
-        one = fixedpoint.ONE
-        self._np = [(w.t().contiguous().numpy(), (b * one).numpy())
-                    for w, b in ((self.w1, self.b1), (self.w2, self.b2), (self.w3, self.b3))]
+        # numpy mirror (see forward_numpy): weights transposed, biases scaled by 2**16 with the
+        # rounding's +0.5 and, for the hidden layers, the table offset +8 * 2**16 folded in; the
+        # first layer's weights are scaled by 2**16 too (its input is unscaled). All exact.
+        one, offset = fixedpoint.ONE, fixedpoint.LUT_RANGE * fixedpoint.ONE
+        self._np = [((self.w1 * one).t().contiguous().numpy(), (self.b1 * one + (0.5 + offset)).numpy()),
+                    (self.w2.t().contiguous().numpy(), (self.b2 * one + (0.5 + offset)).numpy()),
+                    (self.w3.t().contiguous().numpy(), (self.b3 * one + 0.5).numpy())]
 
     def __call__(self, ctx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """ctx: float64 (N, 24) of integer latent values -> (mu, log_scale) float64 (N,).
@@ -443,10 +446,9 @@ class ArmExact:
         else:  # np.minimum/np.maximum with out= instead of np.clip: same values, less overhead
             x = np.minimum(ctx, fixedpoint.ACT_LIMIT)
             np.maximum(x, -fixedpoint.ACT_LIMIT, out=x)
-        h = x @ w1  # (x @ W.T) unscaled; scaling by 2**16 below is exact
-        h *= one
-        h += b1 + (0.5 + r)
-        for w, b_next in ((w2, b2 + (0.5 + r)), (w3, b3 + 0.5)):  # only hidden layers get the +r
+        h = x @ w1  # = 2**16 * (x @ W.T): w1 holds W.T * 2**16 (exact)
+        h += b1  # biases hold 2**16 * b + 0.5 (+ r for the hidden layers): see __init__
+        for w, b_next in ((w2, b2), (w3, b3)):
             k = h.astype(np.int64)  # |h| < 2**36: exact
             g = table.take(k, mode="clip")  # gelu * 2**16 at the clamped grid value
             if k.max() > 2 * r:  # identity part: k - 2r, with k clamped to lim + r first

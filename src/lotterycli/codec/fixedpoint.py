@@ -161,6 +161,26 @@ def gelu_grid(x: torch.Tensor) -> torch.Tensor:
     return y.add_((x - r).clamp_(min=0.0))  # identity above +8, as in `gelu`
 
 
+def gelu_scaled_(scaled: torch.Tensor) -> torch.Tensor:
+    """== gelu_grid(round_fixed(x)) where `scaled` holds x * ONE (e.g. a matmul output times ONE);
+    `scaled` is overwritten.
+
+    Why: a decoder layer is a matmul, a rounding and a GELU; done apart they make 13 passes over
+    the (channels, pixels) block, fused 7. Rounding and the table index are one integer
+    k = floor(x * ONE + 0.5) + 8 * ONE: clamping k to [0, 16 * ONE] clamps x to the table's range,
+    and the identity part above +8 is (k - 16 * ONE) / ONE clamped to [0, ACT_LIMIT - 8]
+    (round_fixed's clamp at ACT_LIMIT). Every step is exact in float64.
+    """
+    top = 2 * LUT_RANGE * ONE
+    k = scaled.add_(0.5 + LUT_RANGE * ONE).floor_()
+    above = None
+    if k.numel() and float(k.max()) > top:  # rare: some values above +8
+        above = (k - top).clamp_(0.0, (ACT_LIMIT - LUT_RANGE) * ONE).mul_(1.0 / ONE)
+    idx = k.clamp_(0.0, top).to(torch.int32)
+    y = _gelu_grid_table_f32().index_select(0, idx.view(-1)).view(k.shape).to(k.dtype)
+    return y if above is None else y.add_(above)
+
+
 def gelu(x: torch.Tensor) -> torch.Tensor:
     """Exact GELU on grid values: table inside [-8, 8], 0 below, identity above.
 

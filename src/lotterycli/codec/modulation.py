@@ -56,22 +56,21 @@ def modnet_exact_pointwise(params: dict[str, torch.Tensor], features: torch.Tens
 
     Both layers are per pixel, so the decoder runs them on cache-sized blocks of pixels.
     """
-    g, r = fixedpoint.gelu_grid, fixedpoint.round_fixed_
-    one = fixedpoint.ONE
-    u0 = g(r(torch.addmm(params["u0.bias"][:, None], params["u0.weight"], features).mul_(one)))
-    u1 = g(r(torch.addmm(params["u1.bias"][:, None], params["u1.weight"], u0).mul_(one)))
+    g, one = fixedpoint.gelu_scaled_, fixedpoint.ONE  # g: rounding + GELU, fused
+    u0 = g(torch.addmm(params["u0.bias"][:, None], params["u0.weight"], features).mul_(one))
+    u1 = g(torch.addmm(params["u1.bias"][:, None], params["u1.weight"], u0).mul_(one))
     return u0, u1
 
 
 def modnet_exact_residual(params: dict[str, torch.Tensor], u1: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Fixed-point U2, U3 (the 3x3 residual layers) of the whole image from U1 (out, H*W)."""
-    g, r = fixedpoint.gelu_grid, fixedpoint.round_fixed
+    g, r, one = fixedpoint.gelu_scaled_, fixedpoint.round_fixed, fixedpoint.ONE  # g: rounding + GELU, fused
     c = u1.shape[0]
 
     def conv3(x: torch.Tensor, name: str) -> torch.Tensor:
         y = fixedpoint.conv3x3_exact(x.view(c, height, width), params[f"{name}.weight"], params[f"{name}.bias"])
         return r(y.view(c, -1))
 
-    u2 = g(r(conv3(u1, "u2") + u1))
-    u3 = g(r(conv3(u2, "u3") + u2))
+    u2 = g((conv3(u1, "u2") + u1).mul_(one))
+    u3 = g((conv3(u2, "u3") + u2).mul_(one))
     return u2, u3

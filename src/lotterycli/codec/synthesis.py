@@ -206,9 +206,9 @@ def synthesis_exact(
     w1, w2, w3, w4 = weights
     h1, h2, h3 = arch.synth_hidden
     m1, m2, _ = arch.modulation_channels
-    g, r, one = fixedpoint.gelu_grid, fixedpoint.round_fixed_, fixedpoint.ONE
-    h = g(r((w1 @ coords).mul_(one)))
-    h = g(r(torch.addmm(w2[:, h1:] @ small[:m1], w2[:, :h1], h).mul_(one)))
-    h = g(r(torch.addmm(w3[:, h2:] @ small[:m2], w3[:, :h2], h).mul_(one)))
+    g, r, one = fixedpoint.gelu_scaled_, fixedpoint.round_fixed_, fixedpoint.ONE  # g: rounding + GELU, fused
+    h = g((w1 @ coords).mul_(one))
+    h = g(torch.addmm(w2[:, h1:] @ small[:m1], w2[:, :h1], h).mul_(one))
+    h = g(torch.addmm(w3[:, h2:] @ small[:m2], w3[:, :h2], h).mul_(one))
     v = r(torch.addmm(w4[:, h3 : h3 + m2] @ small[:m2] + from_u0, w4[:, :h3], h).mul_(one))
     return r(fixedpoint.tanh(v).add_(1.0).mul_(0.5 * one))
