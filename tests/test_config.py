@@ -259,6 +259,8 @@ def test_config_must_be_mapping(tmp_path, text):
         ("schedule:\n  arm_scratch_widths: [33]\n", "schedule.arm_scratch_widths"),
         ("schedule:\n  arm_scratch_widths: [8.5]\n", "schedule.arm_scratch_widths"),
         ("schedule:\n  arm_scratch_steps: -1\n", "schedule.arm_scratch_steps"),
+        ("schedule:\n  arm_scratch_min_share: 1.5\n", "schedule.arm_scratch_min_share"),
+        ("schedule:\n  arm_scratch_min_share: -0.1\n", "schedule.arm_scratch_min_share"),
         ("schedule: 5\n", "schedule"),
         ("presets: [fast]\n", "presets"),
         ("presets:\n  fast: 300\n", "fast"),

@@ -531,6 +531,37 @@ def test_compress_refits_the_arm_for_at_most_the_fit_steps(monkeypatch):
     assert torch.equal(compress.decompress_bytes(result.data), result.decoded)
 
 
+@pytest.mark.parametrize("min_share, tried", [(0.0, True), (1.0, False)])
+def test_narrower_arms_are_tried_only_above_the_parameter_share(monkeypatch, min_share, tried):
+    """schedule.arm_scratch_min_share gates the scratch ARMs on `arm_parameter_share`, which is the
+    refit ARM's estimated parameter bits over the refit's total bits."""
+    from dataclasses import replace
+
+    from lotterycli import compress
+    from lotterycli.config import load_task_config
+
+    assert load_task_config("compress").schedule.arm_scratch_min_share == 0.06
+    shares, scratched = [], []
+    real_share, real_scratch = compress.arm_parameter_share, compress.scratch_arm
+
+    def share(model, bits):
+        value = real_share(model, bits)
+        with torch.no_grad():
+            assert value == pytest.approx(float(model.arm.parameter_bits()) / bits)
+        shares.append(value)
+        return value
+
+    monkeypatch.setattr(compress, "arm_parameter_share", share)
+    monkeypatch.setattr(compress, "scratch_arm", lambda *a, **k: scratched.append(a[1]) or real_scratch(*a, **k))
+    torch.set_num_threads(1)
+    cfg = load_task_config("compress", overrides={"steps": 6})
+    cfg = replace(cfg, schedule=replace(cfg.schedule, arm_scratch_min_share=min_share))
+    result = compress.compress_image(scene(20, 24), cfg, device="cpu")
+    assert len(shares) == 1 and 0.0 < shares[0] < 1.0
+    assert scratched == ([8] if tried else [])
+    assert torch.equal(compress.decompress_bytes(result.data), result.decoded)
+
+
 def test_a_narrower_arm_is_installed_when_its_search_says_cheaper(fitted, monkeypatch):
     """An `Arm` of another width offered to quantize_networks becomes the model's ARM (and the
     file's arm_hidden) when its cost, header bytes included, is the lowest; the pixels are those

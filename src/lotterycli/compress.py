@@ -229,6 +229,21 @@ def scratch_arm(model: LotteryModel, width: int, steps: int, lr: float, seed: in
     return arm
 
 
+def arm_parameter_share(model: LotteryModel, refit_bits: float) -> float:
+    """The ARM's estimated share of its own cost: parameter bits / (latent + parameter bits).
+
+    Why: a narrower ARM only pays where the ARM's parameters are a large part of what it costs;
+    on the 24 session-12 protocol files the 8-wide ARM won only where this share (from
+    `Arm.parameter_bits`, which underestimates the coded size about 3x but orders files alike)
+    was 0.083 or more, and never below 0.06 (`benchmarks/arm_share_study.py`). `refit_bits` is
+    `refit_arm`'s result (latent plus parameter bits of the ARM the model now holds).
+    """
+    if not refit_bits > 0:
+        return 1.0
+    with torch.no_grad():
+        return float(model.arm.parameter_bits()) / refit_bits
+
+
 def fit_distortion(target: torch.Tensor, schedule: Schedule) -> Distortion:
     """The MSE the fit minimises: over every pixel, or, with `schedule.pixel_fraction` < 1, as a
     `PixelMSE` so that each step synthesises and scores a fresh random part of the pixels."""
@@ -259,10 +274,11 @@ def compress_image(
     fitted_arm = {k: v.detach().cpu().clone() for k, v in model.arm.state_dict().items()}
     # never more refit steps than fit steps: a quick fit (tests, trials) stays quick
     refit_steps = min(schedule.arm_refit_steps, schedule.steps)
-    refit_arm(model, refit_steps, schedule.arm_refit_lr, progress)
+    refit_bits = refit_arm(model, refit_steps, schedule.arm_refit_lr, progress)
     # the fitted ARM is priced too: the file is never larger than it would be without the refit
     alternatives: list = [fitted_arm] if refit_steps > 0 else []
-    for arm_width in schedule.arm_scratch_widths:  # narrower ARMs for the same latents (docs/tuning.md, session 12)
+    try_narrower = arm_parameter_share(model, refit_bits) >= schedule.arm_scratch_min_share
+    for arm_width in schedule.arm_scratch_widths if try_narrower else ():  # docs/tuning.md, sessions 12-13
         if arm_width != model.arch.arm_hidden:
             alternatives.append(scratch_arm(model, arm_width, min(schedule.arm_scratch_steps, schedule.steps),
                                             schedule.arm_scratch_lr, cfg.seed, progress).cpu())

@@ -193,7 +193,7 @@ def load_task_config(task: str, *, preset: str | None = None, config_file: str |
             sched_kwargs[k] = _number(v, f"schedule.{k}", source, lo=0, lo_open=True, hi=1)
         else:
             sched_kwargs[k] = _number(v, f"schedule.{k}", source, lo=0)
-    for frac in ("hard_fraction", "average_fraction", "lr_floor"):
+    for frac in ("hard_fraction", "average_fraction", "lr_floor", "arm_scratch_min_share"):
         if frac in sched_kwargs and sched_kwargs[frac] > 1:
             raise LotteryError(f"{source}: 'schedule.{frac}' must be between 0 and 1")
 

@@ -40,6 +40,7 @@ class Schedule:
     arm_scratch_widths: tuple[int, ...] = ()  # ARMs of these widths also fitted, from scratch, to those latents
     arm_scratch_steps: int = 600  # ... with this many Adam steps
     arm_scratch_lr: float = 1e-2  # ... at this learning rate (the cheapest ARM goes in the file)
+    arm_scratch_min_share: float = 0.0  # ... only when the ARM's parameters are this share of its cost (0: always)
 
 
 @dataclass
