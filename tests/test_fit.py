@@ -195,3 +195,31 @@ def test_progress_shows_the_arm_refit_on_its_own_bar(capsys):
     assert "compress" in err and "30.00 dB" in err and "0.500 bpp" in err
     assert "ARM refit" in err and "20/20" in err and "0.240 bpp" in err and "nan" not in err
     assert "ARM refit, width 8" in err and "40/60" in err and "0.222 bpp" in err
+
+
+def test_own_adam_matches_torch_adam_bit_for_bit():
+    """lotterycli.adam.Adam (which avoids torch.optim's 2.4 s import of torch._dynamo) gives
+    exactly torch.optim.Adam's CPU updates: groups with their own and changing learning rates,
+    a parameter without a gradient at some steps, zero_grad(set_to_none)."""
+    from lotterycli.adam import Adam
+
+    gen = torch.Generator().manual_seed(0)
+    start = [torch.randn(5, 7, generator=gen), torch.randn(3, generator=gen), torch.randn(4, 2, generator=gen)]
+    runs = []
+    for make in (lambda groups: torch.optim.Adam(groups), lambda groups: Adam(groups)):
+        params = [t.clone().requires_grad_() for t in start]
+        opt = make([{"params": params[:2], "lr": 0.02}, {"params": params[2:], "lr": 0.1}])
+        g = torch.Generator().manual_seed(1)
+        for step in range(30):
+            for group, base in zip(opt.param_groups, (0.02, 0.1)):
+                group["lr"] = base * (1.0 - step / 40)
+            opt.zero_grad(set_to_none=True)
+            loss = (params[0] ** 2).sum() + (params[1] * torch.randn(3, generator=g)).sum()
+            if step % 3:  # the third parameter gets no gradient on every third step
+                loss = loss + torch.sin(params[2]).sum()
+            loss.backward()
+            opt.step()
+        runs.append([p.detach().clone() for p in params])
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+    assert not torch.equal(runs[1][0], start[0])  # it did move

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from .adam import Adam
 from .bitstream.container import architecture_bytes, decode_file, encode_file
 from .bitstream.param_coding import module_bits
 from .codec.arm import Arm
@@ -191,7 +192,7 @@ def refit_arm(model: LotteryModel, steps: int, lr: float, progress: ProgressCall
     if steps <= 0:
         with torch.no_grad():
             return float(arm.rate_bits_from_contexts(contexts, values) + arm.parameter_bits())
-    optimizer = torch.optim.Adam(arm.parameters(), lr=lr)
+    optimizer = Adam(arm.parameters(), lr=lr)
     best_bits, best_state = float("inf"), None
     start = time.perf_counter()
     for step in range(steps + 1):

@@ -16,6 +16,7 @@ from typing import Callable, Protocol
 
 import torch
 
+from .adam import Adam
 from .codec.model import LotteryModel
 
 
@@ -157,7 +158,7 @@ class Fitter:
         self.pixel_generator = torch.Generator().manual_seed(0x5EED ^ model.seed)
         self.progress, self.report_every = progress, report_every
         groups = model.parameter_groups()
-        self.optimizer = torch.optim.Adam(
+        self.optimizer = Adam(
             [
                 {"params": groups["latents"], "lr": schedule.lr},
                 {"params": groups["networks"], "lr": schedule.lr},
