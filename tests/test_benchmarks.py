@@ -562,3 +562,38 @@ def test_scratch_arm_study_keeps_the_cheaper_arm_with_the_same_pixels(tiny_lotte
     log.write_text(line.replace(f"kept {kept} B", f"kept {kept - 1} B") + "\n")  # an earlier run's line
     again = _run_script("scratch_arm_study.py", str(folder), "--widths", "4", "--steps", "5", "--log", str(log))
     assert f"kept {kept - 1} B" in again.splitlines()[0]  # read back, not fitted again
+
+
+def test_arm_share_study_lists_each_file_with_its_share_and_outcome(tiny_lottery_file, tmp_path):
+    """benchmarks/arm_share_study.py (docs/tuning.md quotes it): the share compress computes, the
+    coded ARM bytes, and the scratch-ARM outcome read from a study log."""
+    import shutil
+
+    from lotterycli.bitstream.header import describe
+
+    folder = tmp_path / "kept"
+    folder.mkdir()
+    shutil.copy(tiny_lottery_file, folder / "kodim01-lam=0.0001.lottery")
+    log = tmp_path / "study.log"
+    log.write_text("kodim01-lam=0.0001.lottery: v4 900 B; width 16: 900 B, width 8: 850 B; kept 850 B (-5.56 %), 3 s; same pixels\n")
+    line = _run_script("arm_share_study.py", str(folder), "--log", str(log)).splitlines()[1]
+    name, share, arm_bytes, latent_bytes = line.split()[:4]
+    sizes = describe(tiny_lottery_file.read_bytes())["sizes"]
+    assert name == "kodim01-lam=0.0001.lottery" and 0.0 <= float(share) < 1.0  # this tiny file's ARM may quantize to zeros
+    assert int(arm_bytes) == sizes["networks"]["arm"] and int(latent_bytes) == sizes["latents"]
+    assert line.endswith("kept, -5.56 %")
+
+
+def test_decode_profile_and_compress_stages_scripts_report_their_parts(tiny_lottery_file, tmp_path):
+    """benchmarks/decode_profile.py and benchmarks/compress_stages.py (docs/tuning.md quotes both)."""
+    from lotterycli.images import write_png
+
+    lines = _run_script("decode_profile.py", str(tiny_lottery_file), "--repeats", "2", "--threads", "1").splitlines()
+    assert len(lines) == 2 and all(line.startswith("total ") and "latent loop" in line and "synthesis" in line for line in lines)
+    image = tmp_path / "img.png"
+    write_png(image, torch.rand(3, 20, 24, generator=torch.Generator().manual_seed(0)))
+    out = _run_script("compress_stages.py", str(image), "--steps", "4", "--threads", "1").splitlines()
+    assert out[0].startswith(f"{image}: 4 steps") and out[0].endswith(" dB")
+    stages = [line.split(":")[0].strip() for line in out[1:]]
+    assert stages[0] == "set-up" and stages[-2:] == ["quantize networks", "encode + decode"]
+    assert "soft" in stages and "arm refit" in stages
