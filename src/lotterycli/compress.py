@@ -234,10 +234,10 @@ def arm_parameter_share(model: LotteryModel, refit_bits: float) -> float:
     """The ARM's estimated share of its own cost: parameter bits / (latent + parameter bits).
 
     Why: a narrower ARM only pays where the ARM's parameters are a large part of what it costs;
-    on the 24 session-12 protocol files the 8-wide ARM won only where this share (from
-    `Arm.parameter_bits`, well below the coded size but ordering files alike)
-    was 0.083 or more, and never below 0.06 (`benchmarks/arm_share_study.py`). `refit_bits` is
-    `refit_arm`'s result (latent plus parameter bits of the ARM the model now holds).
+    on the 24 session-12 protocol files the 8-wide ARM won only where this share was 0.083 or
+    more, and never below 0.06 (`benchmarks/arm_share_study.py`). `Arm.parameter_bits` is well
+    below the coded size but orders files alike. `refit_bits` is `refit_arm`'s result (latent
+    plus parameter bits of the ARM the model now holds).
     """
     if not refit_bits > 0:
         return 1.0
