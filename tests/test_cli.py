@@ -294,3 +294,17 @@ def test_usage_errors_are_one_line():
         res = run_lottery(*args)
         res.assert_one_line_error()
         assert res.returncode == 2
+
+
+@pytest.mark.parametrize("command, phrase", [
+    ("compress", "(default: IMAGE with .lottery suffix)"),
+    ("decompress", "(default: FILE.png, or FILE.decoded.png if FILE.png exists)"),
+    ("restore", "(default: IMAGE.restored.png)"),
+    ("restore", "(denoise: estimated if not given; sr: 0)"),
+])
+def test_help_shows_output_defaults(command, phrase):
+    """The help's default names survive rich's rendering (square brackets would be read as markup and vanish)."""
+    res = run(command, "--help")
+    assert res.returncode == 0, res.stderr
+    text = " ".join(res.stdout.replace("│", " ").split())
+    assert phrase in text

@@ -106,7 +106,7 @@ _preset_opt = typer.Option(None, "--preset", help="Step budget: fast, balanced (
 @app.command()
 def compress(
     image: Path = typer.Argument(..., help="PNG or JPEG image to compress."),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output file [default: IMAGE with .lottery suffix]."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output file (default: IMAGE with .lottery suffix)."),
     preset: Optional[Preset] = _preset_opt,
     steps: Optional[int] = typer.Option(None, "--steps", min=1, max=1_000_000, help="Fitting steps (overrides the preset)."),
     lam: Optional[float] = typer.Option(None, "--lambda", min=0.0, max=10.0, help="Rate weight: larger gives smaller files."),
@@ -149,7 +149,7 @@ def compress(
 @app.command()
 def decompress(
     file: Path = typer.Argument(..., help=".lottery file to decode."),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output PNG [default: FILE.png, or FILE.decoded.png if FILE.png exists]."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output PNG (default: FILE.png, or FILE.decoded.png if FILE.png exists)."),
     quiet: bool = _quiet_opt,
     as_json: bool = _json_opt,
     force: bool = _force_opt,
@@ -214,8 +214,8 @@ def info(
 def restore(
     image: Path = typer.Argument(..., help="Degraded observation: PNG/JPEG, or .npy float (0-1 scale, from `lottery degrade --float`)."),
     task: Task = typer.Option(..., "--task", help="denoise, sr (super-resolution) or inpaint."),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output PNG [default: IMAGE.restored.png]."),
-    sigma: Optional[float] = typer.Option(None, "--sigma", min=0.0, max=255.0, help="Noise level on the 0-255 scale [denoise: estimated if not given; sr: 0]."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output PNG (default: IMAGE.restored.png)."),
+    sigma: Optional[float] = typer.Option(None, "--sigma", min=0.0, max=255.0, help="Noise level on the 0-255 scale (denoise: estimated if not given; sr: 0)."),
     scale: Optional[int] = typer.Option(None, "--scale", help="Super-resolution factor: 2, 3 or 4."),
     mask: Optional[Path] = typer.Option(None, "--mask", help="Inpainting mask PNG: white (>=128) = known pixel, black = missing."),
     preset: Optional[Preset] = _preset_opt,
