@@ -597,3 +597,36 @@ def test_decode_profile_and_compress_stages_scripts_report_their_parts(tiny_lott
     stages = [line.split(":")[0].strip() for line in out[1:]]
     assert stages[0] == "set-up" and stages[-2:] == ["quantize networks", "encode + decode"]
     assert "soft" in stages and "arm refit" in stages
+
+
+def test_compare_runs_script_reports_cost_changes_and_bd_rates(tmp_path):
+    """benchmarks/compare_runs.py on two made-up runs: NEW has 2 % more bytes at the same PSNRs, so
+    every J grows; OLD re-sized from a scratch-study log shrinks further and its BD-rate improves."""
+    def run_json(path, scale):
+        webp = [dict(method="webp", image="kodim01", setting=f"q={q}", lam=None, bpp=b, psnr=p)
+                for q, b, p in ((10, 0.1, 26.0), (50, 0.5, 31.0), (90, 1.6, 36.0))]
+        own = []
+        for k, lam in enumerate((0.001, 0.004, 0.016)):
+            n_bytes = int(round(9000 / 2 ** k * scale))
+            own.append(dict(method="lottery", image="kodim01", setting=f"lam={lam:g}", lam=lam,
+                            n_bytes=n_bytes, bpp=8 * n_bytes / 65536, psnr=34.0 - 3 * k))
+        path.write_text(json.dumps({"parts": {"compress": {"points": webp + own}}}))
+        return path
+
+    new, old = run_json(tmp_path / "new.json", 1.02), run_json(tmp_path / "old.json", 1.0)
+    out = _run_script("compare_runs.py", str(new), str(old))
+    lines = out.splitlines()
+    assert sum(line.startswith("kodim01") for line in lines) == 3
+    means = [line for line in lines if line.startswith("lambda ")]
+    assert len(means) == 3 and all("over 1 images" in line for line in means)
+    assert all(float(line.split("change ")[1].split(" %")[0]) > 0 for line in means)
+    bd = {line.split(":")[0]: float(line.split("webp ")[1].split(" %")[0]) for line in lines if "BD-rate" in line}
+    assert bd["new"] == pytest.approx(100 * (1.02 * (1 + bd["old"] / 100) - 1), abs=0.2)  # 2 % more bits throughout
+
+    log = tmp_path / "scratch.log"
+    log.write_text("kodim01-lam=0.016.lottery: v4 2250 B; width 16: 2250 B, width 8: 1800 B; kept 1800 B (-20.00 %), 9 s; same pixels\n")
+    out2 = _run_script("compare_runs.py", str(new), str(old), "--old-sizes", str(log))
+    row = next(line for line in out2.splitlines() if line.startswith("kodim01") and " 0.016 " in line)
+    assert row.split()[2] == "1800"
+    bd2 = float(next(line for line in out2.splitlines() if line.startswith("old:")).split("webp ")[1].split(" %")[0])
+    assert bd2 < bd["old"]

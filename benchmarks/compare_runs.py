@@ -1,0 +1,93 @@
+"""Two protocol runs' lottery points side by side: per point and per lambda, cost and BD-rate.
+
+    python benchmarks/compare_runs.py NEW.json OLD.json [--old-sizes SCRATCH.log]
+
+For each (image, lambda) that both runs have: bytes, PSNR and the cost J = MSE + lambda * bpp of
+each (the fitting objective, on the real file and decoded pixels), then the change of J from OLD
+to NEW, its mean per lambda, and the BD-rate of each run's lottery curve against NEW's codec
+anchors (JPEG, WebP, AVIF) over the images both runs cover.
+
+`--old-sizes`: a `scratch_arm_study.py` log of OLD's kept files; each file's size becomes the
+"kept" size of that log (same pixels, re-coded as the encoder of that study would write it), so
+OLD stands for a newer encoder run on OLD's fits. docs/tuning.md (session 14) compares the
+1,600-step protocol with session 12's 2,500-step fits this way.
+"""
+import argparse
+import json
+import re
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.runner import _bd_table, _curves  # noqa: E402
+
+_KEPT = re.compile(r"^(kodim\d+)-lam=([0-9.e-]+)\.lottery:.*kept (\d+) B")
+
+
+def lottery_points(path: Path) -> tuple[dict[tuple[str, str], dict], list[dict]]:
+    """({(image, setting): lottery point}, codec anchor points) of a results JSON."""
+    points = json.loads(Path(path).read_text())["parts"]["compress"]["points"]
+    lottery = {(p["image"], p["setting"]): p for p in points if p["method"] == "lottery"}
+    return lottery, [p for p in points if p["method"] != "lottery"]
+
+
+def kept_sizes(log: Path) -> dict[tuple[str, str], int]:
+    """{(image, 'lam=L'): bytes} from the 'kept N B' lines of a scratch_arm_study log."""
+    out = {}
+    for line in Path(log).read_text().splitlines():
+        m = _KEPT.match(line)
+        if m:
+            out[(m.group(1), f"lam={float(m.group(2)):g}")] = int(m.group(3))
+    return out
+
+
+def cost(point: dict) -> float:
+    """J = MSE + lambda * bpp, with MSE from the PSNR of the decoded 8-bit image."""
+    return 10 ** (-point["psnr"] / 10) + point["lam"] * point["bpp"]
+
+
+def resized(point: dict, n_bytes: int, pixels: int) -> dict:
+    return dict(point, n_bytes=n_bytes, bpp=8 * n_bytes / pixels)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("new", type=Path)
+    p.add_argument("old", type=Path)
+    p.add_argument("--old-sizes", type=Path, help="scratch_arm_study.py log: OLD's files at their kept sizes")
+    args = p.parse_args()
+    new, anchors = lottery_points(args.new)
+    old, _ = lottery_points(args.old)
+    if args.old_sizes:
+        sizes = kept_sizes(args.old_sizes)
+        old = {k: resized(q, sizes[k], round(8 * q["n_bytes"] / q["bpp"])) if k in sizes else q
+               for k, q in old.items()}
+    common = sorted(set(new) & set(old), key=lambda k: (float(k[1][4:]), k[0]))
+    if not common:
+        sys.exit("no (image, lambda) point in both runs")
+    by_lam = defaultdict(list)
+    print("image    lambda   old bytes / dB / J (x1e4)     new bytes / dB / J (x1e4)    J change")
+    for key in common:
+        a, b = old[key], new[key]
+        change = cost(b) / cost(a) - 1
+        by_lam[key[1]].append(change)
+        print(f"{key[0]}  {key[1][4:]:>7}  {a['n_bytes']:6d} / {a['psnr']:.2f} / {1e4 * cost(a):7.3f}"
+              f"    {b['n_bytes']:6d} / {b['psnr']:.2f} / {1e4 * cost(b):7.3f}    {100 * change:+6.2f} %")
+    for lam, changes in sorted(by_lam.items(), key=lambda kv: float(kv[0][4:])):
+        print(f"lambda {lam[4:]}: mean J change {100 * sum(changes) / len(changes):+.2f} % over {len(changes)} images "
+              f"(min {100 * min(changes):+.2f}, max {100 * max(changes):+.2f})")
+    lams = sorted(by_lam)
+    images = sorted({img for img, _ in common if all((img, lam) in old and (img, lam) in new for lam in lams)})
+    base = [q for q in anchors if q["image"] in images]
+    for label, run in (("old", old), ("new", new)):
+        pts = base + [q for (img, lam), q in run.items() if img in images and lam in lams]
+        table = _bd_table(pts, _curves(pts))
+        bds = ", ".join(f"{t['anchor']} {t['bd_rate_percent']:+.1f} %" for t in table
+                        if t["bd_rate_percent"] is not None)
+        print(f"{label}: BD-rate over {len(images)} images vs {bds or '-'}")
+
+
+if __name__ == "__main__":
+    main()
