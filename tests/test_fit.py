@@ -223,3 +223,20 @@ def test_own_adam_matches_torch_adam_bit_for_bit():
     for a, b in zip(*runs):
         assert torch.equal(a, b)
     assert not torch.equal(runs[1][0], start[0])  # it did move
+
+
+def test_latent_lr_scale_moves_only_the_latents_learning_rate():
+    base, target = _model_and_target(5)
+    start = {k: v.clone() for k, v in base.state_dict().items()}
+    frozen, _ = _model_and_target(5)
+    fit(frozen, mse(target), 1e-3, Schedule(steps=6, hard_fraction=0.0, latent_lr_scale=0.0))
+    for g0, g in zip(base.latents.grids, frozen.latents.grids):
+        assert torch.equal(g0, g)  # learning rate 0: the latents never move
+    moved = [k for k, v in frozen.state_dict().items() if not torch.equal(v, start[k])]
+    assert any(k.startswith("modnet") for k in moved)  # the networks still learn at lr
+    same, _ = _model_and_target(5)
+    fit(same, mse(target), 1e-3, Schedule(steps=6, hard_fraction=0.0, latent_lr_scale=1.0))
+    plain, _ = _model_and_target(5)
+    fit(plain, mse(target), 1e-3, Schedule(steps=6, hard_fraction=0.0))
+    for a, b in zip(same.state_dict().values(), plain.state_dict().values()):
+        assert torch.equal(a, b)  # scale 1 is the plain schedule, bit for bit

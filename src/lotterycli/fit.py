@@ -26,6 +26,7 @@ class Schedule:
 
     steps: int = 1000
     lr: float = 1e-2  # latents and small networks
+    latent_lr_scale: float = 1.0  # the latents' learning rate is lr times this (the small networks keep lr)
     score_lr: float = 1e-1  # mask scores
     lr_floor: float = 0.05  # cosine decays to lr * lr_floor, not to zero (short runs keep learning)
     hard_fraction: float = 0.1  # final fraction of steps with hard rounding
@@ -160,7 +161,7 @@ class Fitter:
         groups = model.parameter_groups()
         self.optimizer = Adam(
             [
-                {"params": groups["latents"], "lr": schedule.lr},
+                {"params": groups["latents"], "lr": schedule.lr * schedule.latent_lr_scale},
                 {"params": groups["networks"], "lr": schedule.lr},
                 {"params": groups["scores"], "lr": schedule.score_lr},
             ]
