@@ -630,3 +630,22 @@ def test_compare_runs_script_reports_cost_changes_and_bd_rates(tmp_path):
     assert row.split()[2] == "1800"
     bd2 = float(next(line for line in out2.splitlines() if line.startswith("old:")).split("webp ")[1].split(" %")[0])
     assert bd2 < bd["old"]
+
+
+def test_tuning_vs_protocol_script_compares_each_line_with_the_protocol_point(tmp_path):
+    """benchmarks/tuning_vs_protocol.py: a control line equal to the protocol gives J +0.00 %; a line
+    with 10 % more bits at the same PSNR gives a positive change; a crop the protocol lacks is named."""
+    own = dict(method="lottery", image="kodim03", setting="lam=0.004", lam=0.004, n_bytes=2308,
+               bpp=8 * 2308 / 65536, psnr=30.76)
+    protocol = tmp_path / "full.json"
+    protocol.write_text(json.dumps({"parts": {"compress": {"points": [own]}}}))
+    lines = [dict(img=3, lam=0.004, bpp=own["bpp"], psnr=30.76),
+             dict(img=3, lam=0.004, sched={"latent_lr_scale": 0.67}, bpp=own["bpp"] * 1.1, psnr=30.76),
+             dict(img=5, lam=0.004, bpp=0.5, psnr=28.0)]
+    results = tmp_path / "out.jsonl"
+    results.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    out = _run_script("tuning_vs_protocol.py", str(results), "--protocol", str(protocol))
+    assert "mean (control): J +0.00 % over 1 points" in out
+    changed = next(x for x in out.splitlines() if x.startswith("mean latent_lr_scale=0.67"))
+    assert float(changed.split("J ")[1].split(" %")[0]) > 0
+    assert "kodim05 lam=0.004: not in" in out
