@@ -2,8 +2,8 @@
 
     python benchmarks/tuning_vs_protocol.py RESULTS.jsonl [--protocol benchmarks/results/full.json]
 
-RESULTS.jsonl holds the lines `tune_compress.py` writes (crop index, lambda, the schedule or
-architecture change, bpp of the real file, PSNR of its decoded pixels). Each line is printed beside
+RESULTS.jsonl holds the lines `tune_compress.py` writes (crop index, lambda, the schedule
+change, bpp of the real file, PSNR of its decoded pixels). Each line is printed beside
 the protocol's point for the same crop and lambda, with the change of J = MSE + lambda * bpp (the
 fitting objective), then the mean change per change tried. A line with no change is a control: it
 should match the protocol when both ran the same code at the same step count. docs/tuning.md
@@ -21,7 +21,8 @@ from benchmarks.compare_runs import cost, lottery_points  # noqa: E402
 
 
 def change_label(line: dict) -> str:
-    """What a tuning line changed: its schedule and architecture overrides beyond the protocol's."""
+    """What a tuning line changed: its schedule overrides (its architecture is always the full one, so it
+    is not part of the label)."""
     parts = [f"{k}={v}" for k, v in sorted(line.get("sched", {}).items())]
     return ", ".join(parts) or "(control)"
 
