@@ -649,3 +649,22 @@ def test_tuning_vs_protocol_script_compares_each_line_with_the_protocol_point(tm
     changed = next(x for x in out.splitlines() if x.startswith("mean latent_lr_scale=0.67"))
     assert float(changed.split("J ")[1].split(" %")[0]) > 0
     assert "kodim05 lam=0.004: not in" in out
+
+
+def test_tuning_compare_script_against_control_and_longest(tmp_path):
+    """benchmarks/tuning_compare.py: a change is compared with the control of its crop, lambda and
+    steps (10 % more bits at the same PSNR: J up); --against longest compares each step count
+    with the longest fit of the same crop, lambda and change (that fit: +0.00 %)."""
+    base = dict(img=3, lam=0.004, psnr=30.0, s=10.0)
+    lines = [dict(base, steps=800, bpp=0.30), dict(base, steps=1600, bpp=0.25),
+             dict(base, steps=1600, bpp=0.275, sched={"rate_row_stride": 2}),
+             dict(base, img=1, steps=1600, bpp=0.5, sched={"rate_row_stride": 2})]
+    results = tmp_path / "out.jsonl"
+    results.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    out = _run_script("tuning_compare.py", str(results))
+    changed = next(x for x in out.splitlines() if x.startswith("mean rate_row_stride=2"))
+    assert float(changed.split("J ")[1].split(" %")[0]) > 0 and "over 1 points (0 better)" in changed
+    assert "kodim01 lam=0.004 rate_row_stride=2: no control line at 1600 steps" in out
+    out = _run_script("tuning_compare.py", str(results), "--against", "longest")
+    means = {int(x.split()[1]): float(x.split("J ")[1].split(" %")[0]) for x in out.splitlines() if x.startswith("mean")}
+    assert means[800] > 0 and means[1600] == 0.0

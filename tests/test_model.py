@@ -305,6 +305,22 @@ def test_synthesis_first_layer_cache_follows_mask_changes():
     assert len(masks) > 1  # the first layer's mask did change between trials
 
 
+def test_synthesis_first_layer_cache_update_never_feeds_a_stale_graph():
+    """The cache is updated in place (no copy of two (32, H*W) maps per mask flip): a graph that
+    still holds the old values must fail on backward, not silently use the new ones."""
+    torch.manual_seed(1)
+    synth = synthesis.MaskedSynthesis(Architecture(), seed=4, mask_ratio=0.3)
+    coords = synthesis.pixel_coordinates(9, 11)
+    old = synth._first_layer(synth.masked_weights()[0], coords, None)
+    pending = (old * old).sum()  # saves the cached values for its backward
+    n_first = Architecture().synth_layer_shapes[0][0] * 2
+    with torch.no_grad():
+        synth.scores[:n_first] = torch.rand(n_first)  # flips first-layer weights
+    synth._first_layer(synth.masked_weights()[0], coords, None)
+    with pytest.raises(RuntimeError, match="inplace"):
+        pending.backward()
+
+
 @pytest.fixture(scope="module")
 def fitted():
     """A tiny model fitted briefly, its networks quantized; (model, payload, target)."""

@@ -141,9 +141,11 @@ class MaskedSynthesis(nn.Module):
                 (s_part,) = torch.autograd.grad(h_part, a1, torch.ones_like(h_part))
             if rows is None:
                 h1, slope = h_part.detach(), s_part
-            else:  # out of place: tensors saved by earlier steps' graphs stay as they were
-                h1 = cache[2].index_copy(0, rows, h_part.detach())
-                slope = cache[3].index_copy(0, rows, s_part)
+            else:  # in place: no copy of two (32, H*W) maps. A graph that still holds the old
+                # values (none does between fitting steps) fails on backward with autograd's
+                # in-place check instead of using the new ones.
+                h1 = cache[2].index_copy_(0, rows, h_part.detach())
+                slope = cache[3].index_copy_(0, rows, s_part)
             cache = self._first_cache = (coords, values.clone(), h1, slope)
         _, _, h1, slope = cache
         if pixels is not None:
