@@ -66,49 +66,6 @@ def test_gradients_match_naive_and_reach_everything(hidden):
         assert g_par[n].abs().sum() > 0, n
 
 
-def _rate_of_rows_by_gather(arm, lat, stride, phase):
-    """Bits of rows phase, phase + stride, ... of each grid (times stride) from gathered contexts."""
-    total = 0.0
-    for g in lat:
-        rows = torch.tensor(list(range(phase, g.shape[0], stride)), dtype=torch.long)
-        ys, xs = torch.meshgrid(rows, torch.arange(g.shape[1]), indexing="ij")
-        if ys.numel():
-            mu, ls = arm.forward_from_context(causal_contexts(g, ys.reshape(-1), xs.reshape(-1)))
-            total = total + stride * laplace_bits(g[ys, xs].reshape(-1), mu, ls).sum()
-    return total
-
-
-@pytest.mark.parametrize("stride", [2, 3])
-def test_strided_rate_equals_gathered_rows_with_the_same_gradients(stride):
-    """Schedule.rate_row_stride: the strided convolution prices exactly the chosen rows (with their
-    full causal contexts), and its hand-written backward is that of the gathered version."""
-    arm = _random_arm(5, dtype=torch.float64, hidden=16)
-    lat = [(torch.randn(s, dtype=torch.float64) * 3).requires_grad_() for s in _shapes()]
-    params = lat + list(arm.parameters())
-    for phase in range(stride):
-        fused = arm.rate_bits(lat, 0, stride, phase)
-        gathered = _rate_of_rows_by_gather(arm, lat, stride, phase)
-        assert abs(float(fused.detach()) - float(gathered.detach())) <= 1e-9 * float(gathered.detach())
-        g1 = torch.autograd.grad(fused, params, allow_unused=True)
-        g2 = torch.autograd.grad(gathered, params, allow_unused=True)
-        for a, b, p in zip(g1, g2, params):
-            a = torch.zeros_like(p) if a is None else a
-            b = torch.zeros_like(p) if b is None else b
-            assert torch.allclose(a, b, rtol=1e-9, atol=1e-10)
-
-
-def test_strided_rate_is_unbiased_over_phases_and_respects_bands():
-    arm = _random_arm(6, hidden=16, dtype=torch.float64)
-    lat = [torch.randn(s, dtype=torch.float64) * 3 for s in _shapes()]
-    for bands in (0, 8):
-        full = float(arm.rate_bits(lat, bands))
-        for stride in (2, 3):
-            mean = sum(float(arm.rate_bits(lat, bands, stride, p)) for p in range(stride)) / stride
-            assert abs(mean - full) <= 1e-9 * full
-    with pytest.raises(ValueError):
-        arm.rate_bits(lat, 0, 2, 2)
-
-
 def test_rate_of_empty_list_is_zero():
     assert float(Arm().rate_bits([]).detach()) == 0.0
 
@@ -163,12 +120,6 @@ def test_weight_gradient_paths_agree():
     via_matmul = grad @ _context_matrix(xpad, h, w).t()
     assert via_conv.shape == (16, 24)
     assert torch.allclose(via_conv, via_matmul, atol=1e-4, rtol=1e-5)
-    for stride, phase in ((2, 1), (3, 0)):  # every stride-th row from `phase` (rate_row_stride)
-        rows = len(range(phase, h, stride))
-        grad = torch.randn(16, rows * w)
-        via_conv = _weight_grad(xpad[phase:], grad, h - phase, w, stride)
-        via_matmul = grad @ _context_matrix(xpad[phase:], h - phase, w, stride).t()
-        assert torch.allclose(via_conv, via_matmul, atol=1e-4, rtol=1e-5)
 
 
 def test_causal_contexts_match_padded_gather():

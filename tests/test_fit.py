@@ -132,10 +132,10 @@ def test_pixel_fraction_draws_a_fresh_part_of_the_pixels_each_step(monkeypatch):
     seen = []
     forward = LotteryModel.forward
 
-    def spy(self, mode="hard", temperature=0.3, noise_a=1.0, pixels=None, rate_rows=(1, 0)):
+    def spy(self, mode="hard", temperature=0.3, noise_a=1.0, pixels=None):
         if torch.is_grad_enabled():
             seen.append(None if pixels is None else pixels.clone())
-        return forward(self, mode, temperature, noise_a, pixels, rate_rows)
+        return forward(self, mode, temperature, noise_a, pixels)
 
     monkeypatch.setattr(LotteryModel, "forward", spy)
     sched = Schedule(steps=12, average_fraction=0.25, average_every=1, pixel_fraction=0.5)
@@ -240,37 +240,3 @@ def test_latent_lr_scale_moves_only_the_latents_learning_rate():
     fit(plain, mse(target), 1e-3, Schedule(steps=6, hard_fraction=0.0))
     for a, b in zip(same.state_dict().values(), plain.state_dict().values()):
         assert torch.equal(a, b)  # scale 1 is the plain schedule, bit for bit
-
-
-def test_rate_row_stride_prices_a_random_row_phase_on_training_steps_only(monkeypatch):
-    """rate_row_stride n: each training step's rate comes from every n-th latent row, from a phase
-    drawn afresh (seeded by the model's seed: repeatable); hard-rounded evaluations price every
-    row; n = 1 draws nothing, so such fits are unchanged."""
-    from lotterycli.codec.arm import Arm
-
-    calls = []
-    rate_bits = Arm.rate_bits
-
-    def spy(self, latents, band_rows=0, row_stride=1, row_phase=0):
-        calls.append((torch.is_grad_enabled(), row_stride, row_phase))
-        return rate_bits(self, latents, band_rows, row_stride, row_phase)
-
-    monkeypatch.setattr(Arm, "rate_bits", spy)
-    runs = []
-    for _ in range(2):
-        calls.clear()
-        model, target = _model_and_target(4)
-        fit(model, mse(target), 1e-3, Schedule(steps=40, hard_fraction=0.1, eval_every=10, rate_row_stride=3))
-        runs.append(list(calls))
-    training = [(s, p) for grad, s, p in runs[0] if grad]
-    assert len(training) == 40 and all(s == 3 and 0 <= p < 3 for s, p in training)
-    assert len({p for _, p in training}) == 3  # every phase comes up
-    assert all(s == 1 for grad, s, _ in runs[0] if not grad)  # evaluations: the whole rate
-    assert runs[0] == runs[1]
-    monkeypatch.undo()
-    a, target = _model_and_target(4)
-    fit(a, mse(target), 1e-3, Schedule(steps=8, rate_row_stride=1))
-    b, _ = _model_and_target(4)
-    fit(b, mse(target), 1e-3, Schedule(steps=8))
-    for x, y in zip(a.state_dict().values(), b.state_dict().values()):
-        assert torch.equal(x, y)

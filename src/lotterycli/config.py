@@ -183,8 +183,6 @@ def load_task_config(task: str, *, preset: str | None = None, config_file: str |
             sched_kwargs[k] = tuple(_number(x, f"schedule.{k}", source, lo=0, lo_open=True) for x in v)
         elif k in ("eval_every", "average_every"):
             sched_kwargs[k] = _number(v, f"schedule.{k}", source, integer=True, lo=1)
-        elif k == "rate_row_stride":
-            sched_kwargs[k] = _number(v, f"schedule.{k}", source, integer=True, lo=1, hi=64)
         elif k in ("arm_refit_steps", "arm_scratch_steps"):
             sched_kwargs[k] = _number(v, f"schedule.{k}", source, integer=True, lo=0, hi=100_000)
         elif k == "arm_scratch_widths":

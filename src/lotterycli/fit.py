@@ -37,7 +37,6 @@ class Schedule:
     average_fraction: float = 0.0  # restoration: average the renders of this last fraction of steps
     average_every: int = 1  # ... taking the render of every n-th step of that window
     pixel_fraction: float = 1.0  # with a PixelMSE distortion: fraction of its pixels drawn at random each step
-    rate_row_stride: int = 1  # training steps price every n-th latent row (random phase) n times: `Arm.rate_bits`
     arm_refit_steps: int = 0  # after the fit: Adam steps fitting the ARM alone to the final integer latents
     arm_refit_lr: float = 5e-3  # ... at this learning rate
     arm_scratch_widths: tuple[int, ...] = ()  # ARMs of these widths also fitted, from scratch, to those latents
@@ -98,16 +97,14 @@ class PixelMSE:
         return PixelMSE(self.indices[cols], self.target[:, cols], self.n_pixels)
 
     def render(self, model: LotteryModel, mode: str, temperature: float = 0.3, noise_a: float = 1.0,
-               whole: bool = False, rate_rows: tuple[int, int] = (1, 0)
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               whole: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(render, bits, the render at this loss's pixels): only those pixels are synthesised
-        unless `whole` (the render is then (C, H, W)) or they are every pixel. `rate_rows`: see
-        `LotteryModel.forward`."""
+        unless `whole` (the render is then (C, H, W)) or they are every pixel."""
         if whole or self.all_pixels:
-            image, bits = model(mode, temperature, noise_a, rate_rows=rate_rows)
+            image, bits = model(mode, temperature, noise_a)
             flat = image.reshape(image.shape[0], -1)
             return image, bits, flat if self.all_pixels else flat.index_select(1, self.indices)
-        image, bits = model(mode, temperature, noise_a, self.indices, rate_rows)
+        image, bits = model(mode, temperature, noise_a, self.indices)
         return image, bits, image
 
 
@@ -160,7 +157,6 @@ class Fitter:
         self.guide = guide
         # The pixel draws have their own generator (concurrent fits must not share torch's global one).
         self.pixel_generator = torch.Generator().manual_seed(0x5EED ^ model.seed)
-        self.row_generator = torch.Generator().manual_seed(0x20335 ^ model.seed)  # rate_row_stride's phases
         self.progress, self.report_every = progress, report_every
         groups = model.parameter_groups()
         self.optimizer = Adam(
@@ -205,12 +201,11 @@ class Fitter:
 
             averaged = step >= self.average_start and (step - self.average_start) % max(1, sched.average_every) == 0
             mode = "soft" if soft else "hard"
-            rate_rows = (sched.rate_row_stride, self._row_phase())
             if self.pixel_loss is None:
-                image, bits = model(mode, temperature, noise_a, rate_rows=rate_rows)
+                image, bits = model(mode, temperature, noise_a)
                 d = self.distortion(image)
             else:
-                image, bits, d = self._pixel_step(mode, temperature, noise_a, averaged, rate_rows)
+                image, bits, d = self._pixel_step(mode, temperature, noise_a, whole=averaged)
             bpp = bits / model.n_pixels
             loss = d + self.lam * bpp
             extra = self.guide(image, step) if self.guide is not None else None
@@ -249,21 +244,14 @@ class Fitter:
                 self.progress(info)
         self.seconds += time.perf_counter() - start
 
-    def _row_phase(self) -> int:
-        """The first latent row priced this step under `Schedule.rate_row_stride` (0 when it is 1:
-        nothing is drawn, so fits without it are unchanged)."""
-        stride = self.schedule.rate_row_stride
-        return int(torch.randint(stride, (1,), generator=self.row_generator)) if stride > 1 else 0
-
-    def _pixel_step(self, mode: str, temperature: float, noise_a: float, whole: bool,
-                    rate_rows: tuple[int, int] = (1, 0)):
+    def _pixel_step(self, mode: str, temperature: float, noise_a: float, whole: bool):
         """(render, bits, distortion) of one step under a PixelMSE: the render covers the pixels
         drawn for this step, or the whole image (C, H, W) when `whole`."""
         loss, fraction = self.pixel_loss, self.schedule.pixel_fraction
         if fraction < 1.0:
             keep = torch.rand(loss.indices.numel(), generator=self.pixel_generator) < fraction
             loss = loss.columns(torch.nonzero(keep).squeeze(1).to(loss.indices.device))
-        image, bits, seen = loss.render(self.model, mode, temperature, noise_a, whole, rate_rows)
+        image, bits, seen = loss.render(self.model, mode, temperature, noise_a, whole)
         return image, bits, loss(seen)
 
     def recent_loss(self, fraction: float = 0.25) -> float:

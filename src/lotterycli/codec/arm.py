@@ -140,72 +140,63 @@ def _scatter_kernel(w1res: torch.Tensor) -> torch.Tensor:
     return k.reshape(w1res.shape[0], 1, _KH, _KW)
 
 
-def _weight_grad(xpad: torch.Tensor, grad: torch.Tensor, h: int, w: int, stride: int = 1) -> torch.Tensor:
-    """d loss / d w1res (hidden, 24) from the output gradient (hidden, rows*w) of the positions in
-    every `stride`-th row of `xpad` (the padded grid from the first selected row on), h grid rows.
+def _weight_grad(xpad: torch.Tensor, grad: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """d loss / d w1res (hidden, 24) from the output gradient (hidden, h*w).
 
-    On a CPU one conv2d correlates the input with the output gradient (oneDNN handles it well; with
-    a stride the gradient is dilated by it). On a GPU that convolution has an image-sized kernel, for
-    which cuDNN's choice took 10 ms a call on an H200 (93 % of a step's GPU time); there the 24
-    shifted views are stacked and multiplied instead (one small matrix product).
+    On a CPU one conv2d correlates the input with the output gradient (oneDNN handles it well).
+    On a GPU that convolution has an image-sized kernel, for which cuDNN's choice took 10 ms a
+    call on an H200 (93 % of a step's GPU time); there the 24 shifted views are stacked and
+    multiplied instead (one small matrix product).
     """
     hp, wp = xpad.shape
-    rows = grad.shape[1] // w
     if xpad.device.type == "cpu":
-        full = F.conv2d(xpad.reshape(1, 1, hp, wp), grad.reshape(-1, 1, rows, w), dilation=(stride, 1))
-        return full[:, :, :_KH].reshape(grad.shape[0], _KH * _KW)[:, _TAP_INDEX]  # (1, hidden, >= 5, 9)
-    return grad @ _context_matrix(xpad, h, w, stride).t()
+        full = F.conv2d(xpad.reshape(1, 1, hp, wp), grad.reshape(-1, 1, h, w))  # (1, hidden, 5, 9)
+        return full.reshape(grad.shape[0], _KH * _KW)[:, _TAP_INDEX]
+    return grad @ _context_matrix(xpad, h, w).t()
 
 
-def _context_matrix(xpad: torch.Tensor, h: int, w: int, stride: int = 1) -> torch.Tensor:
-    """(24, rows*w): row k holds the k-th causal neighbour of every position in grid rows
-    0, stride, 2 * stride, ... < h of the padded grid `xpad`."""
-    span = h - 1 - (h - 1) % stride + 1  # from the first to the last selected row
-    rows = [xpad[4 + dy: 4 + dy + span: stride, 4 + dx: 4 + dx + w] for dy, dx in CONTEXT_OFFSETS]
-    return torch.stack(rows).reshape(CONTEXT_SIZE, -1)
+def _context_matrix(xpad: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """(24, h*w): row k holds every position's k-th causal neighbour."""
+    rows = [xpad[4 + dy: 4 + dy + h, 4 + dx: 4 + dx + w] for dy, dx in CONTEXT_OFFSETS]
+    return torch.stack(rows).reshape(CONTEXT_SIZE, h * w)
 
 
 class _CausalConv(torch.autograd.Function):
-    """a1 = (fc1.weight + I) @ context + bias for the positions of every `stride`-th grid row, as
-    (24, rows*w); `xpad` is the padded grid from the first chosen row on (`_pad(g)[phase:]`).
+    """a1 = (fc1.weight + I) @ context + bias for every position, as (24, h*w).
 
-    Forward is one conv2d (1 -> 24 channels, 5x9 kernel with 24 nonzero taps, vertical stride
-    `stride`). The backward is hand-written because oneDNN's input gradient of a 1-channel
-    convolution is ~5x slower than the forward: grad_input = 24 shifted (strided) adds of
-    (W^T @ grad), grad_weight = one conv2d that correlates the input with the output gradient on a
-    CPU, a small matrix product elsewhere (`_weight_grad`).
+    Forward is one conv2d (1 -> 24 channels, 5x9 kernel with 24 nonzero taps). The backward is
+    hand-written because oneDNN's input gradient of a 1-channel convolution is ~5x slower than
+    the forward: grad_input = 24 shifted adds of (W^T @ grad), grad_weight = one conv2d that
+    correlates the input with the output gradient on a CPU, a small matrix product elsewhere
+    (`_weight_grad`).
     """
 
     @staticmethod
-    def forward(ctx, xpad, w1res, bias, stride=1):
+    def forward(ctx, xpad, w1res, bias):
         hp, wp = xpad.shape
         h, w = hp - 4, wp - 8
         ctx.save_for_backward(xpad, w1res)
-        ctx.stride = stride
-        a1 = F.conv2d(xpad.reshape(1, 1, hp, wp), _scatter_kernel(w1res), bias, stride=(stride, 1))
-        return a1.reshape(w1res.shape[0], -1)
+        a1 = F.conv2d(xpad.reshape(1, 1, hp, wp), _scatter_kernel(w1res), bias)
+        return a1.reshape(w1res.shape[0], h * w)
 
     @staticmethod
     def backward(ctx, grad):
         xpad, w1res = ctx.saved_tensors
-        stride = ctx.stride
         hp, wp = xpad.shape
         h, w = hp - 4, wp - 8
-        rows = grad.shape[1] // w
-        span = stride * (rows - 1) + 1
         grad = grad.contiguous()
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:
-            g_taps = (w1res.t() @ grad).reshape(CONTEXT_SIZE, rows, w)
+            g_taps = (w1res.t() @ grad).reshape(CONTEXT_SIZE, h, w)
             gx = xpad.new_zeros(hp, wp)
             for k, (dy, dx) in enumerate(CONTEXT_OFFSETS):
                 # .add_ on the view: `gx[...] += t` would also copy the sum back onto itself
-                gx[4 + dy: 4 + dy + span: stride, 4 + dx: 4 + dx + w].add_(g_taps[k])
+                gx[4 + dy: 4 + dy + h, 4 + dx: 4 + dx + w].add_(g_taps[k])
         if ctx.needs_input_grad[1]:
-            gw = _weight_grad(xpad, grad, h, w, stride)
+            gw = _weight_grad(xpad, grad, h, w)
         if ctx.needs_input_grad[2]:
             gb = grad.sum(1)
-        return gx, gw, gb, None
+        return gx, gw, gb
 
 
 class Arm(nn.Module):
@@ -249,19 +240,18 @@ class Arm(nn.Module):
         h, w = grid.shape
         return self._maps(_pad(grid), self._w1res(), h, w)
 
-    def _maps(self, xpad, w1res, h, w, stride=1):
-        """xpad (h+4, w+8) padded grid -> (mu, log_scale) maps (rows, w) of grid rows 0, stride, ..."""
-        a1 = _CausalConv.apply(xpad, w1res, self.fc1.bias, stride)  # (hidden, rows*w)
+    def _maps(self, xpad, w1res, h, w):
+        """xpad (h+4, w+8) padded grid -> (mu, log_scale) maps (h, w)."""
+        a1 = _CausalConv.apply(xpad, w1res, self.fc1.bias)  # (hidden, h*w)
         h1 = F.gelu(a1)
         h2 = F.gelu(torch.addmm(self.fc2.bias.reshape(-1, 1), self._w2res(), h1))
         out = torch.addmm(self.fc3.bias.reshape(-1, 1), self.fc3.weight, h2)
-        return out[0].reshape(-1, w), out[1].reshape(-1, w)
+        return out[0].reshape(h, w), out[1].reshape(h, w)
 
     def _w2res(self) -> torch.Tensor:
         return self.fc2.weight + torch.eye(self.hidden, dtype=self.fc2.weight.dtype, device=self.fc2.weight.device)
 
-    def rate_bits(self, latents: list[torch.Tensor], band_rows: int = 0, row_stride: int = 1,
-                  row_phase: int = 0) -> torch.Tensor:
+    def rate_bits(self, latents: list[torch.Tensor], band_rows: int = 0) -> torch.Tensor:
         """Total bits of all grids under the model (scalar, differentiable).
 
         Each grid's values serve both as the context and as the coded symbols. Grids are
@@ -269,26 +259,13 @@ class Arm(nn.Module):
         and measured packing of the small grids did not pay off on CPU. With `band_rows` B > 0
         each grid is cut into bands of B rows whose contexts see zeros above them, exactly as
         the coder codes them (`entropy`, format v3).
-
-        With `row_stride` s > 1 only rows row_phase, row_phase + s, ... of each band are coded
-        and their bits count s times: an unbiased estimate of the total over a phase drawn
-        uniformly in [0, s) (`Schedule.rate_row_stride`: the ARM part of a fitting step, the
-        largest, shrinks about s times; every context is still exact).
         """
-        if not 0 <= row_phase < row_stride:
-            raise ValueError(f"row_phase must be in [0, {row_stride}), got {row_phase}")
         w1res = self._w1res()
         total = None
         for g in _bands(latents, band_rows):
             h, w = g.shape
-            if row_stride == 1:
-                mu, ls = self._maps(_pad(g), w1res, h, w)
-                bits = laplace_bits(g, mu, ls).sum()
-            elif row_phase < h:
-                mu, ls = self._maps(_pad(g)[row_phase:], w1res, h - row_phase, w, row_stride)
-                bits = laplace_bits(g[row_phase::row_stride], mu, ls).sum() * row_stride
-            else:
-                continue
+            mu, ls = self._maps(_pad(g), w1res, h, w)
+            bits = laplace_bits(g, mu, ls).sum()
             total = bits if total is None else total + bits
         if total is None:
             return self.fc3.bias.sum() * 0.0

@@ -59,13 +59,11 @@ class LotteryModel(nn.Module):
         return self.synthesis(self.coords, chosen, pixels)
 
     def forward(self, mode: str = "hard", temperature: float = 0.3, noise_a: float = 1.0,
-                pixels: torch.Tensor | None = None, rate_rows: tuple[int, int] = (1, 0)):
+                pixels: torch.Tensor | None = None):
         """(image (3, H, W), latent rate in bits) under the given quantization proxy; with `pixels`
-        the image part is (3, len(pixels)) (see `render_from`). `rate_rows` (stride, phase): the
-        rate is the unbiased estimate from every stride-th latent row (`Arm.rate_bits`)."""
+        the image part is (3, len(pixels)) (see `render_from`)."""
         rate_in, synth_in = self.latents.proxies(mode, temperature, noise_a)
-        stride, phase = rate_rows
-        return self.render_from(synth_in, pixels), self.arm.rate_bits(rate_in, self.arch.arm_band_rows, stride, phase)
+        return self.render_from(synth_in, pixels), self.arm.rate_bits(rate_in, self.arch.arm_band_rows)
 
     # -- parameter groups for the optimiser ------------------------------------------------------
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
