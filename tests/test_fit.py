@@ -240,3 +240,78 @@ def test_latent_lr_scale_moves_only_the_latents_learning_rate():
     fit(plain, mse(target), 1e-3, Schedule(steps=6, hard_fraction=0.0))
     for a, b in zip(same.state_dict().values(), plain.state_dict().values()):
         assert torch.equal(a, b)  # scale 1 is the plain schedule, bit for bit
+
+
+def _step_gradients(rate_thread, distortion_of, mode_steps, guide=None, average_fraction=0.0):
+    """Gradients of every parameter after the last of `mode_steps` steps (the fit's stages)."""
+    from lotterycli.fit import Fitter
+
+    model, target = _model_and_target(7)
+    sched = Schedule(steps=mode_steps[1], hard_fraction=1 - mode_steps[0] / mode_steps[1],
+                     pixel_fraction=0.5, average_fraction=average_fraction)
+    fitter = Fitter(model, distortion_of(target), 2e-3, sched, guide=guide, rate_thread=rate_thread)
+    fitter.advance()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, fitter
+
+
+def test_rate_thread_step_has_the_plain_steps_gradients():
+    """rate_thread: the rate's forward and backward on a second thread give every parameter the
+    gradient of the plain step (soft and hard stages, whole and partial renders, a guide term),
+    and the fit leaves torch's thread count as it was."""
+    from lotterycli.fit import PixelMSE
+
+    cases = [
+        (lambda t: mse(t), (3, 3), None, 0.0),  # soft stage, plain distortion
+        (lambda t: mse(t), (2, 4), lambda im, step: 0.1 * im.mean(), 0.0),  # hard steps, a guide term
+        (lambda t: PixelMSE(torch.arange(480), t.reshape(3, -1), 480), (3, 3), None, 0.0),  # random half
+        (lambda t: PixelMSE(torch.arange(0, 480, 3), t.reshape(3, -1)[:, ::3], 480), (2, 4), None, 0.5),
+    ]
+    threads = torch.get_num_threads()
+    for distortion_of, stages, guide, average in cases:
+        plain, _ = _step_gradients(False, distortion_of, stages, guide, average)
+        split, fitter = _step_gradients(True, distortion_of, stages, guide, average)
+        assert plain.keys() == split.keys() and {"latents.grids.0", "arm.fc1.weight", "synthesis.scores"} <= plain.keys()
+        for name in plain:
+            torch.testing.assert_close(split[name], plain[name], rtol=1e-4, atol=1e-7, msg=name)
+        assert torch.get_num_threads() == threads
+    assert fitter.n_averaged == 2  # the averaged renders are taken on split steps too
+
+
+def test_rate_thread_fit_is_repeatable_and_reports_an_error_of_either_branch(monkeypatch):
+    import pytest
+
+    from lotterycli.codec.arm import Arm
+
+    runs = []
+    for _ in range(2):
+        model, target = _model_and_target(8)
+        fit_result = fit(model, mse(target), 2e-3, Schedule(steps=10, eval_every=2), rate_thread=True)
+        runs.append((fit_result.best_loss, [v.clone() for v in model.state_dict().values()]))
+    assert runs[0][0] == runs[1][0]
+    assert all(torch.equal(a, b) for a, b in zip(runs[0][1], runs[1][1]))
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("rate branch failed")
+
+    monkeypatch.setattr(Arm, "rate_bits", broken)
+    threads = torch.get_num_threads()
+    model, target = _model_and_target(8)
+    with pytest.raises(RuntimeError, match="rate branch failed"):
+        fit(model, mse(target), 2e-3, Schedule(steps=3), rate_thread=True)
+    assert torch.get_num_threads() == threads
+
+
+def test_rate_thread_pays_on_cpu_with_threads_for_small_images_only():
+    from lotterycli.fit import RATE_THREAD_MAX_PIXELS, rate_thread_pays
+
+    before = torch.get_num_threads()
+    cpu = torch.device("cpu")
+    try:
+        torch.set_num_threads(2)
+        assert rate_thread_pays(cpu, 256 * 256) and rate_thread_pays(cpu, RATE_THREAD_MAX_PIXELS)
+        assert not rate_thread_pays(cpu, RATE_THREAD_MAX_PIXELS + 1)
+        assert not rate_thread_pays(torch.device("cuda"), 256 * 256)
+        torch.set_num_threads(1)
+        assert not rate_thread_pays(cpu, 256 * 256)
+    finally:
+        torch.set_num_threads(before)

@@ -20,7 +20,7 @@ from .codec.architecture import Architecture
 from .codec.model import LotteryModel, decode_payload, macs_per_pixel
 from .codec.params import MODULE_NAMES, QuantizedModule
 from .config import TaskConfig
-from .fit import Distortion, FitResult, PixelMSE, ProgressCallback, Schedule, StepInfo, fit, mse
+from .fit import Distortion, FitResult, PixelMSE, ProgressCallback, Schedule, StepInfo, fit, mse, rate_thread_pays
 from .metrics import psnr
 
 SHIFT_CANDIDATES = range(4, 15)  # power-of-two steps 2**-4 .. 2**-14 tried per module
@@ -271,7 +271,8 @@ def compress_image(
     torch.manual_seed(cfg.seed)
     model = LotteryModel(height, width, arch or cfg.architecture, cfg.seed, cfg.mask_ratio).to(dev)
     schedule = cfg.fitted_schedule()
-    fit_result = fit(model, fit_distortion(image.to(dev), schedule), cfg.lam, schedule, progress)
+    fit_result = fit(model, fit_distortion(image.to(dev), schedule), cfg.lam, schedule, progress,
+                     rate_thread=rate_thread_pays(dev, height * width))
     fitted_arm = {k: v.detach().cpu().clone() for k, v in model.arm.state_dict().items()}
     # never more refit steps than fit steps: a quick fit (tests, trials) stays quick
     refit_steps = min(schedule.arm_refit_steps, schedule.steps)

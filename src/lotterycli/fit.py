@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
@@ -96,16 +97,24 @@ class PixelMSE:
         """The same loss over the chosen columns only (sorted positions into `indices`)."""
         return PixelMSE(self.indices[cols], self.target[:, cols], self.n_pixels)
 
+    def pixels_to_render(self, whole: bool = False) -> torch.Tensor | None:
+        """The pixels a render for this loss must cover: None (the whole image, (C, H, W)) when
+        `whole` or when the loss reads every pixel, else this loss's own."""
+        return None if whole or self.all_pixels else self.indices
+
+    def seen(self, image: torch.Tensor, whole: bool = False) -> torch.Tensor:
+        """This loss's pixels (C, n) of a render made for `pixels_to_render(whole)`."""
+        if whole or self.all_pixels:
+            flat = image.reshape(image.shape[0], -1)
+            return flat if self.all_pixels else flat.index_select(1, self.indices)
+        return image
+
     def render(self, model: LotteryModel, mode: str, temperature: float = 0.3, noise_a: float = 1.0,
                whole: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(render, bits, the render at this loss's pixels): only those pixels are synthesised
         unless `whole` (the render is then (C, H, W)) or they are every pixel."""
-        if whole or self.all_pixels:
-            image, bits = model(mode, temperature, noise_a)
-            flat = image.reshape(image.shape[0], -1)
-            return image, bits, flat if self.all_pixels else flat.index_select(1, self.indices)
-        image, bits = model(mode, temperature, noise_a, self.indices)
-        return image, bits, image
+        image, bits = model(mode, temperature, noise_a, self.pixels_to_render(whole))
+        return image, bits, self.seen(image, whole)
 
 
 def _cosine(step: int, total: int, floor: float) -> float:
@@ -142,9 +151,17 @@ class Fitter:
         progress: ProgressCallback | None = None,
         report_every: int = 10,
         guide: Callable[[torch.Tensor, int], torch.Tensor | None] | None = None,
+        rate_thread: bool = False,
     ):
         """`guide(image, step)`: an extra term of the training loss only (e.g. the inpainting warm
         start); evaluations and best-state keeping use distortion + lambda * rate alone.
+
+        `rate_thread` (CPU): each step computes the rate (the ARM over every latent, forward and
+        backward) on a second thread while this one renders and scores the image, each branch
+        with half of torch's threads, then joins their gradients at the quantization proxies.
+        Same loss and gradients as the plain step (up to float rounding); on 2 cores ~1.3x more
+        steps per second than both threads working on every operation in turn, because these
+        operations are too small to keep two threads busy (docs/tuning.md, session 16).
 
         A `PixelMSE` distortion: the model synthesises only the pixels the loss reads (all of its
         pixels, or with `schedule.pixel_fraction` < 1 a fresh random part of them each step),
@@ -155,6 +172,7 @@ class Fitter:
             raise ValueError("a guide term needs whole renders: pass a plain distortion with a guide")
         self.model, self.distortion, self.lam, self.schedule = model, distortion, lam, schedule
         self.guide = guide
+        self.rate_thread = rate_thread
         # The pixel draws have their own generator (concurrent fits must not share torch's global one).
         self.pixel_generator = torch.Generator().manual_seed(0x5EED ^ model.seed)
         self.progress, self.report_every = progress, report_every
@@ -185,6 +203,22 @@ class Fitter:
     def advance(self, until: int | None = None) -> None:
         """Run steps [self.step, until) (default: to the end of the schedule)."""
         until = self.total if until is None else min(int(until), self.total)
+        if not self.rate_thread or self.step >= until:
+            self._run(until, None)
+            return
+        threads = torch.get_num_threads()
+        branch = max(1, threads // 2)
+        # torch.set_num_threads sets the calling thread's OpenMP team size only (a new thread
+        # starts with the process default, whatever torch.get_num_threads says), so each branch
+        # sets its own.
+        torch.set_num_threads(branch)
+        try:
+            with ThreadPoolExecutor(1, initializer=torch.set_num_threads, initargs=(branch,)) as pool:
+                self._run(until, pool)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _run(self, until: int, rate_pool: ThreadPoolExecutor | None) -> None:
         start = time.perf_counter()
         sched, model, optimizer = self.schedule, self.model, self.optimizer
         while self.step < until:
@@ -201,16 +235,21 @@ class Fitter:
 
             averaged = step >= self.average_start and (step - self.average_start) % max(1, sched.average_every) == 0
             mode = "soft" if soft else "hard"
-            if self.pixel_loss is None:
-                image, bits = model(mode, temperature, noise_a)
-                d = self.distortion(image)
-            else:
-                image, bits, d = self._pixel_step(mode, temperature, noise_a, whole=averaged)
-            bpp = bits / model.n_pixels
-            loss = d + self.lam * bpp
-            extra = self.guide(image, step) if self.guide is not None else None
             optimizer.zero_grad(set_to_none=True)
-            (loss if extra is None else loss + extra).backward()
+            if rate_pool is not None:
+                image, bits, d = self._split_step(rate_pool, mode, temperature, noise_a, averaged, step)
+                bpp = bits / model.n_pixels
+                loss = d + self.lam * bpp
+            else:
+                if self.pixel_loss is None:
+                    image, bits = model(mode, temperature, noise_a)
+                    d = self.distortion(image)
+                else:
+                    image, bits, d = self._pixel_step(mode, temperature, noise_a, whole=averaged)
+                bpp = bits / model.n_pixels
+                loss = d + self.lam * bpp
+                extra = self.guide(image, step) if self.guide is not None else None
+                (loss if extra is None else loss + extra).backward()
             if sched.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(self.params, sched.grad_clip)
             optimizer.step()
@@ -244,15 +283,57 @@ class Fitter:
                 self.progress(info)
         self.seconds += time.perf_counter() - start
 
-    def _pixel_step(self, mode: str, temperature: float, noise_a: float, whole: bool):
-        """(render, bits, distortion) of one step under a PixelMSE: the render covers the pixels
-        drawn for this step, or the whole image (C, H, W) when `whole`."""
+    def _step_loss(self) -> PixelMSE:
+        """This step's PixelMSE: the whole one, or with `schedule.pixel_fraction` < 1 a fresh random
+        part of its pixels."""
         loss, fraction = self.pixel_loss, self.schedule.pixel_fraction
         if fraction < 1.0:
             keep = torch.rand(loss.indices.numel(), generator=self.pixel_generator) < fraction
             loss = loss.columns(torch.nonzero(keep).squeeze(1).to(loss.indices.device))
+        return loss
+
+    def _pixel_step(self, mode: str, temperature: float, noise_a: float, whole: bool):
+        """(render, bits, distortion) of one step under a PixelMSE: the render covers the pixels
+        drawn for this step, or the whole image (C, H, W) when `whole`."""
+        loss = self._step_loss()
         image, bits, seen = loss.render(self.model, mode, temperature, noise_a, whole)
         return image, bits, loss(seen)
+
+    def _split_step(self, pool: ThreadPoolExecutor, mode: str, temperature: float, noise_a: float,
+                    whole: bool, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Forward and backward of one step in two branches (see `rate_thread`): the rate on the
+        pool's thread, the render, distortion and guide term here, from detached copies of the
+        quantization proxies; their gradients then flow on to the latents in one last backward.
+        Each parameter gets its gradient from one branch only, so the sums do not depend on
+        which branch finishes first. Returns (render, bits, distortion), detached."""
+        model = self.model
+        rate_in, synth_in = model.latents.proxies(mode, temperature, noise_a)
+        rate_leaves = [r.detach().requires_grad_() for r in rate_in]
+        synth_leaves = [s.detach().requires_grad_() for s in synth_in]
+        weight = self.lam / model.n_pixels
+
+        def rate_branch() -> torch.Tensor:
+            bits = model.arm.rate_bits(rate_leaves, model.arch.arm_band_rows)
+            (bits * weight).backward()
+            return bits.detach()
+
+        future = pool.submit(rate_branch)
+        try:
+            if self.pixel_loss is None:
+                image = model.render_from(synth_leaves)
+                d = self.distortion(image)
+            else:
+                loss = self._step_loss()
+                image = model.render_from(synth_leaves, loss.pixels_to_render(whole))
+                d = loss(loss.seen(image, whole))
+            extra = self.guide(image, step) if self.guide is not None else None
+            (d if extra is None else d + extra).backward()
+        finally:
+            bits = future.result()  # waits for the rate branch (and raises its error) either way
+        leaves = rate_leaves + synth_leaves
+        grads = [torch.zeros_like(x) if x.grad is None else x.grad for x in leaves]
+        torch.autograd.backward(rate_in + synth_in, grads)
+        return image.detach(), bits, d.detach()
 
     def recent_loss(self, fraction: float = 0.25) -> float:
         """Mean training loss over the last `fraction` of the steps run so far (at least one step).
@@ -294,10 +375,28 @@ def fit(
     schedule: Schedule,
     progress: ProgressCallback | None = None,
     report_every: int = 10,
+    rate_thread: bool = False,
 ) -> FitResult:
     """Fit `model` in place; on return it holds the best hard-rounded state evaluated (every
-    `eval_every` steps from 20 % of the soft stage on, and at the last step)."""
-    return Fitter(model, distortion, lam, schedule, progress, report_every).finish()
+    `eval_every` steps from 20 % of the soft stage on, and at the last step). `rate_thread`: see
+    `Fitter`."""
+    return Fitter(model, distortion, lam, schedule, progress, report_every, rate_thread=rate_thread).finish()
+
+
+RATE_THREAD_MAX_PIXELS = 384 * 384  # above this, two threads on every operation beat the split step
+
+
+def rate_thread_pays(device: torch.device, n_pixels: int) -> bool:
+    """Whether a fit should run its rate on a second thread (`Fitter`'s rate_thread).
+
+    On a CPU with at least two torch threads, for images up to RATE_THREAD_MAX_PIXELS: at 256x256
+    the split step gave 1.25x the steps per second of the plain one on two threads (median of 5),
+    ~1.15x at 384x384, but 0.96x at 512x512 and 0.88x at 768x512, where the operations are large
+    enough for two threads each and the longer render branch leaves a core idle (session 16,
+    docs/tuning.md). The file then depends on whether torch has one thread or more (float
+    rounding), as fits did before.
+    """
+    return device.type == "cpu" and torch.get_num_threads() >= 2 and n_pixels <= RATE_THREAD_MAX_PIXELS
 
 
 def mse(target: torch.Tensor) -> Distortion:

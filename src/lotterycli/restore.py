@@ -249,7 +249,7 @@ def restore_image(
     def run_all(fn, items: list[int]) -> list:
         if workers == 1:
             return [fn(k) for k in items]
-        with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
+        with ThreadPoolExecutor(max_workers=min(workers, len(items)), initializer=torch.set_num_threads, initargs=(1,)) as pool:
             return list(pool.map(fn, items))
 
     threads_before = torch.get_num_threads()
