@@ -159,9 +159,10 @@ class Fitter:
         `rate_thread` (CPU): each step computes the rate (the ARM over every latent, forward and
         backward) on a second thread while this one renders and scores the image, each branch
         with half of torch's threads, then joins their gradients at the quantization proxies.
-        Same loss and gradients as the plain step (up to float rounding); on 2 cores ~1.3x more
-        steps per second than both threads working on every operation in turn, because these
-        operations are too small to keep two threads busy (docs/tuning.md, session 16).
+        Same loss and gradients as the plain step (up to float rounding); at 256x256 on 2 cores
+        1.25x the steps per second of both threads working on every operation in turn, whose
+        operations are too small to keep two threads busy (`rate_thread_pays`; docs/tuning.md,
+        session 16).
 
         A `PixelMSE` distortion: the model synthesises only the pixels the loss reads (all of its
         pixels, or with `schedule.pixel_fraction` < 1 a fresh random part of them each step),
@@ -236,20 +237,12 @@ class Fitter:
             averaged = step >= self.average_start and (step - self.average_start) % max(1, sched.average_every) == 0
             mode = "soft" if soft else "hard"
             optimizer.zero_grad(set_to_none=True)
-            if rate_pool is not None:
-                image, bits, d = self._split_step(rate_pool, mode, temperature, noise_a, averaged, step)
-                bpp = bits / model.n_pixels
-                loss = d + self.lam * bpp
+            if rate_pool is None:
+                image, bits, d = self._plain_step(mode, temperature, noise_a, averaged, step)
             else:
-                if self.pixel_loss is None:
-                    image, bits = model(mode, temperature, noise_a)
-                    d = self.distortion(image)
-                else:
-                    image, bits, d = self._pixel_step(mode, temperature, noise_a, whole=averaged)
-                bpp = bits / model.n_pixels
-                loss = d + self.lam * bpp
-                extra = self.guide(image, step) if self.guide is not None else None
-                (loss if extra is None else loss + extra).backward()
+                image, bits, d = self._split_step(rate_pool, mode, temperature, noise_a, averaged, step)
+            bpp = bits / model.n_pixels
+            loss = d + self.lam * bpp
             if sched.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(self.params, sched.grad_clip)
             optimizer.step()
@@ -292,12 +285,22 @@ class Fitter:
             loss = loss.columns(torch.nonzero(keep).squeeze(1).to(loss.indices.device))
         return loss
 
-    def _pixel_step(self, mode: str, temperature: float, noise_a: float, whole: bool):
-        """(render, bits, distortion) of one step under a PixelMSE: the render covers the pixels
-        drawn for this step, or the whole image (C, H, W) when `whole`."""
-        loss = self._step_loss()
-        image, bits, seen = loss.render(self.model, mode, temperature, noise_a, whole)
-        return image, bits, loss(seen)
+    def _plain_step(self, mode: str, temperature: float, noise_a: float, whole: bool,
+                    step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Forward and backward of one step in one go -> (render, bits, distortion), detached.
+        Under a PixelMSE the render covers the pixels drawn for this step, or the whole image
+        (C, H, W) when `whole`."""
+        if self.pixel_loss is None:
+            image, bits = self.model(mode, temperature, noise_a)
+            d = self.distortion(image)
+        else:
+            loss = self._step_loss()
+            image, bits, seen = loss.render(self.model, mode, temperature, noise_a, whole)
+            d = loss(seen)
+        total = d + self.lam * (bits / self.model.n_pixels)  # as before the split step: same floats
+        extra = self.guide(image, step) if self.guide is not None else None
+        (total if extra is None else total + extra).backward()
+        return image.detach(), bits.detach(), d.detach()
 
     def _split_step(self, pool: ThreadPoolExecutor, mode: str, temperature: float, noise_a: float,
                     whole: bool, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
