@@ -7,8 +7,9 @@ Times forward + backward of each part of the model on random latents (quantizati
 upsampling, ARM rate, ModNet, synthesis of all pixels and of the observed fraction), then the
 whole-step rate of `fit.Fitter` with whole renders, with a `PixelMSE` over a random observed
 set (as inpainting's: only those pixels are synthesised), and with a loss over every pixel of
-which `--pixel-fraction` is drawn afresh each step (compression, denoising), all without render
-averaging. Milliseconds are medians of repeated calls after a
+which `--pixel-fraction` is drawn afresh each step (compression, denoising), and with two or more
+threads the last again with the rate on a second thread (`Fitter`'s rate_thread, what compression
+runs), all without render averaging. Milliseconds are medians of repeated calls after a
 warm-up; run it on a quiet machine. docs/tuning.md (session 7) quotes it.
 """
 import argparse
@@ -98,14 +99,17 @@ def main() -> None:
     target = torch.rand(3, n, n, generator=gen)
     flat_target = target.reshape(3, -1)[:, pixels]
     everything = torch.arange(n * n)
-    for label, distortion, fraction in [
-        ("whole renders", lambda im: torch.mean((im.reshape(3, -1)[:, pixels] - flat_target) ** 2), 1.0),
-        ("observed pixels only", PixelMSE(pixels, flat_target, n * n), 1.0),
-        (f"pixel_fraction {args.pixel_fraction:g}", PixelMSE(everything, target.reshape(3, -1), n * n),
-         args.pixel_fraction),
-    ]:
+    every_pixel = PixelMSE(everything, target.reshape(3, -1), n * n)
+    runs = [
+        ("whole renders", lambda im: torch.mean((im.reshape(3, -1)[:, pixels] - flat_target) ** 2), 1.0, False),
+        ("observed pixels only", PixelMSE(pixels, flat_target, n * n), 1.0, False),
+        (f"pixel_fraction {args.pixel_fraction:g}", every_pixel, args.pixel_fraction, False),
+    ]
+    if args.threads >= 2:  # what `lottery compress` runs up to 384x384 (fit.rate_thread_pays)
+        runs.append(("  + rate on 2nd thread", every_pixel, args.pixel_fraction, True))
+    for label, distortion, fraction, rate_thread in runs:
         fitter = Fitter(LotteryModel(n, n, arch, seed=0, mask_ratio=0.3), distortion, 6e-4,
-                        Schedule(steps=10 * args.steps, pixel_fraction=fraction))
+                        Schedule(steps=10 * args.steps, pixel_fraction=fraction), rate_thread=rate_thread)
         fitter.advance(5)
         t = time.perf_counter()
         fitter.advance(5 + args.steps)

@@ -354,6 +354,10 @@ def test_step_profile_script_runs_and_reports_the_step_rates():
         assert part in out
     rates = [float(line.split()[-1]) for line in out.splitlines() if "steps/s" in line]
     assert len(rates) == 3 and all(r > 0 for r in rates)
+    out = subprocess.run([sys.executable, str(root / "benchmarks" / "step_profile.py"), "--size", "32", "--steps", "3",
+                          "--threads", "2"], capture_output=True, text=True, timeout=120, check=True).stdout
+    rates = [float(line.split()[-1]) for line in out.splitlines() if "steps/s" in line]
+    assert "rate on 2nd thread" in out and len(rates) == 4 and all(r > 0 for r in rates)
 
 
 def test_step_rate_script_reports_a_rate_for_a_source_tree():

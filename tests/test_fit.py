@@ -272,7 +272,7 @@ def test_rate_thread_step_has_the_plain_steps_gradients():
         split, fitter = _step_gradients(True, distortion_of, stages, guide, average)
         assert plain.keys() == split.keys() and {"latents.grids.0", "arm.fc1.weight", "synthesis.scores"} <= plain.keys()
         for name in plain:
-            torch.testing.assert_close(split[name], plain[name], rtol=1e-4, atol=1e-7, msg=name)
+            assert torch.equal(split[name], plain[name]), name  # same sums, same order
         assert torch.get_num_threads() == threads
     assert fitter.n_averaged == 2  # the averaged renders are taken on split steps too
 

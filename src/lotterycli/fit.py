@@ -159,7 +159,8 @@ class Fitter:
         `rate_thread` (CPU): each step computes the rate (the ARM over every latent, forward and
         backward) on a second thread while this one renders and scores the image, each branch
         with half of torch's threads, then joins their gradients at the quantization proxies.
-        Same loss and gradients as the plain step (up to float rounding); at 256x256 on 2 cores
+        The same gradients as the plain step, bit for bit (the same sums in the same order; tested),
+        so the same file whatever the thread count on the machines measured; at 256x256 on 2 cores
         1.25x the steps per second of both threads working on every operation in turn, whose
         operations are too small to keep two threads busy (`rate_thread_pays`; docs/tuning.md,
         session 16).
@@ -396,8 +397,7 @@ def rate_thread_pays(device: torch.device, n_pixels: int) -> bool:
     the split step gave 1.25x the steps per second of the plain one on two threads (median of 5),
     ~1.15x at 384x384, but 0.96x at 512x512 and 0.88x at 768x512, where the operations are large
     enough for two threads each and the longer render branch leaves a core idle (session 16,
-    docs/tuning.md). The file then depends on whether torch has one thread or more (float
-    rounding), as fits did before.
+    docs/tuning.md). The step's values do not change, only their timing.
     """
     return device.type == "cpu" and torch.get_num_threads() >= 2 and n_pixels <= RATE_THREAD_MAX_PIXELS
 
@@ -407,7 +407,9 @@ def mse(target: torch.Tensor) -> Distortion:
 
 
 def measure_step_rate(height: int, width: int, steps: int = 20, device: str = "cpu", arch=None) -> float:
-    """Fitting steps per second on a random image of the given size (after 3 warm-up steps).
+    """Fitting steps per second on a random image of the given size (after 3 warm-up steps), with
+    whole renders, and with the rate on a second thread where `lottery compress` would use it
+    (`rate_thread_pays`).
 
     `arch`: an Architecture; default: the compression config's (what `lottery compress` fits).
     """
@@ -417,7 +419,8 @@ def measure_step_rate(height: int, width: int, steps: int = 20, device: str = "c
         arch = load_task_config("compress").architecture
     model = LotteryModel(height, width, arch, seed=0, mask_ratio=0.3).to(device)
     target = torch.rand(3, height, width, device=device)
-    fit(model, mse(target), 1e-3, Schedule(steps=3))
+    split = rate_thread_pays(torch.device(device), height * width)
+    fit(model, mse(target), 1e-3, Schedule(steps=3), rate_thread=split)
     start = time.perf_counter()
-    fit(model, mse(target), 1e-3, Schedule(steps=steps, hard_fraction=0.0))
+    fit(model, mse(target), 1e-3, Schedule(steps=steps, hard_fraction=0.0), rate_thread=split)
     return steps / (time.perf_counter() - start)
