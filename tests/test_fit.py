@@ -242,13 +242,15 @@ def test_latent_lr_scale_moves_only_the_latents_learning_rate():
         assert torch.equal(a, b)  # scale 1 is the plain schedule, bit for bit
 
 
-def _step_gradients(rate_thread, distortion_of, mode_steps, guide=None, average_fraction=0.0):
-    """Gradients of every parameter after the last of `mode_steps` steps (the fit's stages)."""
+def _step_gradients(rate_thread, distortion_of, mode_steps, guide=None, average_fraction=0.0, priced=0.0):
+    """Gradients of every parameter after the last of `mode_steps` steps (the fit's stages);
+    `priced`: the weight of the ARM's and ModNet's parameter bits in the loss."""
     from lotterycli.fit import Fitter
 
     model, target = _model_and_target(7)
     sched = Schedule(steps=mode_steps[1], hard_fraction=1 - mode_steps[0] / mode_steps[1],
-                     pixel_fraction=0.5, average_fraction=average_fraction)
+                     pixel_fraction=0.5, average_fraction=average_fraction,
+                     arm_rate_weight=priced, modnet_rate_weight=priced)
     fitter = Fitter(model, distortion_of(target), 2e-3, sched, guide=guide, rate_thread=rate_thread)
     fitter.advance()
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, fitter
@@ -261,20 +263,21 @@ def test_rate_thread_step_has_the_plain_steps_gradients():
     from lotterycli.fit import PixelMSE
 
     cases = [
-        (lambda t: mse(t), (3, 3), None, 0.0),  # soft stage, plain distortion
-        (lambda t: mse(t), (2, 4), lambda im, step: 0.1 * im.mean(), 0.0),  # hard steps, a guide term
-        (lambda t: PixelMSE(torch.arange(480), t.reshape(3, -1), 480), (3, 3), None, 0.0),  # random half
-        (lambda t: PixelMSE(torch.arange(0, 480, 3), t.reshape(3, -1)[:, ::3], 480), (2, 4), None, 0.5),
+        (lambda t: mse(t), (3, 3), None, 0.0, 0.0),  # soft stage, plain distortion
+        (lambda t: mse(t), (2, 4), lambda im, step: 0.1 * im.mean(), 0.0, 0.0),  # hard steps, a guide term
+        (lambda t: PixelMSE(torch.arange(480), t.reshape(3, -1), 480), (3, 3), None, 0.0, 0.0),  # random half
+        (lambda t: PixelMSE(torch.arange(480), t.reshape(3, -1), 480), (2, 4), None, 0.0, 1.0),  # networks priced
+        (lambda t: PixelMSE(torch.arange(0, 480, 3), t.reshape(3, -1)[:, ::3], 480), (2, 4), None, 0.5, 0.0),
     ]
     threads = torch.get_num_threads()
-    for distortion_of, stages, guide, average in cases:
-        plain, _ = _step_gradients(False, distortion_of, stages, guide, average)
-        split, fitter = _step_gradients(True, distortion_of, stages, guide, average)
+    for distortion_of, stages, guide, average, priced in cases:
+        plain, _ = _step_gradients(False, distortion_of, stages, guide, average, priced)
+        split, fitter = _step_gradients(True, distortion_of, stages, guide, average, priced)
         assert plain.keys() == split.keys() and {"latents.grids.0", "arm.fc1.weight", "synthesis.scores"} <= plain.keys()
         for name in plain:
             assert torch.equal(split[name], plain[name]), name  # same sums, same order
         assert torch.get_num_threads() == threads
-    assert fitter.n_averaged == 2  # the averaged renders are taken on split steps too
+    assert fitter.n_averaged == 2  # the averaged renders are taken on split steps too (the last case)
 
 
 def test_rate_thread_fit_is_repeatable_and_reports_an_error_of_either_branch(monkeypatch):
@@ -315,3 +318,24 @@ def test_rate_thread_pays_on_cpu_with_threads_for_small_images_only():
         assert not rate_thread_pays(cpu, 256 * 256)
     finally:
         torch.set_num_threads(before)
+
+
+def test_priced_networks_shrink_their_estimated_bits_and_zero_weight_is_the_plain_fit():
+    """modnet_rate_weight / arm_rate_weight add lambda * estimated parameter bits per pixel to the
+    loss: a heavy price pulls the parameters towards zero; weight 0 is the plain fit bit for bit."""
+    start, target = _model_and_target(5)
+    with torch.no_grad():
+        bits0 = {"modnet": float(start.modnet.parameter_bits()), "arm": float(start.arm.parameter_bits())}
+    sched = dict(steps=8, hard_fraction=0.0, lr=0.01)
+    priced, _ = _model_and_target(5)
+    fit(priced, mse(target), 1e-3, Schedule(**sched, modnet_rate_weight=1e6, arm_rate_weight=1e6))
+    free, _ = _model_and_target(5)
+    fit(free, mse(target), 1e-3, Schedule(**sched))
+    for name in ("modnet", "arm"):
+        module_priced, module_free = getattr(priced, name), getattr(free, name)
+        with torch.no_grad():
+            assert float(module_priced.parameter_bits()) < min(bits0[name], float(module_free.parameter_bits())) - 1.0
+    zero, _ = _model_and_target(5)
+    fit(zero, mse(target), 1e-3, Schedule(**sched, modnet_rate_weight=0.0, arm_rate_weight=0.0))
+    for a, b in zip(zero.state_dict().values(), free.state_dict().values()):
+        assert torch.equal(a, b)

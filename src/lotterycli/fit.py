@@ -38,6 +38,8 @@ class Schedule:
     average_fraction: float = 0.0  # restoration: average the renders of this last fraction of steps
     average_every: int = 1  # ... taking the render of every n-th step of that window
     pixel_fraction: float = 1.0  # with a PixelMSE distortion: fraction of its pixels drawn at random each step
+    modnet_rate_weight: float = 0.0  # ModNet's estimated parameter bits join the rate term, times this
+    arm_rate_weight: float = 0.0  # the ARM's too (both 0: the networks' bits are not priced while fitting)
     arm_refit_steps: int = 0  # after the fit: Adam steps fitting the ARM alone to the final integer latents
     arm_refit_lr: float = 5e-3  # ... at this learning rate
     arm_scratch_widths: tuple[int, ...] = ()  # ARMs of these widths also fitted, from scratch, to those latents
@@ -277,6 +279,18 @@ class Fitter:
                 self.progress(info)
         self.seconds += time.perf_counter() - start
 
+    def _priced_networks(self, loss: torch.Tensor, name: str) -> torch.Tensor:
+        """`loss` plus lambda times the estimated parameter bits per pixel of network `name`
+        ("arm" or "modnet"), scaled by the schedule's weight for it; `loss` itself when that is 0.
+
+        Why: the file stores these networks, and at low rates they cost as much as the latents;
+        the fit otherwise treats them as free and grows parameters the file then pays for."""
+        weight = self.schedule.arm_rate_weight if name == "arm" else self.schedule.modnet_rate_weight
+        if weight <= 0:
+            return loss
+        module = self.model.arm if name == "arm" else self.model.modnet
+        return loss + module.parameter_bits() * (weight * self.lam / self.model.n_pixels)
+
     def _step_loss(self) -> PixelMSE:
         """This step's PixelMSE: the whole one, or with `schedule.pixel_fraction` < 1 a fresh random
         part of its pixels."""
@@ -299,6 +313,8 @@ class Fitter:
             image, bits, seen = loss.render(self.model, mode, temperature, noise_a, whole)
             d = loss(seen)
         total = d + self.lam * (bits / self.model.n_pixels)  # as before the split step: same floats
+        total = self._priced_networks(total, "arm")
+        total = self._priced_networks(total, "modnet")
         extra = self.guide(image, step) if self.guide is not None else None
         (total if extra is None else total + extra).backward()
         return image.detach(), bits.detach(), d.detach()
@@ -318,7 +334,7 @@ class Fitter:
 
         def rate_branch() -> torch.Tensor:
             bits = model.arm.rate_bits(rate_leaves, model.arch.arm_band_rows)
-            (bits * weight).backward()
+            self._priced_networks(bits * weight, "arm").backward()
             return bits.detach()
 
         future = pool.submit(rate_branch)
@@ -331,7 +347,8 @@ class Fitter:
                 image = model.render_from(synth_leaves, loss.pixels_to_render(whole))
                 d = loss(loss.seen(image, whole))
             extra = self.guide(image, step) if self.guide is not None else None
-            (d if extra is None else d + extra).backward()
+            priced = self._priced_networks(d, "modnet")
+            (priced if extra is None else priced + extra).backward()
         finally:
             bits = future.result()  # waits for the rate branch (and raises its error) either way
         leaves = rate_leaves + synth_leaves

@@ -50,6 +50,20 @@ class ModNet(nn.Module):
         u3 = gelu(conv3x3_unfolded(u2, self.u3.weight, self.u3.bias, height, width) + u2)
         return torch.cat([u3, u2]), u1, u0
 
+    def parameter_bits(self) -> torch.Tensor:
+        """A smooth estimate of the bits the quantized ModNet will cost in the file.
+
+        log2(1 + |w| / 2**-4) per parameter (2**-4: about the step the quantizer picks for its
+        tensors at middle rates), roughly the Exp-Golomb length of |w| / step and zero for a zero
+        weight. As a term of the fit's loss it pulls parameters that do not pay for their bits
+        towards zero, where the parameter coder codes them in a fraction of a bit.
+        """
+        total = None
+        for p in self.parameters():
+            bits = torch.log2(1.0 + p.abs() * 16.0).sum()
+            total = bits if total is None else total + bits
+        return total
+
 
 def modnet_exact_pointwise(params: dict[str, torch.Tensor], features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Fixed-point U0, U1 of a block of pixels: float64 dyadic params, grid features (n_levels, N).
