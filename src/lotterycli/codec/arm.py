@@ -34,7 +34,7 @@ from torch import nn
 
 from . import fixedpoint
 from .architecture import ARM_CONTEXT_SIZE, MAX_ARM_HIDDEN
-from .params import QuantizedModule
+from .params import QuantizedModule, smooth_parameter_bits
 
 CONTEXT_OFFSETS: tuple[tuple[int, int], ...] = (
     ((-4, 0),)
@@ -311,12 +311,7 @@ class Arm(nn.Module):
         |w| / s, and zero for a zero weight. Its gradient pulls weights that do not pay for
         themselves towards zero, where the parameter coder codes them in a fraction of a bit.
         """
-        total = None
-        for name, p in self.named_parameters():
-            step = 2.0 ** (-5 if name == "fc3.weight" else -3)
-            bits = torch.log2(1.0 + p.abs() / step).sum()
-            total = bits if total is None else total + bits
-        return total
+        return smooth_parameter_bits(self.named_parameters(), lambda name: 2.0 ** (-5 if name == "fc3.weight" else -3))
 
     # Quantization -----------------------------------------------------------------------
     def quantize(self, shift: int) -> QuantizedModule:

@@ -14,6 +14,7 @@ from torch.nn import functional as F
 
 from . import fixedpoint
 from .architecture import Architecture
+from .params import smooth_parameter_bits
 
 
 def conv3x3_unfolded(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -51,18 +52,9 @@ class ModNet(nn.Module):
         return torch.cat([u3, u2]), u1, u0
 
     def parameter_bits(self) -> torch.Tensor:
-        """A smooth estimate of the bits the quantized ModNet will cost in the file.
-
-        log2(1 + |w| / 2**-4) per parameter (2**-4: about the step the quantizer picks for its
-        tensors at middle rates), roughly the Exp-Golomb length of |w| / step and zero for a zero
-        weight. As a term of the fit's loss it pulls parameters that do not pay for their bits
-        towards zero, where the parameter coder codes them in a fraction of a bit.
-        """
-        total = None
-        for p in self.parameters():
-            bits = torch.log2(1.0 + p.abs() * 16.0).sum()
-            total = bits if total is None else total + bits
-        return total
+        """Estimated bits of the quantized ModNet (`smooth_parameter_bits`, step 2**-4: about the
+        step the quantizer picks for its tensors at middle rates)."""
+        return smooth_parameter_bits(self.named_parameters(), lambda name: 2.0 ** -4)
 
 
 def modnet_exact_pointwise(params: dict[str, torch.Tensor], features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

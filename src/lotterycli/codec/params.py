@@ -46,6 +46,18 @@ class QuantizedModule:
         return sum(int(t.numel()) for t in self.tensors.values())
 
 
+def smooth_parameter_bits(named_parameters, step_of) -> torch.Tensor:
+    """A smooth estimate of the bits a network's quantized parameters will cost in the file:
+    log2(1 + |w| / step) per parameter, `step_of(name)` being the step the quantizer typically
+    picks for that tensor. About the Exp-Golomb length of |w| / step, and zero for a zero weight,
+    so as a loss term its gradient pulls parameters that do not pay for themselves towards zero."""
+    total = None
+    for name, p in named_parameters:
+        bits = torch.log2(1.0 + p.abs() / step_of(name)).sum()
+        total = bits if total is None else total + bits
+    return total
+
+
 # Names of the learned modules, in the order they are stored.
 
 
