@@ -250,8 +250,6 @@ def test_config_must_be_mapping(tmp_path, text):
         ("schedule:\n  average_every: 1.5\n", "schedule.average_every"),
         ("schedule:\n  pixel_fraction: 0\n", "schedule.pixel_fraction"),
         ("schedule:\n  pixel_fraction: 1.5\n", "schedule.pixel_fraction"),
-        ("schedule:\n  pixel_sampling: tiles\n", "schedule.pixel_sampling"),
-        ("schedule:\n  pixel_sampling: 2\n", "schedule.pixel_sampling"),
         ("schedule:\n  arm_refit_steps: -1\n", "schedule.arm_refit_steps"),
         ("schedule:\n  arm_refit_steps: 2.5\n", "schedule.arm_refit_steps"),
         ("schedule:\n  arm_refit_steps: 1000000\n", "schedule.arm_refit_steps"),

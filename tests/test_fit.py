@@ -155,57 +155,6 @@ def test_pixel_fraction_draws_a_fresh_part_of_the_pixels_each_step(monkeypatch):
     assert torch.equal(first.average_render, second.average_render)
 
 
-def test_cyclic_row_bands_cover_every_row_equally():
-    """`cyclic_row_bands`: round(fraction * H) whole rows from a random start, wrapping around, so
-    each row is drawn equally often; bands are ascending and disjoint."""
-    from lotterycli.fit import cyclic_row_bands
-
-    gen = torch.Generator().manual_seed(0)
-    counts = torch.zeros(10)
-    for _ in range(2000):
-        bands = cyclic_row_bands(10, 0.5, gen)
-        assert 1 <= len(bands.rows) <= 2
-        assert all(0 <= a < b <= 10 for a, b in bands.rows) and sum(b - a for a, b in bands.rows) == 5
-        if len(bands.rows) == 2:
-            assert bands.rows[0][0] == 0 and bands.rows[1][1] == 10 and bands.rows[0][1] < bands.rows[1][0]
-        for a, b in bands.rows:
-            counts[a:b] += 1
-    assert counts.min() > 0.9 * 1000 and counts.max() < 1.1 * 1000
-    (first, last), = cyclic_row_bands(7, 1e-6, gen).rows  # at least one row
-    assert last - first == 1
-
-
-def test_row_sampling_renders_bands_and_is_repeatable(monkeypatch):
-    """pixel_sampling "rows": each step renders a cyclic band of about half the rows (RowBands),
-    the loss reads exactly those pixels, and the fit is repeatable."""
-    from lotterycli.codec.model import LotteryModel, RowBands
-    from lotterycli.fit import Fitter, PixelMSE
-
-    seen = []
-    forward = LotteryModel.forward
-
-    def spy(self, mode="hard", temperature=0.3, noise_a=1.0, pixels=None):
-        out = forward(self, mode, temperature, noise_a, pixels)
-        if torch.is_grad_enabled():
-            seen.append(pixels)
-            assert isinstance(pixels, RowBands) and out[0].shape == (3, 24 * sum(b - a for a, b in pixels.rows))
-        return out
-
-    monkeypatch.setattr(LotteryModel, "forward", spy)
-    sched = Schedule(steps=10, pixel_fraction=0.5, pixel_sampling="rows")
-    runs = []
-    for _ in range(2):
-        seen.clear()
-        model, target = _model_and_target(4)
-        result = Fitter(model, PixelMSE(torch.arange(480), target.reshape(3, -1), 480), 1e-3, sched).finish()
-        runs.append((result.best_loss, list(seen), [p.detach().clone() for p in model.parameters()]))
-    (loss_a, bands_a, params_a), (loss_b, bands_b, params_b) = runs
-    assert len(bands_a) == 10 and all(sum(b - a for a, b in x.rows) == 10 for x in bands_a)
-    assert len({x.rows for x in bands_a}) > 3  # the start moves from step to step
-    assert bands_a == bands_b and loss_a == loss_b
-    assert all(torch.equal(a, b) for a, b in zip(params_a, params_b))
-
-
 def test_average_every_takes_every_nth_render_of_the_window():
     from lotterycli.fit import Fitter
 

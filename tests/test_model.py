@@ -277,66 +277,6 @@ def test_training_upsampling_equals_transposed_convolution_with_gradients(size):
             assert torch.allclose(a, b, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("size", [2, 5, 8])
-def test_upsampling_bands_equal_rows_of_the_whole_upsampling_with_gradients(size):
-    """`Upsampling.bands` (the last x2 step for some rows only) gives those rows of `forward`,
-    and the same gradients to every grid and the kernel, in float64 to 1e-12."""
-    gen = torch.Generator().manual_seed(size)
-    for (h, w), bands in [((37, 53), [(0, 5), (20, 37)]), ((16, 16), [(7, 8)]), ((33, 9), [(0, 33)]),
-                          ((6, 5), [(1, 2), (3, 6)])]:
-        shapes = [(-(-h // (1 << i)), -(-w // (1 << i))) for i in range(5)]
-        module = upsampling.Upsampling(size).double()
-        with torch.no_grad():
-            module.kernel.add_(0.1 * torch.randn(size, size, generator=gen, dtype=torch.float64))
-        grids = [torch.randn(s, generator=gen, dtype=torch.float64, requires_grad=True) for s in shapes]
-        whole = module(grids)
-        parts = module.bands(grids, bands)
-        for (first, last), part in zip(bands, parts):
-            assert part.shape == (5, last - first, w)
-            assert torch.allclose(part, whole[:, first:last], rtol=0, atol=1e-12)
-        weights = [torch.randn(p.shape, generator=gen, dtype=torch.float64) for p in parts]
-        want = torch.autograd.grad(sum((whole[:, a:b] * wt).sum() for (a, b), wt in zip(bands, weights)),
-                                   grids + [module.kernel])
-        got = torch.autograd.grad(sum((p * wt).sum() for p, wt in zip(parts, weights)), grids + [module.kernel])
-        for a, b in zip(got, want):
-            assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
-
-
-@pytest.mark.parametrize("height, width, rows", [(37, 53, ((0, 4), (30, 37))), (24, 20, ((5, 19),)),
-                                                 (24, 20, ((0, 24),)), (9, 16, ((0, 1), (8, 9)))])
-def test_render_of_row_bands_equals_those_rows_of_the_whole_render(height, width, rows):
-    """A `RowBands` render (ModNet and the last upsampling step on the bands and two rows around
-    them) gives the whole render's pixels of those rows, with the same gradients to the latents
-    and every network, up to float32 rounding."""
-    from lotterycli.codec.model import RowBands
-
-    torch.manual_seed(3)
-    model = LotteryModel(height, width, Architecture(modnet_hidden=16), seed=1, mask_ratio=0.3)
-    with torch.no_grad():
-        for g in model.latents.grids:
-            g.normal_(0, 0.3)
-        for p in model.modnet.parameters():
-            p.add_(0.2 * torch.randn_like(p))
-    _, synth = model.latents.proxies("hard")
-    bands = RowBands(rows)
-    index = bands.pixel_indices(width)
-    assert index.numel() == sum(b - a for a, b in rows) * width
-    target = torch.rand(3, index.numel())
-    results = []
-    for how in ("whole", "bands"):
-        model.zero_grad()
-        leaves = [s.detach().requires_grad_() for s in synth]
-        image = model.render_from(leaves).reshape(3, -1)[:, index] if how == "whole" else model.render_from(leaves, bands)
-        ((image - target) ** 2).mean().backward()
-        grads = [x.grad.clone() for x in leaves] + [p.grad.clone() for p in model.parameters() if p.grad is not None]
-        results.append((image.detach(), grads))
-    (whole, want), (part, got) = results
-    torch.testing.assert_close(part, whole, rtol=0, atol=1e-6)
-    assert len(got) == len(want)
-    for a, b in zip(got, want):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6 * float(b.abs().max()))
-
-
 def test_synthesis_first_layer_cache_follows_mask_changes():
     """The cached GELU(w1 @ coords) and its slope give the plain layer's values and gradients after
     mask flips (rows recomputed), on chosen pixels, and for other coordinates."""

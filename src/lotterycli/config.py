@@ -16,7 +16,7 @@ import yaml
 
 from .errors import LotteryError
 from .codec.architecture import MAX_ARM_HIDDEN, Architecture
-from .fit import PIXEL_SAMPLINGS, Schedule
+from .fit import Schedule
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 TASKS = ("compress", "denoise", "sr", "inpaint")
@@ -191,10 +191,6 @@ def load_task_config(task: str, *, preset: str | None = None, config_file: str |
             sched_kwargs[k] = tuple(_number(x, f"schedule.{k}", source, integer=True, lo=1, hi=MAX_ARM_HIDDEN) for x in v)
         elif k == "pixel_fraction":
             sched_kwargs[k] = _number(v, f"schedule.{k}", source, lo=0, lo_open=True, hi=1)
-        elif k == "pixel_sampling":
-            if v not in PIXEL_SAMPLINGS:
-                raise LotteryError(f"{source}: 'schedule.{k}' must be one of {', '.join(PIXEL_SAMPLINGS)}, not {v!r}")
-            sched_kwargs[k] = v
         else:
             sched_kwargs[k] = _number(v, f"schedule.{k}", source, lo=0)
     for frac in ("hard_fraction", "average_fraction", "lr_floor", "arm_scratch_min_share"):

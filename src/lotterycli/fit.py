@@ -18,10 +18,7 @@ from typing import Callable, Protocol
 import torch
 
 from .adam import Adam
-from .codec.model import LotteryModel, RowBands
-
-
-PIXEL_SAMPLINGS = ("random", "rows")  # how Schedule.pixel_fraction draws its part of the pixels
+from .codec.model import LotteryModel
 
 
 @dataclass
@@ -41,8 +38,6 @@ class Schedule:
     average_fraction: float = 0.0  # restoration: average the renders of this last fraction of steps
     average_every: int = 1  # ... taking the render of every n-th step of that window
     pixel_fraction: float = 1.0  # with a PixelMSE distortion: fraction of its pixels drawn at random each step
-    pixel_sampling: str = "random"  # "random": each pixel drawn alone; "rows": a band of whole rows from a random
-    # start, wrapping around (a loss over every pixel only): the band's render skips most upsampling and ModNet work
     modnet_rate_weight: float = 0.0  # ModNet's estimated parameter bits join the rate term, times this
     arm_rate_weight: float = 0.0  # the ARM's too (both 0: the networks' bits are not priced while fitting)
     arm_refit_steps: int = 0  # after the fit: Adam steps fitting the ARM alone to the final integer latents
@@ -91,29 +86,23 @@ class PixelMSE:
     exactly those pixels.
     """
 
-    def __init__(self, indices: torch.Tensor, target: torch.Tensor, n_pixels: int, bands: RowBands | None = None):
+    def __init__(self, indices: torch.Tensor, target: torch.Tensor, n_pixels: int):
         if target.shape[-1] != indices.numel():
             raise ValueError("PixelMSE: one target column per pixel index")
         self.indices, self.target, self.n_pixels = indices, target, n_pixels
         self.all_pixels = indices.numel() == n_pixels  # indices are then 0 .. n-1 in order
-        self.bands = bands  # when the indices are exactly these bands' rows (a cheaper render)
 
     def __call__(self, part: torch.Tensor) -> torch.Tensor:
         return torch.mean((part - self.target) ** 2)
 
-    def columns(self, cols: torch.Tensor, bands: RowBands | None = None) -> "PixelMSE":
-        """The same loss over the chosen columns only (sorted positions into `indices`); `bands`:
-        they are the pixels of these row bands (the loss must then cover every pixel)."""
-        if bands is not None and not self.all_pixels:
-            raise ValueError("PixelMSE: row bands need a loss over every pixel")
-        return PixelMSE(self.indices[cols], self.target[:, cols], self.n_pixels, bands)
+    def columns(self, cols: torch.Tensor) -> "PixelMSE":
+        """The same loss over the chosen columns only (sorted positions into `indices`)."""
+        return PixelMSE(self.indices[cols], self.target[:, cols], self.n_pixels)
 
-    def pixels_to_render(self, whole: bool = False) -> torch.Tensor | RowBands | None:
-        """What a render for this loss must cover: None (the whole image, (C, H, W)) when `whole`
-        or when the loss reads every pixel, else its row bands or its own pixels."""
-        if whole or self.all_pixels:
-            return None
-        return self.bands if self.bands is not None else self.indices
+    def pixels_to_render(self, whole: bool = False) -> torch.Tensor | None:
+        """The pixels a render for this loss must cover: None (the whole image, (C, H, W)) when
+        `whole` or when the loss reads every pixel, else this loss's own."""
+        return None if whole or self.all_pixels else self.indices
 
     def seen(self, image: torch.Tensor, whole: bool = False) -> torch.Tensor:
         """This loss's pixels (C, n) of a render made for `pixels_to_render(whole)`."""
@@ -128,16 +117,6 @@ class PixelMSE:
         unless `whole` (the render is then (C, H, W)) or they are every pixel."""
         image, bits = model(mode, temperature, noise_a, self.pixels_to_render(whole))
         return image, bits, self.seen(image, whole)
-
-
-def cyclic_row_bands(height: int, fraction: float, generator: torch.Generator) -> RowBands:
-    """round(fraction * height) consecutive rows from a random start, wrapping from the last row to
-    the first: one band, or two when it wraps. Every row is drawn with the same probability."""
-    n = min(height, max(1, round(fraction * height)))
-    start = int(torch.randint(height, (1,), generator=generator))
-    if start + n <= height:
-        return RowBands(((start, start + n),))
-    return RowBands(((0, start + n - height), (start, height)))
 
 
 def _cosine(step: int, total: int, floor: float) -> float:
@@ -316,10 +295,7 @@ class Fitter:
         """This step's PixelMSE: the whole one, or with `schedule.pixel_fraction` < 1 a fresh random
         part of its pixels."""
         loss, fraction = self.pixel_loss, self.schedule.pixel_fraction
-        if fraction < 1.0 and self.schedule.pixel_sampling == "rows" and loss.all_pixels:
-            bands = cyclic_row_bands(self.model.height, fraction, self.pixel_generator)
-            loss = loss.columns(bands.pixel_indices(self.model.width).to(loss.indices.device), bands)
-        elif fraction < 1.0:
+        if fraction < 1.0:
             keep = torch.rand(loss.indices.numel(), generator=self.pixel_generator) < fraction
             loss = loss.columns(torch.nonzero(keep).squeeze(1).to(loss.indices.device))
         return loss

@@ -7,7 +7,7 @@ the same pixels on every machine. The encoder calls the same function for its se
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -19,17 +19,6 @@ from .modulation import ModNet, modnet_exact_pointwise, modnet_exact_residual
 from .params import MODULE_NAMES, Payload, QuantizedModule
 from .synthesis import MaskedSynthesis, exact_weights, pixel_coordinates, synthesis_exact
 from .upsampling import Upsampling, upsampling_exact
-
-
-@dataclass(frozen=True)
-class RowBands:
-    """Bands of whole rows [first, last) to render, ascending and disjoint (`render_from`)."""
-
-    rows: tuple[tuple[int, int], ...]
-
-    def pixel_indices(self, width: int) -> torch.Tensor:
-        """The flat indices into H*W of the bands' pixels, in render order."""
-        return torch.cat([torch.arange(first * width, last * width) for first, last in self.rows])
 
 
 class LotteryModel(nn.Module):
@@ -53,19 +42,15 @@ class LotteryModel(nn.Module):
     def modules_by_name(self) -> dict[str, nn.Module]:
         return {"arm": self.arm, "upsampling": self.upsampling, "modnet": self.modnet}
 
-    def render_from(self, synth_latents: list[torch.Tensor], pixels: torch.Tensor | RowBands | None = None) -> torch.Tensor:
+    def render_from(self, synth_latents: list[torch.Tensor], pixels: torch.Tensor | None = None) -> torch.Tensor:
         """Latent values (level 0 first) -> image (3, H, W) in [0, 1], or with `pixels` (flat
-        indices into H*W) only those pixels, as (3, len(pixels)); or with `RowBands` only the rows of
-        those bands, as (3, n) in row-major order, bands in the order given.
+        indices into H*W) only those pixels, as (3, len(pixels)).
 
         Why `pixels`: when the loss reads only some pixels (inpainting's observed ones), the
         per-pixel synthesis, most of a step's work, runs on those alone. Upsampling and ModNet still
         cover the whole image (the 3x3 ModNet layers need every neighbour), so the values at the
-        chosen pixels are those of the full render. Row bands save those too: the last upsampling
-        step and ModNet run on the bands and the two rows around each that ModNet's 3x3 layers read.
+        chosen pixels are those of the full render.
         """
-        if isinstance(pixels, RowBands):
-            return self._render_bands(synth_latents, pixels)
         features = self.upsampling(synth_latents).reshape(self.arch.n_levels, -1)
         modulations = self.modnet(features, self.height, self.width)
         if pixels is None:
@@ -73,22 +58,8 @@ class LotteryModel(nn.Module):
         chosen = tuple(m.index_select(1, pixels) for m in modulations)
         return self.synthesis(self.coords, chosen, pixels)
 
-    def _render_bands(self, synth_latents: list[torch.Tensor], bands: RowBands) -> torch.Tensor:
-        halo = 2  # ModNet's two 3x3 layers: a row's modulations read the two rows on either side
-        width = self.width
-        extended = [(max(0, first - halo), min(self.height, last + halo)) for first, last in bands.rows]
-        features = self.upsampling.bands(synth_latents, extended)
-        out = []
-        for (first, last), (top, bottom), feats in zip(bands.rows, extended, features):
-            modulations = self.modnet(feats.reshape(self.arch.n_levels, -1), bottom - top, width)
-            a, b = (first - top) * width, (last - top) * width
-            chosen = tuple(m[:, a:b] for m in modulations)
-            pixels = torch.arange(first * width, last * width, device=self.coords.device)
-            out.append(self.synthesis(self.coords, chosen, pixels))
-        return out[0] if len(out) == 1 else torch.cat(out, 1)
-
     def forward(self, mode: str = "hard", temperature: float = 0.3, noise_a: float = 1.0,
-                pixels: torch.Tensor | RowBands | None = None):
+                pixels: torch.Tensor | None = None):
         """(image (3, H, W), latent rate in bits) under the given quantization proxy; with `pixels`
         the image part is (3, len(pixels)) (see `render_from`)."""
         rate_in, synth_in = self.latents.proxies(mode, temperature, noise_a)

@@ -124,24 +124,19 @@ class _PolyphaseX2(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, w, before, after, rows=None):
-        """`rows` = (q0, q1): only output rows [2 q0, 2 q1) of the full result (a band render)."""
+    def forward(ctx, x, w, before, after):
         n, h, wd = x.shape
         taps = before + after + 1
         xp = F.pad(x, (before, after, before, after))
-        q0 = 0
-        if rows is not None:
-            q0, q1 = rows
-            xp = xp[:, q0 : q1 + taps - 1]
         y = F.conv2d(xp[:, None], w.view(4, 1, taps, taps))
         ctx.save_for_backward(xp, w)
-        ctx.geometry = (before, taps, q0, h, wd)
+        ctx.geometry = (before, taps)
         return F.pixel_shuffle(y, 2)[:, 0]
 
     @staticmethod
     def backward(ctx, grad):
         xp, w = ctx.saved_tensors
-        before, taps, q0, x_h, x_w = ctx.geometry
+        before, taps = ctx.geometry
         n, hp, wp = xp.shape
         h, wd = hp - taps + 1, wp - taps + 1
         gy = F.pixel_unshuffle(grad.contiguous()[:, None], 2)  # (N, 4, h, w)
@@ -155,18 +150,14 @@ class _PolyphaseX2(torch.autograd.Function):
                 for l in range(taps):
                     # .add_ on the view: `view[...] += t` would also copy the sum back onto itself
                     gxp[:, j : j + h, l : l + wd].add_(per_tap[j * taps + l])
-            if hp != x_h + taps - 1:  # a band: its rows of the whole padded input's gradient
-                whole = xp.new_zeros(n, x_h + taps - 1, wp)
-                whole[:, q0 : q0 + hp] = gxp
-                gxp = whole
-            gx = gxp[:, before : before + x_h, before : before + x_w]
+            gx = gxp[:, before : before + h, before : before + wd]
         if ctx.needs_input_grad[1]:
             if xp.device.type == "cpu":
                 gw = F.conv2d(xp[None], gy.transpose(0, 1)).reshape(4, taps * taps)
             else:  # image-sized kernels are slow in cuDNN (see arm._weight_grad): a matmul instead
                 cols = torch.stack([xp[:, j : j + h, l : l + wd] for j in range(taps) for l in range(taps)], 1)
                 gw = gy.transpose(0, 1).reshape(4, -1) @ cols.transpose(0, 1).reshape(taps * taps, -1).t()
-        return gx, gw, None, None, None
+        return gx, gw, None, None
 
 
 def _upsample_levels(grids: list[torch.Tensor], kernel: torch.Tensor, round_fn=None, up_fn=_transposed_x2) -> torch.Tensor:
@@ -186,9 +177,8 @@ class Upsampling(nn.Module):
         k1 = bicubic_kernel_1d(kernel_size)
         self.kernel = nn.Parameter(torch.outer(k1, k1))
 
-    def _x2(self):
-        """The training path's x2 step: (x (N, 1, h, w), kernel) -> (N, 1, 2h, 2w) through the polyphase
-        weights of the current kernel, which it also returns with their padding, for `bands`."""
+    def forward(self, grids: list[torch.Tensor]) -> torch.Tensor:
+        """Latent grids (level 0 first) -> (n_levels, H, W), coarsest level first."""
         index, valid, before, after = _polyphase_gather(self.kernel.shape[-1])
         index, valid = index.to(self.kernel.device), valid.to(self.kernel.device)
         w = torch.where(valid, self.kernel.reshape(-1)[index], self.kernel.new_zeros(()))
@@ -196,28 +186,7 @@ class Upsampling(nn.Module):
         def up(x: torch.Tensor, _kernel: torch.Tensor) -> torch.Tensor:
             return _PolyphaseX2.apply(x[:, 0], w, before, after)[:, None]
 
-        return up, w, before, after
-
-    def forward(self, grids: list[torch.Tensor]) -> torch.Tensor:
-        """Latent grids (level 0 first) -> (n_levels, H, W), coarsest level first."""
-        return _upsample_levels(grids, self.kernel, up_fn=self._x2()[0])
-
-    def bands(self, grids: list[torch.Tensor], bands: list[tuple[int, int]]) -> list[torch.Tensor]:
-        """Rows [first, last) of `forward(grids)` for each band, as (n_levels, last - first, W) maps.
-
-        Why: the last x2 step, to full resolution, is most of the upsampling's work; a step that
-        renders only some rows of the image computes it for those rows alone (the coarser levels,
-        a quarter of the work, once for all bands). Same sums as the whole upsampling's rows.
-        """
-        up, w, before, after = self._x2()
-        coarse = _upsample_levels(grids[1:], self.kernel, up_fn=up)  # levels 1.. at half resolution
-        width = grids[0].shape[1]
-        out = []
-        for first, last in bands:
-            q0, q1 = first // 2, (last + 1) // 2  # output rows [2 q0, 2 q1) cover [first, last)
-            rows = _PolyphaseX2.apply(coarse, w, before, after, (q0, q1))
-            out.append(torch.cat([rows[:, first - 2 * q0 : last - 2 * q0, :width], grids[0][None, first:last]]))
-        return out
+        return _upsample_levels(grids, self.kernel, up_fn=up)
 
 
 def upsampling_exact(grids: list[torch.Tensor], kernel: torch.Tensor) -> torch.Tensor:
