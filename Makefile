@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 
 demo: install
 	rm -rf out/demo && mkdir -p out/demo
-	$(BIN)/lottery compress examples/kodim23_crop128.png -o out/demo/kodim23.lottery --preset fast
+	$(BIN)/lottery compress examples/kodim23_crop128.png -o out/demo/kodim23.lottery --steps 300
 	$(BIN)/lottery decompress out/demo/kodim23.lottery -o out/demo/kodim23.decoded.png
 	$(BIN)/lottery info out/demo/kodim23.lottery
 
