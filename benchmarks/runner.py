@@ -74,7 +74,7 @@ TASKS_BY_NAME = {t["name"]: t for t in ALL_TASKS}
 # Seconds per fitting step at 256x256 on 2 CPU cores (CALIBRATION.md), scaled with pixel count; used
 # only for the up-front budget estimate. Steps assumed for a preset when the library does not say.
 STEP_SECONDS_256 = 0.115
-ASSUMED_PRESET_STEPS = {"fast": 500, "balanced": 2000, "best": 6000}
+ASSUMED_PRESET_STEPS = {"fast": 1600, "balanced": 5000, "best": 10000}
 
 
 @dataclass
