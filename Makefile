@@ -1,11 +1,13 @@
-# Set-up and everyday commands. `make demo` installs into .venv and runs the main job on the
-# bundled example; `make test` runs the test suite (what CI runs).
+# Set-up and everyday commands. `make demo` installs into .venv and runs both jobs of the tool on
+# the bundled example; `make test` runs the test suite (what CI runs).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DEMO := out/demo
+EXAMPLE := examples/kodim23_crop128.png
 
-.PHONY: install demo test bench bench-quick clean
+.PHONY: install demo test lint bench bench-quick clean
 
 install: $(STAMP)
 
@@ -16,14 +18,24 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
 
+# Compression (compress, decode, inspect), then a denoising restore of a noisy copy, shown side by side.
 demo: install
-	rm -rf out/demo && mkdir -p out/demo
-	$(BIN)/lottery compress examples/kodim23_crop128.png -o out/demo/kodim23.lottery --steps 300
-	$(BIN)/lottery decompress out/demo/kodim23.lottery -o out/demo/kodim23.decoded.png
-	$(BIN)/lottery info out/demo/kodim23.lottery
+	rm -rf $(DEMO) && mkdir -p $(DEMO)
+	$(BIN)/lottery compress $(EXAMPLE) -o $(DEMO)/kodim23.lottery --steps 300
+	$(BIN)/lottery decompress $(DEMO)/kodim23.lottery -o $(DEMO)/kodim23.decoded.png
+	$(BIN)/lottery info $(DEMO)/kodim23.lottery
+	$(BIN)/lottery degrade $(EXAMPLE) --task denoise --sigma 25 --seed 1 -o $(DEMO)/noisy.png
+	$(BIN)/lottery restore $(DEMO)/noisy.png --task denoise --reference $(EXAMPLE) --ensemble 2 --steps 600
+	$(BIN)/python examples/side_by_side.py $(DEMO)/denoise.png noisy=$(DEMO)/noisy.png \
+		restored=$(DEMO)/noisy.restored.png original=$(EXAMPLE)
+	@echo "see $(DEMO)/: kodim23.decoded.png, denoise.png (noisy | restored | original)"
 
 test: install
+	$(BIN)/ruff check src tests benchmarks examples
 	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks examples
 
 bench-quick: install
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[bench]'

@@ -20,7 +20,7 @@ from __future__ import annotations
 import io
 import math
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -188,7 +188,7 @@ def _bicubic(y: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     h, w = y.shape[-2:]
     if size[0] % h == 0 and size[0] // h == size[1] // w and size[1] % w == 0:
         try:
-            from lotterycli.operators import upsample_bicubic
+            from lotterycli.restoration.resize import upsample_bicubic
 
             return upsample_bicubic(y.float(), size[0] // h).clamp(0, 1)
         except ImportError:

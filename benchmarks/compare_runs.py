@@ -1,29 +1,22 @@
 """Two protocol runs' lottery points side by side: per point and per lambda, cost and BD-rate.
 
-    python benchmarks/compare_runs.py NEW.json OLD.json [--old-sizes SCRATCH.log]
+    python -m benchmarks.compare_runs NEW.json OLD.json
 
 For each (image, lambda) that both runs have: bytes, PSNR and the cost J = MSE + lambda * bpp of
 each (the fitting objective, on the real file and decoded pixels), then the change of J from OLD
 to NEW, its mean per lambda, and the BD-rate of each run's lottery curve against NEW's codec
 anchors (JPEG, WebP, AVIF) over the images both runs cover.
-
-`--old-sizes`: a `scratch_arm_study.py` log of OLD's kept files; each file's size becomes the
-"kept" size of that log (same pixels, re-coded as the encoder of that study would write it), so
-OLD stands for a newer encoder run on OLD's fits. docs/tuning.md (session 14) compares the
-1,600-step protocol with session 12's 2,500-step fits this way.
 """
+
+from __future__ import annotations
+
 import argparse
 import json
-import re
 import sys
 from collections import defaultdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.runner import _bd_table, _curves  # noqa: E402
-
-_KEPT = re.compile(r"^(kodim\d+)-lam=([0-9.e-]+)\.lottery:.*kept (\d+) B")
+from .runner import _bd_table, _curves
 
 
 def lottery_points(path: Path) -> tuple[dict[tuple[str, str], dict], list[dict]]:
@@ -33,37 +26,20 @@ def lottery_points(path: Path) -> tuple[dict[tuple[str, str], dict], list[dict]]
     return lottery, [p for p in points if p["method"] != "lottery"]
 
 
-def kept_sizes(log: Path) -> dict[tuple[str, str], int]:
-    """{(image, 'lam=L'): bytes} from the 'kept N B' lines of a scratch_arm_study log."""
-    out = {}
-    for line in Path(log).read_text().splitlines():
-        m = _KEPT.match(line)
-        if m:
-            out[(m.group(1), f"lam={float(m.group(2)):g}")] = int(m.group(3))
-    return out
-
 
 def cost(point: dict) -> float:
     """J = MSE + lambda * bpp, with MSE from the PSNR of the decoded 8-bit image."""
     return 10 ** (-point["psnr"] / 10) + point["lam"] * point["bpp"]
 
 
-def resized(point: dict, n_bytes: int, pixels: int) -> dict:
-    return dict(point, n_bytes=n_bytes, bpp=8 * n_bytes / pixels)
-
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("new", type=Path)
     p.add_argument("old", type=Path)
-    p.add_argument("--old-sizes", type=Path, help="scratch_arm_study.py log: OLD's files at their kept sizes")
     args = p.parse_args()
     new, anchors = lottery_points(args.new)
     old, _ = lottery_points(args.old)
-    if args.old_sizes:
-        sizes = kept_sizes(args.old_sizes)
-        old = {k: resized(q, sizes[k], round(8 * q["n_bytes"] / q["bpp"])) if k in sizes else q
-               for k, q in old.items()}
     common = sorted(set(new) & set(old), key=lambda k: (float(k[1][4:]), k[0]))
     if not common:
         sys.exit("no (image, lambda) point in both runs")

@@ -1,8 +1,10 @@
-"""Kodak test images and deterministic centre crops.
+"""The test images and deterministic centre crops.
 
-The images are read from `$LOTTERY_KODAK` if set, else from `../shared/data/kodak` relative to the
-repository root (the directory holding `benchmarks/`). Crops are always the centre of the image
-(for odd margins the extra pixel goes to the bottom/right), so every run sees the same pixels.
+Two sets: the Kodak images (`kodim01` ... `kodim24`), read from `$LOTTERY_KODAK` if set, else
+from `../shared/data/kodak` beside the repository; and colour photographs that scikit-image ships
+in `skimage.data` (`PHOTOS`; the `bench` extra installs it), so that no default is chosen on the
+Kodak images alone. Crops are always the centre of the image (for odd margins the extra pixel goes
+to the bottom/right), so every run sees the same pixels.
 """
 
 from __future__ import annotations
@@ -18,6 +20,13 @@ KODAK_ENV = "LOTTERY_KODAK"
 
 # The benchmark protocol uses kodim01-08.
 PROTOCOL_IMAGES = [f"kodim{i:02d}" for i in range(1, 9)]
+# Colour photographs shipped with scikit-image (name -> skimage.data function), none from Kodak.
+PHOTOS = {
+    "astronaut": "astronaut", "chelsea": "chelsea", "coffee": "coffee", "rocket": "rocket",
+    "motorcycle": "stereo_motorcycle", "hubble": "hubble_deep_field", "ihc": "immunohistochemistry",
+    "retina": "retina",
+}
+IMAGE_SETS = {"kodak": PROTOCOL_IMAGES, "photos": list(PHOTOS)}
 
 
 class DataMissing(RuntimeError):
@@ -30,7 +39,9 @@ def kodak_dir() -> Path:
 
 
 def image_index(name: str) -> int:
-    """kodim05 -> 5 (the number used to seed the noise of that image)."""
+    """kodim05 -> 5, a photo -> 100 + its place in PHOTOS (the number that seeds its noise)."""
+    if name in PHOTOS:
+        return 100 + list(PHOTOS).index(name)
     digits = "".join(ch for ch in name if ch.isdigit())
     if not digits:
         raise ValueError(f"{name!r} has no image number")
@@ -54,10 +65,24 @@ def image_path(name: str, root: Path | None = None) -> Path:
 
 
 def load_image(name: str, root: Path | None = None) -> torch.Tensor:
-    """(3, H, W) float32 in [0, 1], read through the library's own reader."""
+    """(3, H, W) float32 in [0, 1]: a Kodak image read through the library's own reader, or a
+    photo of `PHOTOS` from scikit-image."""
+    if name in PHOTOS:
+        return load_photo(name)
     from lotterycli.images import read_image
 
     return read_image(image_path(name, root))
+
+
+def load_photo(name: str) -> torch.Tensor:
+    try:
+        import skimage.data
+    except ImportError:
+        raise DataMissing("the photo set needs scikit-image (pip install 'lotterycli[bench]')") from None
+    arr = getattr(skimage.data, PHOTOS[name])()
+    if isinstance(arr, tuple):  # a stereo pair: its left image
+        arr = arr[0]
+    return torch.from_numpy(arr[..., :3].copy()).permute(2, 0, 1).float().div_(255.0).contiguous()
 
 
 def crop_box(height: int, width: int, size: int | tuple[int, int]) -> tuple[int, int, int, int]:

@@ -1,6 +1,6 @@
 """GPU checks and timings, for a session lent a CUDA machine (not part of the CPU protocol).
 
-    KODAK_DIR=... PYTHONPATH=src:. python benchmarks/gpu_check.py OUT.json [DEVICE] [--smoke]
+    python -m benchmarks.gpu_check OUT.json [DEVICE] [--smoke]
 
 `--smoke` (64x64 crop, 20 steps) only checks that the script runs, e.g. on a CPU before a lease.
 
@@ -24,14 +24,14 @@ os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed by determi
 import torch
 
 from benchmarks.data import center_crop, load_image
-from lotterycli.codec.architecture import Architecture
-from lotterycli.compress import compress_image, decompress_bytes
+from benchmarks.profile_step import measure_step_rate
+from lotterycli.bitstream.header import ARCH_PRESETS
+from lotterycli.compression.decoder import decode_bytes
+from lotterycli.compression.encoder import compress_image
 from lotterycli.config import load_task_config
-from lotterycli.fit import measure_step_rate
 from lotterycli.metrics import psnr
-from lotterycli.operators import Denoise
-from lotterycli.restore import restore_image
-
+from lotterycli.restoration.ensemble import restore_image
+from lotterycli.restoration.operators import Denoise
 
 DEVICE = "cuda"
 SMOKE = False
@@ -43,7 +43,7 @@ def log(*a):
 
 def step_rates(out: dict) -> None:
     rates = {}
-    for name, arch in (("config", None), ("reference", Architecture())):
+    for name, arch in (("config", None), ("reference", ARCH_PRESETS[2])):
         sizes = ((64, 64, 5),) if SMOKE else ((256, 256, 300), (512, 768, 200))
         for h, w, steps in sizes:
             r = measure_step_rate(h, w, steps=steps, device=DEVICE, arch=arch)
@@ -66,7 +66,7 @@ def compress_runs(out: dict, image: str, lam: float) -> None:
             t0 = time.perf_counter()
             r = compress_image(x, cfg, device=DEVICE)
             seconds = time.perf_counter() - t0
-            decoded = decompress_bytes(r.data)
+            decoded = decode_bytes(r.data)
             files.append(r.data)
             runs.append({
                 "deterministic_mode": deterministic, "seconds": round(seconds, 2), "fit_seconds": round(r.fit.seconds, 2),
@@ -87,7 +87,7 @@ def restore_runs(out: dict, image: str) -> None:
     cfg = load_task_config("denoise", overrides={"steps": 20, "ensemble": 2} if SMOKE else None)
     lam = cfg.lambda_for(25.0)
     runs = []
-    for workers in (1, cfg.ensemble):
+    for workers in (1, cfg.restoration.ensemble):
         t0 = time.perf_counter()
         r = restore_image(y, op, cfg, lam=lam, device=DEVICE, workers=workers)
         seconds = time.perf_counter() - t0
@@ -95,7 +95,7 @@ def restore_runs(out: dict, image: str) -> None:
                      "member_psnr": [round(psnr(m, x), 3) for m in r.members]})
         log("restore", runs[-1])
     out["restore_cuda"] = {"image": image, "task": "denoise sigma 25", "preset": cfg.preset, "steps": cfg.steps,
-                           "ensemble": cfg.ensemble, "runs": runs}
+                           "ensemble": cfg.restoration.ensemble, "runs": runs}
 
 
 def main() -> None:

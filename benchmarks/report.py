@@ -82,7 +82,7 @@ def render_markdown(d: dict, images: dict[str, str] | None = None, results_path:
                                                if isinstance(p, dict) and isinstance(p.get("machine"), dict))
            if len({p["machine"].get("git_commit") for p in d["parts"].values()
                    if isinstance(p, dict) and isinstance(p.get("machine"), dict)}) > 1 else ""),
-        f"- Raw results: `{results_path or f'benchmarks/results/{mode}.json'}` (schema in `benchmarks/schema.py`)",
+        f"- Raw results: `{results_path or ('benchmarks/results/protocol.json' if mode == 'full' else 'benchmarks/results/quick.json')}` (schema in `benchmarks/schema.py`)",
         "",
     ]
     if b.get("breakdown"):
@@ -218,7 +218,7 @@ def _md_speed(p: dict) -> list[str]:
         return L
     L += [f"torch threads: {p['torch_threads']}.", ""]
     if p["step_rate"]:
-        L += ["Fitting steps per second (forward, backward, optimiser step; `lotterycli.fit.measure_step_rate`):", "",
+        L += ["Fitting steps per second (forward, backward, optimiser step; `benchmarks.profile_step.measure_step_rate`):", "",
               _table(["architecture", "size", "steps timed", "steps/s", "s/step"],
                      [[r.get("arch", "reference"), f"{r['width']}x{r['height']}", str(r["steps"]), _f(r["steps_per_second"]),
                        _f(1 / r["steps_per_second"] if r.get("steps_per_second") else None, ".3f")

@@ -3,7 +3,7 @@
     python -m benchmarks --quick                 smoke scale (< 20 min on 2 CPU cores)
     python -m benchmarks --full                  the protocol (hours on a CPU; budget printed first)
     python -m benchmarks --quick --only compress [--only restore ...]
-    python -m benchmarks --results benchmarks/results/full.json    re-render docs, no computing
+    python -m benchmarks --results benchmarks/results/protocol.json    re-render docs, no computing
     python -m benchmarks --full --budget         print the plan and its estimated budget, run nothing
 
 Parts:
@@ -13,7 +13,7 @@ Parts:
 - restore: kodim01-08 crops, observation by `op.simulate(x, seed=1234 + i)` for kodimNN with i = NN
   (float, not clipped); denoise sigma 15/25/50, inpaint 50 % random pixels, SR x2 / x4 with sigma 5;
   PSNR / SSIM (clamped to [0, 1], vs the 8-bit ground truth) and seconds per image for each method.
-- speed: fitting steps/s (`lotterycli.fit.measure_step_rate`), wall time per preset, decode time of a
+- speed: fitting steps/s (`benchmarks.profile_step.measure_step_rate`), wall time per preset, decode time of a
   768x512 file, peak RSS of `lottery compress|decompress|restore` subprocesses.
 """
 
@@ -33,9 +33,10 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -47,7 +48,7 @@ from .schema import SCHEMA, sanitize, validate_results
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 DOCS_DIR = REPO_ROOT / "docs"
 
-# Published Kodak results (24 full 768x512 images), METHOD.md section 6: not measured here.
+# Published Kodak results (24 full 768x512 images, docs/method.md): not measured here.
 REFERENCE = {
     "LotteryCodec (published)": {
         "points": [[0.126, 28.49], [0.197, 30.08], [0.520, 34.53], [0.736, 36.60], [1.093, 39.26], [1.429, 41.18]],
@@ -430,7 +431,7 @@ def run_compress(cfg: Config, deadline: Deadline) -> dict:
 # --------------------------------------------------------------------------- restoration suite
 
 def _make_operator(spec: dict, x: torch.Tensor, seed: int):
-    from lotterycli.operators import Denoise, Inpaint, SuperResolution
+    from lotterycli.restoration.operators import Denoise, Inpaint, SuperResolution
 
     sigma = spec["sigma255"] / 255.0
     if spec["task"] == "denoise":
@@ -493,9 +494,9 @@ def run_restore(cfg: Config, deadline: Deadline) -> dict:
                             "protocol": "y = op.simulate(x, seed=1234 + i) for kodim<i>; float observation, not "
                                         "clipped; metrics on the output clamped to [0, 1] vs the 8-bit ground truth"}
     try:
-        import lotterycli.operators  # noqa: F401
+        import lotterycli.restoration.operators  # noqa: F401
     except Exception as exc:
-        return {"status": "skipped", "reason": f"cannot import lotterycli.operators ({_err(exc)})", "notes": []}
+        return {"status": "skipped", "reason": f"cannot import lotterycli.restoration.operators ({_err(exc)})", "notes": []}
     api, why = _import_api()
     if api is None:
         part["status"] = "partial"
@@ -574,7 +575,7 @@ def _restore_ensembles(api, spec, cfg, op, y, x, deadline, part, name, record) -
     Members may run side by side (restore's default on a CPU), so the time reported for K = k is
     the pro-rata share k / K of the whole run's time.
     """
-    from lotterycli.restore import blend_classical, combine
+    from lotterycli.restoration.ensemble import blend_classical, combine
 
     k_max = max(cfg.ensembles)
     if deadline.passed():
@@ -583,7 +584,7 @@ def _restore_ensembles(api, spec, cfg, op, y, x, deadline, part, name, record) -
         return
     try:
         t0 = time.perf_counter()
-        res = api.restore(y, op, task=spec["task"], preset=cfg.restore_preset, steps=cfg.restore_steps,
+        res = api.restore(y, op, preset=cfg.restore_preset, steps=cfg.restore_steps,
                           ensemble=k_max, lam=cfg.restore_lam, seed=0, device=cfg.device)
         wall = time.perf_counter() - t0
     except Exception as exc:
@@ -598,7 +599,7 @@ def _restore_ensembles(api, spec, cfg, op, y, x, deadline, part, name, record) -
         part["notes"].append(note)
     from lotterycli.config import load_task_config
 
-    task_cfg = load_task_config(spec["task"])
+    task_cfg = load_task_config(spec["task"]).restoration
     if getattr(res, "classical_image", None) is not None and task_cfg.classical_blend > 0:
         blend_note = (f"{spec['name']} rows: the result mixes {task_cfg.classical_blend:.0%} of the classical estimate "
                       f"into the members' mean (classical_blend); 'ensemble' in the member line means that result")
@@ -683,17 +684,13 @@ def run_speed(cfg: Config, deadline: Deadline) -> dict:
     part: dict[str, Any] = {"status": "ok", "reason": None, "notes": [], "torch_threads": torch.get_num_threads(),
                             "step_rate": [], "presets": [], "decode": None, "rss": []}
     # 1. fitting steps per second
-    try:
-        from lotterycli.fit import measure_step_rate
-    except Exception as exc:
-        measure_step_rate = None
-        part["status"] = "partial"
-        part["notes"].append(f"step rate skipped: lotterycli.fit.measure_step_rate not available ({_err(exc)})")
-    if measure_step_rate is not None:
-        from lotterycli.codec.architecture import Architecture
+    from lotterycli.bitstream.header import ARCH_PRESETS
 
-        # the compression config's architecture (what users fit) and the reference sizes of METHOD.md
-        for label, arch in (("configs/compress.yaml", None), ("reference (METHOD.md)", Architecture())):
+    from .profile_step import measure_step_rate
+
+    if True:
+        # the compression config's architecture (what users fit) and the method's reference sizes
+        for label, arch in (("configs/compress.yaml", None), ("reference (docs/method.md)", ARCH_PRESETS[2])):
             for h, w, steps in cfg.step_rate_sizes:
                 row = {"height": h, "width": w, "steps": steps, "steps_per_second": None, "error": None, "arch": label}
                 try:
@@ -784,10 +781,10 @@ def _restore_preset_row(cfg: Config, x: torch.Tensor, deadline: Deadline) -> dic
     """Wall time of `restore` with the balanced preset (denoise sigma 25, protocol noise for kodim01)."""
     from lotterycli.api import restore
     from lotterycli.config import load_task_config
-    from lotterycli.operators import Denoise
+    from lotterycli.restoration.operators import Denoise
 
     cfg_d = load_task_config("denoise", preset="balanced")
-    row = {"preset": f"restore denoise-s25 balanced (K={cfg_d.ensemble})", "height": x.shape[-2], "width": x.shape[-1],
+    row = {"preset": f"restore denoise-s25 balanced (K={cfg_d.restoration.ensemble})", "height": x.shape[-2], "width": x.shape[-1],
            "seconds": None, "steps": None, "bpp": None, "psnr": None, "error": None}
     if deadline.passed():
         row["error"] = "skipped: time budget exhausted"
@@ -797,7 +794,7 @@ def _restore_preset_row(cfg: Config, x: torch.Tensor, deadline: Deadline) -> dic
         y = op.simulate(x, 1234 + 1)
         log(f"speed: restore preset balanced at {x.shape[-1]}x{x.shape[-2]}")
         t0 = time.perf_counter()
-        res = restore(y, op, task="denoise", preset="balanced", seed=0, device=cfg.device)
+        res = restore(y, op, preset="balanced", seed=0, device=cfg.device)
         row.update(seconds=time.perf_counter() - t0, steps=cfg_d.steps, psnr=_metrics(res.image, x)["psnr"])
         log(f"speed:   -> {row['seconds']:.1f} s")
     except Exception as exc:
@@ -818,7 +815,7 @@ def _rss_commands(cfg: Config, tmp: Path, x_full: torch.Tensor, lottery_file: Pa
     dev = ["--device", cfg.device]
     # Noisy observation for `lottery restore` (sigma 25, seed 1234 + 1), stored losslessly as float .npy.
     try:
-        from lotterycli.operators import Denoise
+        from lotterycli.restoration.operators import Denoise
 
         noisy = Denoise(sigma=25 / 255).simulate(crop, seed=1235)
     except Exception:
@@ -980,12 +977,17 @@ def run(cfg: Config, parts: list[str], command: str, previous: dict | None = Non
 def write_json(d: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(d, indent=1, allow_nan=False) + "\n")
+    tmp.write_text(json.dumps(sanitize(d), indent=1, allow_nan=False) + "\n")
     os.replace(tmp, path)
 
 
 def load_json(path: Path) -> dict:
     return validate_results(json.loads(Path(path).read_text()))
+
+
+def results_path(mode: str) -> Path:
+    """Where a run's results go by default: the protocol's (`--full`) or a smoke run's (`--quick`)."""
+    return RESULTS_DIR / ("protocol.json" if mode == "full" else "quick.json")
 
 
 def default_docs_path(mode: str) -> Path:
@@ -1096,7 +1098,7 @@ def main(argv: list[str] | None = None) -> int:
     print(format_budget(cfg, budget), file=sys.stderr, flush=True)
     if args.budget:
         return 0
-    out = args.out or (RESULTS_DIR / f"{cfg.mode}.json")
+    out = args.out or results_path(cfg.mode)
     command = "python -m benchmarks " + " ".join(sys.argv[1:] if argv is None else argv)
     d = run(cfg, parts, command.strip())
     if args.only and out.exists():

@@ -39,6 +39,8 @@ measurement) are stored as null. Top level:
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
 from typing import Any
 
 SCHEMA = "lottery-bench/1"
@@ -56,8 +58,26 @@ class SchemaError(ValueError):
         super().__init__("invalid benchmark results:\n  " + "\n  ".join(problems))
 
 
+_REPO = str(Path(__file__).resolve().parent.parent) + "/"
+_ABSOLUTE = re.compile(r"(?<![\w.$])/(?:[\w.+-]+/)*([\w.+-]+)")
+
+
+def portable(text: str) -> str:
+    """A string with no absolute path of the machine that wrote it: paths in the repository become
+    relative, a `lottery` console script becomes `lottery`, any other absolute path `$DIR/name`."""
+    text = re.sub(r"[\w./+-]*bin/lottery\b", "lottery", text.replace(_REPO, ""))
+
+    def repl(m: re.Match) -> str:
+        return "lottery" if m.group(0).endswith("/bin/lottery") else f"$DIR/{m.group(1)}"
+
+    return _ABSOLUTE.sub(repl, text)
+
+
 def sanitize(obj: Any) -> Any:
-    """Deep copy with non-finite floats replaced by None and tuples by lists (JSON-safe)."""
+    """Deep copy with non-finite floats replaced by None, tuples by lists (JSON-safe) and absolute
+    paths made portable (`portable`)."""
+    if isinstance(obj, str):
+        return portable(obj)
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):

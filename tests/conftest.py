@@ -23,11 +23,45 @@ import pytest
 import torch
 from PIL import Image
 
+from lotterycli.bitstream.header import ARCH_PRESETS
+from lotterycli.fitting.schedule import Schedule
+from lotterycli.model.architecture import Architecture
+
 torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 KODAK_DIR = (REPO / ".." / "shared" / "data" / "kodak").resolve()
 LOTTERY = Path(sys.executable).with_name("lottery")
+
+
+# -- model settings for tests -----------------------------------------------------------------------
+def arch(**changes) -> Architecture:
+    """The method's reference sizes (format preset 2), with `changes`."""
+    from dataclasses import replace
+
+    return replace(ARCH_PRESETS[2], **changes)
+
+
+def shipped_arch(**changes) -> Architecture:
+    """The sizes the shipped task configs use (format preset 1), with `changes`."""
+    from dataclasses import replace
+
+    return replace(ARCH_PRESETS[1], **changes)
+
+
+# The method's reference schedule (Adam 1e-2, scores 1e-1, cosine to 5 %, 10 % hard-rounded steps),
+# with every post-fit stage off: what the unit tests of the fitting loop fit with.
+TEST_SCHEDULE = dict(
+    steps=10, lr=1e-2, latent_lr_scale=1.0, score_lr=1e-1, lr_floor=0.05, hard_fraction=0.1,
+    temperature=(0.3, 0.1), noise=(2.0, 1.0), grad_clip=10.0, eval_every=25, average_fraction=0.0,
+    average_every=1, pixel_fraction=1.0, arm_refit_steps=0, arm_refit_lr=5e-3, arm_scratch_widths=(),
+    arm_scratch_steps=600, arm_scratch_lr=1e-2, arm_scratch_min_share=0.0,
+)
+
+
+def schedule(**changes) -> Schedule:
+    """TEST_SCHEDULE with `changes`."""
+    return Schedule(**{**TEST_SCHEDULE, **changes})
 
 
 # -- image makers (pure functions, usable from tests directly) ---------------------------------
@@ -152,7 +186,7 @@ class CliResult:
 
     @property
     def json(self) -> dict:
-        lines = [l for l in self.stdout.splitlines() if l.strip()]
+        lines = [line for line in self.stdout.splitlines() if line.strip()]
         assert len(lines) == 1, f"expected exactly one stdout line, got {self.stdout!r}"
         return json.loads(lines[0])
 

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from lotterycli.codec import fixedpoint
-from lotterycli.codec.arm import (
+from lotterycli.errors import LotteryError
+from lotterycli.model import fixedpoint
+from lotterycli.model.arm import (
     CONTEXT_OFFSETS,
     PARAM_NAMES,
     Arm,
@@ -14,7 +15,6 @@ from lotterycli.codec.arm import (
     exact_gelu,
     laplace_bits,
 )
-from lotterycli.errors import LotteryError
 
 
 def _random_arm(seed, std=0.2, dtype=torch.float32, hidden=24):
@@ -110,7 +110,7 @@ def test_scale_clamp_blocks_gradients_pointing_further_out():
 
 def test_weight_gradient_paths_agree():
     """The CPU path (one correlation conv2d) and the GPU path (stacked shifted views)."""
-    from lotterycli.codec.arm import _context_matrix, _pad, _weight_grad
+    from lotterycli.model.arm import _context_matrix, _pad, _weight_grad
 
     torch.manual_seed(0)
     h, w = 13, 21
@@ -222,7 +222,7 @@ def test_banded_rate_sums_the_bands_and_keeps_gradients():
 
 def test_rate_from_fixed_contexts_equals_the_fused_rate_with_bands():
     """The refit's path (contexts built once, one batch) gives rate_bits' sum and gradients."""
-    from lotterycli.codec.arm import Arm
+    from lotterycli.model.arm import Arm
 
     torch.manual_seed(3)
     arm = Arm(12).double()

@@ -1,16 +1,29 @@
-"""Task configs: defaults, presets, --config merging, overrides, validation."""
+"""Task configs: the shipped files, presets, --config merging, overrides, validation at load."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import textwrap
 
 import pytest
 import yaml
 
-from lotterycli.config import CONFIG_DIR, PRESETS, TASKS, load_task_config
+from lotterycli import config as config_module
+from lotterycli.config import (
+    MAX_SEED,
+    PRESETS,
+    RESTORATION_TASKS,
+    TASKS,
+    RestorationSettings,
+    TaskConfig,
+    load_task_config,
+    task_config_text,
+    with_changes,
+)
 from lotterycli.errors import LotteryError
-from lotterycli.fit import Schedule
+from lotterycli.fitting.schedule import Schedule
+from lotterycli.model.architecture import Architecture
 
 
 def write(tmp_path, text: str, name: str = "user.yaml"):
@@ -20,7 +33,7 @@ def write(tmp_path, text: str, name: str = "user.yaml"):
 
 
 def raw(task: str) -> dict:
-    return yaml.safe_load((CONFIG_DIR / f"{task}.yaml").read_text())
+    return yaml.safe_load(task_config_text(task))
 
 
 # -- defaults and presets -----------------------------------------------------------------------
@@ -33,11 +46,16 @@ def test_defaults_load_for_every_task(task):
     assert cfg.steps == data["presets"][cfg.preset]["steps"]
     assert cfg.lam == pytest.approx(data["lambda"])
     assert cfg.mask_ratio == pytest.approx(data["mask_ratio"])
-    assert cfg.ensemble == data["presets"][cfg.preset].get("ensemble", 1)
-    assert cfg.combine in ("mean", "median")
-    assert isinstance(cfg.schedule, Schedule)
+    assert cfg.seed == data["seed"]
+    if task in RESTORATION_TASKS:
+        assert isinstance(cfg.restoration, RestorationSettings)
+        assert cfg.restoration.ensemble == data["presets"][cfg.preset]["ensemble"]
+        assert cfg.restoration.combine in ("mean", "median")
+    else:
+        assert cfg.restoration is None
+    assert isinstance(cfg.schedule, Schedule) and isinstance(cfg.architecture, Architecture)
     assert cfg.schedule.lr == pytest.approx(data["schedule"]["lr"])
-    assert cfg.fitted_schedule().steps == cfg.steps
+    assert cfg.schedule.steps == cfg.steps
 
 
 @pytest.mark.parametrize("task", TASKS)
@@ -63,7 +81,7 @@ def test_overrides_win_over_preset_and_file(tmp_path):
         "denoise", preset="best", config_file=user,
         overrides={"steps": 12, "lambda": 0.25, "mask_ratio": 0.5, "seed": 9, "ensemble": 2},
     )
-    assert (cfg.steps, cfg.lam, cfg.mask_ratio, cfg.seed, cfg.ensemble) == (12, 0.25, 0.5, 9, 2)
+    assert (cfg.steps, cfg.lam, cfg.mask_ratio, cfg.seed, cfg.restoration.ensemble) == (12, 0.25, 0.5, 9, 2)
     assert cfg.preset == "best"
 
 
@@ -113,7 +131,7 @@ def test_config_file_top_level_beats_task_presets(tmp_path):
     user = write(tmp_path, "steps: 50\nensemble: 3\n")
     for preset in PRESETS:
         cfg = load_task_config("denoise", preset=preset, config_file=user)
-        assert (cfg.steps, cfg.ensemble) == (50, 3)
+        assert (cfg.steps, cfg.restoration.ensemble) == (50, 3)
     assert load_task_config("denoise", config_file=user, overrides={"steps": 7}).steps == 7
 
 
@@ -177,17 +195,22 @@ def test_architecture_section_overrides_sizes(tmp_path):
     "text, needle",
     [
         ("architecture: 3\n", "'architecture' must be a mapping"),
-        ("architecture: {arm_hidden: 40}\n", "arm_hidden 40 is outside"),
+        ("architecture: {arm_hidden: 40}\n", "'architecture.arm_hidden' = 40 is out of range [1, 32]"),
         ("architecture: {arm_hidden: 2.5}\n", "'architecture.arm_hidden' must be an integer"),
         ("architecture: {synth_hidden: [8, 8]}\n", "list of 3 widths"),
         ("architecture: {latent_gain: 0}\n", "architecture.latent_gain"),
         ("architecture: {arm_band_rows: -1}\n", "architecture.arm_band_rows"),
-        ("architecture: {arm_band_rows: 20000}\n", "arm_band_rows 20000 is outside"),
+        ("architecture: {arm_band_rows: 20000}\n", "'architecture.arm_band_rows' = 20000 is out of range"),
+        ("architecture: {upsample_kernel: 7}\n", "'architecture.upsample_kernel' = 7 must be even"),
+        ("architecture: {n_levels: 9}\n", "'architecture.n_levels' = 9 is out of range"),
     ],
 )
 def test_bad_architecture_values(tmp_path, text, needle):
-    with pytest.raises(LotteryError, match=needle.replace("(", "\\(")):
-        load_task_config("compress", config_file=write(tmp_path, text))
+    user = write(tmp_path, text)
+    with pytest.raises(LotteryError) as info:
+        load_task_config("compress", config_file=user)
+    assert needle in str(info.value)
+    assert str(info.value).startswith(f"{user}: ")  # the file that holds the bad value
 
 
 @pytest.mark.parametrize("text", ["steps: [1, 2\n", "a: b: c\n", "key: 'unterminated\n"])
@@ -299,58 +322,340 @@ def test_bad_file_value_names_the_file_even_with_overrides(tmp_path):
 @pytest.mark.parametrize("task", ["denoise", "sr"])
 def test_lambda_for_sigma_interpolates_monotonically(task):
     cfg = load_task_config(task)
-    pts = sorted(cfg.lambda_by_sigma.items())
+    pts = sorted(cfg.restoration.lambda_by_sigma.items())
     assert len(pts) >= 2
     for s, lam in pts:  # exact at the configured points
-        assert cfg.lambda_for_sigma(s) == pytest.approx(lam)
+        assert cfg.lambda_for(s, None) == pytest.approx(lam)
     sigmas = [pts[0][0] + i * (pts[-1][0] - pts[0][0]) / 200 for i in range(201)]
-    lams = [cfg.lambda_for_sigma(s) for s in sigmas]
+    lams = [cfg.lambda_for(s, None) for s in sigmas]
     assert all(b >= a - 1e-15 for a, b in zip(lams, lams[1:]))
     for (s0, l0), (s1, l1) in zip(pts, pts[1:]):
-        mid = cfg.lambda_for_sigma((s0 + s1) / 2)
+        mid = cfg.lambda_for((s0 + s1) / 2, None)
         assert min(l0, l1) < mid < max(l0, l1)
         assert mid == pytest.approx(math.sqrt(l0 * l1))  # log(lambda) is linear in sigma
     # clamped outside the configured range
-    assert cfg.lambda_for_sigma(pts[-1][0] + 100) == pytest.approx(pts[-1][1])
-    assert cfg.lambda_for_sigma(max(0.0, pts[0][0] - 10)) == pytest.approx(pts[0][1])
-    assert cfg.lambda_for_sigma(None) == cfg.lam
+    assert cfg.lambda_for(pts[-1][0] + 100, None) == pytest.approx(pts[-1][1])
+    assert cfg.lambda_for(max(0.0, pts[0][0] - 10), None) == pytest.approx(pts[0][1])
+    assert cfg.lambda_for(None, None) == cfg.lam
 
 
 def test_keep_observed_defaults(tmp_path):
-    assert load_task_config("inpaint").keep_observed is True
-    assert load_task_config("denoise").keep_observed is False
-    assert load_task_config("inpaint", config_file=write(tmp_path, "keep_observed: false\n")).keep_observed is False
+    assert load_task_config("inpaint").restoration.keep_observed is True
+    assert load_task_config("denoise").restoration.keep_observed is False
+    assert load_task_config("inpaint", config_file=write(tmp_path, "keep_observed: false\n")).restoration.keep_observed is False
 
 
 def test_lambda_for_sigma_without_table():
     cfg = load_task_config("inpaint")
-    assert cfg.lambda_by_sigma == {}
-    assert cfg.lambda_for_sigma(25.0) == cfg.lam
+    assert cfg.restoration.lambda_by_sigma == {}
+    assert cfg.lambda_for(25.0, None) == cfg.lam
 
 
 def test_lambda_by_sigma_from_user_file(tmp_path):
     user = write(tmp_path, "lambda_by_sigma: {10: 0.001, 30: 0.004}\n")
     cfg = load_task_config("inpaint", config_file=user)
-    assert cfg.lambda_for_sigma(10) == pytest.approx(0.001)
-    assert cfg.lambda_for_sigma(20) == pytest.approx(0.002)
-    assert cfg.lambda_for_sigma(30) == pytest.approx(0.004)
+    assert cfg.lambda_for(10, None) == pytest.approx(0.001)
+    assert cfg.lambda_for(20, None) == pytest.approx(0.002)
+    assert cfg.lambda_for(30, None) == pytest.approx(0.004)
 
 
 def test_sr_lambda_scales_with_the_square_of_the_factor():
     cfg = load_task_config("sr")
-    ref = cfg.lambda_reference_scale
+    ref = cfg.restoration.lambda_reference_scale
     assert ref == 4
     base = cfg.lambda_for(5.0, int(ref))
-    assert base == pytest.approx(cfg.lambda_for_sigma(5.0))
+    assert base == pytest.approx(cfg.lambda_for(5.0, None))
     assert cfg.lambda_for(5.0, 2) == pytest.approx(base / 4)
-    assert load_task_config("denoise").lambda_for(25.0, 2) == load_task_config("denoise").lambda_for_sigma(25.0)
+    assert load_task_config("denoise").lambda_for(25.0, 2) == load_task_config("denoise").lambda_for(25.0, None)
 
 
 def test_candidates_from_presets_files_and_overrides(tmp_path):
     cfg = load_task_config("denoise", preset="fast")
-    assert cfg.candidates == raw("denoise")["presets"]["fast"].get("candidates", 0)
-    assert cfg.screen_fraction == pytest.approx(raw("denoise").get("screen_fraction", 0.1))
+    assert cfg.restoration.candidates == raw("denoise")["presets"]["fast"]["candidates"]
+    assert cfg.restoration.screen_fraction == pytest.approx(raw("denoise")["screen_fraction"])
     f = write(tmp_path, "candidates: 5\nscreen_fraction: 0.2\n")
     cfg = load_task_config("denoise", config_file=f)
-    assert (cfg.candidates, cfg.screen_fraction) == (5, pytest.approx(0.2))
-    assert load_task_config("denoise", config_file=f, overrides={"candidates": 0}).candidates == 0
+    assert (cfg.restoration.candidates, cfg.restoration.screen_fraction) == (5, pytest.approx(0.2))
+    assert load_task_config("denoise", config_file=f, overrides={"candidates": 0}).restoration.candidates == 0
+
+
+# -- the shipped files are complete: no silent defaults ----------------------------------------
+@pytest.mark.parametrize("cls", [Schedule, Architecture, TaskConfig, RestorationSettings])
+def test_config_dataclasses_have_no_defaults(cls):
+    """Every default lives in configs/<task>.yaml; a field with a default of its own would be a
+    second place (and silently used where a file forgets the key)."""
+    for f in dataclasses.fields(cls):
+        assert f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING, f.name
+    with pytest.raises(TypeError):
+        cls()
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_every_shipped_config_sets_every_field(task):
+    """Each task file sets every Schedule and Architecture field and every restoration setting,
+    each preset sets the step budget (and, for restoration, ensemble and candidates), and every
+    task/preset pair loads to exactly the file's values."""
+    data = raw(task)
+    schedule_fields = {f.name for f in dataclasses.fields(Schedule)}
+    arch_fields = {f.name for f in dataclasses.fields(Architecture)}
+    assert set(data["schedule"]) == schedule_fields - {"steps"}  # steps come from the presets
+    assert set(data["architecture"]) == arch_fields
+    assert data["task"] == task and data["preset"] in PRESETS
+    assert set(data["presets"]) == set(PRESETS)
+    for key in ("lambda", "mask_ratio", "seed"):
+        assert key in data, key
+    restoration_fields = {f.name for f in dataclasses.fields(RestorationSettings)}
+    for preset in PRESETS:
+        entry = data["presets"][preset]
+        assert "steps" in entry
+        if task in RESTORATION_TASKS:
+            assert {"ensemble", "candidates"} <= set(entry)
+            assert restoration_fields <= set(data) | set(entry), restoration_fields - set(data) - set(entry)
+        cfg = load_task_config(task, preset=preset)
+        assert cfg.preset == preset and cfg.steps == entry["steps"]
+        for name in schedule_fields - {"steps"}:
+            value = data["schedule"][name]
+            assert getattr(cfg.schedule, name) == (tuple(value) if isinstance(value, list) else value), name
+        for name in arch_fields:
+            value = data["architecture"][name]
+            assert getattr(cfg.architecture, name) == (tuple(value) if isinstance(value, list) else value), name
+        if task in RESTORATION_TASKS:
+            for name in restoration_fields:
+                assert getattr(cfg.restoration, name) == entry.get(name, data.get(name)), name
+        else:
+            assert cfg.restoration is None
+
+
+def _task_text(data: dict) -> str:
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def _shipped_keys(task: str) -> list[tuple[str, ...]]:
+    """Every value the task file must set, as key paths (the preset name and `task` are optional)."""
+    data = raw(task)
+    paths = [(k,) for k in data if k not in ("task", "preset", "presets", "schedule", "architecture")]
+    paths += [(section, k) for section in ("schedule", "architecture") for k in data[section]]
+    paths += [("presets", p, k) for p in data["presets"] for k in data["presets"][p]]
+    return paths
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_a_task_file_missing_any_key_is_reported(task, monkeypatch):
+    """Remove each key in turn from the shipped file: the load names the file and the key."""
+    shipped = load_task_config(task)
+    paths = _shipped_keys(task)
+    assert len(paths) > 30
+    for path in paths:
+        data = raw(task)
+        where = data
+        for part in path[:-1]:
+            where = where[part]
+        del where[path[-1]]
+        monkeypatch.setattr(config_module, "task_config_text", lambda t, text=_task_text(data): text)
+        preset = path[1] if path[0] == "presets" else None
+        key = path[-1] if path[0] == "presets" else ".".join(path)
+        with pytest.raises(LotteryError) as info:
+            load_task_config(task, preset=preset)
+        assert str(info.value) == f"configs/{task}.yaml: missing config key '{key}'", path
+    # and the whole file, dumped the same way, loads as the shipped one
+    monkeypatch.setattr(config_module, "task_config_text", lambda t: _task_text(raw(task)))
+    assert load_task_config(task) == shipped
+
+
+def test_a_missing_key_may_come_from_the_users_file(tmp_path, monkeypatch):
+    data = raw("compress")
+    del data["schedule"]["grad_clip"]
+    monkeypatch.setattr(config_module, "task_config_text", lambda t: _task_text(data))
+    with pytest.raises(LotteryError, match=r"configs/compress.yaml: missing config key 'schedule.grad_clip'"):
+        load_task_config("compress")
+    user = write(tmp_path, "schedule:\n  grad_clip: 3.0\n")
+    assert load_task_config("compress", config_file=user).schedule.grad_clip == 3.0
+
+
+@pytest.mark.parametrize(
+    "text, key, why",
+    [
+        ("schedule:\n  lr: 1e300\n", "schedule.lr", "out of range"),  # an exponent without a dot is a number too
+        ("schedule:\n  lr: 1.0e+300\n", "schedule.lr", "out of range"),
+        ("schedule:\n  lr: .nan\n", "schedule.lr", "out of range"),
+        ("schedule:\n  lr: .inf\n", "schedule.lr", "out of range"),
+        ("lambda: .nan\n", "lambda", "out of range"),
+        ("lambda: -.inf\n", "lambda", "out of range"),
+        ("schedule:\n  lr: '0.01'\n", "schedule.lr", "must be a number"),
+        ("schedule:\n  grad_clip: ten\n", "schedule.grad_clip", "must be a number"),
+        ("mask_ratio: a lot\n", "mask_ratio", "must be a number"),
+        ("schedule:\n  temperature: [0.3, 'x']\n", "schedule.temperature", "must be a number"),
+        ("architecture:\n  latent_gain: 0.1\n", "architecture.latent_gain", "not exactly representable as a 32-bit float"),
+        ("architecture:\n  latent_gain: 1000\n", "architecture.latent_gain", "out of range"),
+        ("architecture:\n  latent_gain: '16'\n", "architecture.latent_gain", "must be a number"),
+        ("architecture:\n  latent_gain: .nan\n", "architecture.latent_gain", "out of range"),
+        ("architecture:\n  n_levels: 7.0\n", "architecture.n_levels", "must be an integer"),
+    ],
+)
+def test_bad_values_are_refused_naming_the_key_and_the_file(tmp_path, text, key, why):
+    user = write(tmp_path, text)
+    with pytest.raises(LotteryError) as info:
+        load_task_config("compress", config_file=user)
+    msg = str(info.value)
+    assert msg.startswith(f"{user}: '{key}' "), msg
+    assert why in msg
+
+
+def test_float32_exact_latent_gains_are_accepted(tmp_path):
+    for gain, expected in (("0.125", 0.125), ("16", 16.0), ("256.0", 256.0), ("0.1000000014901161193847656250", 0.10000000149011612)):
+        user = write(tmp_path, f"architecture:\n  latent_gain: {gain}\n")
+        arch = load_task_config("compress", config_file=user).architecture
+        assert arch.latent_gain == expected and isinstance(arch.latent_gain, float)
+
+
+def test_a_bad_value_in_the_task_file_names_the_task_file(monkeypatch):
+    data = raw("denoise")
+    data["schedule"]["lr"] = float("nan")
+    monkeypatch.setattr(config_module, "task_config_text", lambda t: _task_text(data))
+    with pytest.raises(LotteryError, match=r"^configs/denoise.yaml: 'schedule.lr' "):
+        load_task_config("denoise")
+
+
+def test_a_bad_value_in_the_users_preset_entry_names_the_users_file(tmp_path):
+    user = write(tmp_path, "presets:\n  fast: {steps: 0, lambda: .nan}\n")
+    with pytest.raises(LotteryError, match=rf"^{user}: 'steps' "):
+        load_task_config("compress", preset="fast", config_file=user)
+    # the other presets do not read that entry
+    assert load_task_config("compress", preset="best", config_file=user).steps == raw("compress")["presets"]["best"]["steps"]
+
+
+@pytest.mark.parametrize("text", ["preset: [fast]\n", "preset: {fast: 1}\n", "preset: 3\n"])
+def test_a_preset_that_is_not_a_name_is_refused(tmp_path, text):
+    with pytest.raises(LotteryError, match="unknown preset"):
+        load_task_config("compress", config_file=write(tmp_path, text))
+
+
+# -- seeds are exact integers -------------------------------------------------------------------
+@pytest.mark.parametrize("task", ["compress", "denoise"])
+def test_seeds_are_kept_exactly(tmp_path, task):
+    big = 9007199254740993  # 2**53 + 1: a float would make it 2**53
+    cfg = load_task_config(task, overrides={"seed": big})
+    assert cfg.seed == big and type(cfg.seed) is int
+    cfg = load_task_config(task, config_file=write(tmp_path, f"seed: {big}\n"))
+    assert cfg.seed == big and type(cfg.seed) is int
+
+
+def test_the_largest_seed_is_two_to_the_64_minus_one(tmp_path):
+    assert MAX_SEED == 2**64 - 1 == 18446744073709551615
+    assert load_task_config("compress", overrides={"seed": 2**64 - 1}).seed == 2**64 - 1
+    assert load_task_config("compress", config_file=write(tmp_path, f"seed: {2**64 - 1}\n")).seed == 2**64 - 1
+    assert load_task_config("denoise", preset="fast", overrides={"seed": 2**64 - 1}).seed == 2**64 - 1  # one member
+    with pytest.raises(LotteryError) as info:
+        load_task_config("compress", overrides={"seed": 2**64})
+    assert str(info.value) == "option: 'seed' = 18446744073709551616 is out of range [0, 18446744073709551615]"
+    user = write(tmp_path, f"seed: {2**64}\n")
+    with pytest.raises(LotteryError) as info:
+        load_task_config("compress", config_file=user)
+    assert str(info.value).startswith(f"{user}: 'seed' ") and "18446744073709551615]" in str(info.value)
+
+
+@pytest.mark.parametrize("text", ["seed: 2.0\n", "seed: 1.0e+3\n", "seed: '5'\n", "seed: true\n", "seed: null\n"])
+def test_a_seed_must_be_an_integer(tmp_path, text):
+    user = write(tmp_path, text)
+    with pytest.raises(LotteryError, match=rf"^{user}: 'seed' must be an integer"):
+        load_task_config("compress", config_file=user)
+
+
+@pytest.mark.parametrize(
+    "task, preset, members", [("denoise", "balanced", 4), ("sr", "best", 6), ("inpaint", "balanced", 6)]
+)
+def test_a_restoration_seed_leaves_room_for_every_members_seed(task, preset, members):
+    """Member (or candidate) k uses seed + k, and each must fit a .lottery header's 64 bits."""
+    last = 2**64 - members  # seeds last .. 2**64 - 1
+    cfg = load_task_config(task, preset=preset, overrides={"seed": last})
+    assert cfg.seed == last and max(cfg.restoration.ensemble, cfg.restoration.candidates) == members
+    with pytest.raises(LotteryError) as info:
+        load_task_config(task, preset=preset, overrides={"seed": last + 1})
+    msg = str(info.value)
+    assert msg.startswith("option: 'seed' ") and "leaves no room" in msg and "18446744073709551615" in msg
+    # the candidates count: more members need more room
+    with pytest.raises(LotteryError, match="leaves no room"):
+        load_task_config(task, preset=preset, overrides={"seed": last, "candidates": members + 1})
+
+
+# -- another task's file, bools -----------------------------------------------------------------
+def test_a_config_for_another_task_is_refused(tmp_path):
+    user = write(tmp_path, "task: sr\n")
+    with pytest.raises(LotteryError) as info:
+        load_task_config("compress", config_file=user)
+    assert str(info.value) == f"{user}: this config is for task 'sr', not 'compress'"
+    # a whole copy of another task's file says so too (not just that one of its keys is unknown here)
+    other = tmp_path / "sr.yaml"
+    other.write_text(task_config_text("sr"))
+    with pytest.raises(LotteryError, match=rf"^{other}: this config is for task 'sr', not 'compress'$"):
+        load_task_config("compress", config_file=other)
+    with pytest.raises(LotteryError, match=rf"^{other}: this config is for task 'sr', not 'denoise'$"):
+        load_task_config("denoise", config_file=other)
+    # its own task's name is fine, and so is a full copy of the task's file
+    assert load_task_config("compress", config_file=write(tmp_path, "task: compress\n")).task == "compress"
+    own = tmp_path / "compress.yaml"
+    own.write_text(task_config_text("compress"))
+    assert load_task_config("compress", config_file=own) == load_task_config("compress")
+
+
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("keep_observed: 1\n", "keep_observed"),
+        ("keep_observed: 0\n", "keep_observed"),
+        ("keep_observed: 'true'\n", "keep_observed"),
+        ("keep_observed: null\n", "keep_observed"),
+        ("member_transforms: 1\n", "member_transforms"),
+        ("member_transforms: []\n", "member_transforms"),
+    ],
+)
+def test_bools_must_be_bools(tmp_path, text, key):
+    user = write(tmp_path, text)
+    with pytest.raises(LotteryError, match=rf"^{user}: '{key}' must be true or false"):
+        load_task_config("inpaint", config_file=user)
+
+
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("lambda: true\n", "lambda"),
+        ("mask_ratio: false\n", "mask_ratio"),
+        ("ensemble: true\n", "ensemble"),
+        ("schedule:\n  lr: true\n", "schedule.lr"),
+        ("schedule:\n  eval_every: true\n", "schedule.eval_every"),
+        ("schedule:\n  arm_scratch_widths: [true]\n", "schedule.arm_scratch_widths"),
+        ("architecture:\n  n_levels: true\n", "architecture.n_levels"),
+        ("architecture:\n  latent_gain: true\n", "architecture.latent_gain"),
+    ],
+)
+def test_bools_are_not_numbers(tmp_path, text, key):
+    user = write(tmp_path, text)
+    with pytest.raises(LotteryError, match=rf"^{user}: '{key}' must be an? (integer|number)"):
+        load_task_config("denoise", config_file=user)
+
+
+def test_bools_load_as_bools(tmp_path):
+    cfg = load_task_config("inpaint", config_file=write(tmp_path, "keep_observed: false\nmember_transforms: false\n"))
+    assert cfg.restoration.keep_observed is False and cfg.restoration.member_transforms is False
+
+
+# -- TaskConfig ----------------------------------------------------------------------------------
+def test_task_config_is_frozen_and_with_changes_returns_a_copy():
+    cfg = load_task_config("compress", preset="fast")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.lam = 1.0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.schedule.lr = 1.0
+    changed = with_changes(cfg, steps=7, lr=0.5)
+    assert (changed.steps, changed.schedule.lr) == (7, 0.5)
+    assert (cfg.steps, cfg.schedule.lr) == (raw("compress")["presets"]["fast"]["steps"], raw("compress")["schedule"]["lr"])
+    assert dataclasses.replace(changed, schedule=cfg.schedule) == cfg
+    assert cfg.lambda_for(25.0, 4) == cfg.lam  # compression: no table, no scale
+
+
+def test_numbers_with_an_exponent_and_no_dot_are_numbers(tmp_path):
+    """`lambda: 2e-3` as users write it (PyYAML alone would read a string there)."""
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("lambda: 2e-3\nschedule:\n  lr: 1E-2\n  grad_clip: 1e1\n")
+    cfg = load_task_config("compress", config_file=cfg_file)
+    assert cfg.lam == 0.002 and cfg.schedule.lr == 0.01 and cfg.schedule.grad_clip == 10.0

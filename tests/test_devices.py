@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import arch, scene, schedule
 
-import lotterycli.fit as fit_module
-from lotterycli.codec import latents as latents_module
-from lotterycli.codec.architecture import Architecture
-from lotterycli.codec.model import LotteryModel
+import lotterycli.fitting.loop as fit_module
 from lotterycli.config import load_task_config
-from lotterycli.operators import Denoise, Inpaint, SuperResolution
+from lotterycli.model import latents as latents_module
+from lotterycli.model.lottery_model import LotteryModel
+from lotterycli.restoration.operators import Denoise, Inpaint, SuperResolution
 
-from conftest import scene
-
-ARCHS = {"config": load_task_config("compress").architecture, "reference": Architecture()}
+ARCHS = {"config": load_task_config("compress").architecture, "reference": arch()}
 
 
 @pytest.fixture
@@ -54,8 +52,32 @@ def test_forward_backward_stay_on_the_model_device(meta_fit, arch_name, mode):
 def test_restoration_fit_runs_on_another_device(meta_fit, operator, obs_shape):
     model = LotteryModel(24, 40, ARCHS["config"], seed=0, mask_ratio=0.3).to("meta")
     y = torch.zeros(3, *obs_shape, device="meta")
-    result = meta_fit(model, lambda im: operator.loss(im, y), 1e-3, fit_module.Schedule(steps=6, average_fraction=0.5))
+    result = meta_fit(model, lambda im: operator.loss(im, y), 1e-3, schedule(steps=6, average_fraction=0.5))
     assert result.average_render is not None and result.average_render.device.type == "meta"
+
+
+@pytest.mark.parametrize(
+    "observed, pixel_fraction", [("all", 1.0), ("all", 0.5), ("some", 0.5)], ids=["denoise", "random-half", "inpaint"]
+)
+def test_pixel_loss_fit_runs_on_another_device(meta_fit, observed, pixel_fraction):
+    """A PixelMSE fit (denoising, inpainting, compression with pixel_fraction < 1) stays on the
+    model's device: renders of the loss's pixels, of a random part of them drawn each step (from
+    a CPU generator), and whole renders on the averaged steps. (The meta device lets a CPU index
+    tensor through, as CUDA's indexing does; a CPU-made tensor computed with is what it catches.)"""
+    from lotterycli.fitting.losses import PixelMSE, fit_distortion
+
+    model = LotteryModel(24, 40, ARCHS["config"], seed=0, mask_ratio=0.3).to("meta")
+    if observed == "all":
+        loss = fit_distortion(torch.zeros(3, 24, 40, device="meta"), 0.5)  # compression's PixelMSE
+    else:
+        pixels = torch.arange(0, 24 * 40, 3).to("meta")
+        loss = PixelMSE(pixels, torch.zeros(3, pixels.numel(), device="meta"), 24 * 40)
+    assert isinstance(loss, PixelMSE)
+    # steps 0, 1 and 3 render the loss's pixels (or a random part of them), step 2 (averaged) all
+    sched = schedule(steps=4, average_fraction=0.5, average_every=2, pixel_fraction=pixel_fraction)
+    result = meta_fit(model, loss, 1e-3, sched)
+    assert result.average_render is not None and result.average_render.device.type == "meta"
+    assert result.average_render.shape == (3, 24, 40)
 
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
@@ -63,19 +85,20 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on 
 
 @cuda
 def test_compress_on_cuda_decodes_to_its_reported_pixels():
-    from lotterycli.compress import compress_image, decompress_bytes
+    from lotterycli.compression.decoder import decode_bytes
+    from lotterycli.compression.encoder import compress_image
 
     x = scene(32, 48)
     cfg = load_task_config("compress", overrides={"steps": 30})
     result = compress_image(x, cfg, device="cuda")
-    assert torch.equal(decompress_bytes(result.data), result.decoded)
+    assert torch.equal(decode_bytes(result.data), result.decoded)
     assert result.psnr > 15.0
 
 
 @cuda
 def test_restore_on_cuda_with_concurrent_members():
     from lotterycli.metrics import psnr
-    from lotterycli.restore import restore_image
+    from lotterycli.restoration.ensemble import restore_image
 
     x = scene(32, 32)
     op = Denoise(sigma=25 / 255)

@@ -1,21 +1,25 @@
-"""The fitting loop's render averaging (restoration self-ensemble) and best-state keeping."""
+"""The fitting loop: render averaging (restoration self-ensemble), best-state keeping, pausing and
+resuming, partial renders, the rate thread, our Adam, and cancellation."""
 
+import pytest
 import torch
+from conftest import arch, schedule
 
-from lotterycli.codec.architecture import Architecture
-from lotterycli.codec.model import LotteryModel
-from lotterycli.fit import Schedule, evaluate, fit, mse
+from lotterycli.fitting import loop as loop_module
+from lotterycli.fitting.loop import FitCancelled, Fitter, cancel_all, evaluate, fit
+from lotterycli.fitting.losses import PixelMSE, fit_distortion, squared_error
+from lotterycli.model.lottery_model import LotteryModel
 
 
 def _model_and_target(seed=0):
     torch.manual_seed(seed)
     target = torch.rand(3, 20, 24)
-    return LotteryModel(20, 24, Architecture(), seed=seed, mask_ratio=0.3), target
+    return LotteryModel(20, 24, arch(), seed=seed, mask_ratio=0.3), target
 
 
 def test_average_render_is_mean_of_last_fraction():
     model, target = _model_and_target()
-    result = fit(model, mse(target), 1e-3, Schedule(steps=12, average_fraction=0.5))
+    result = fit(model, squared_error(target), 1e-3, schedule(steps=12, average_fraction=0.5))
     avg = result.average_render
     assert avg is not None and avg.shape == (3, 20, 24)
     assert torch.isfinite(avg).all() and avg.min() >= 0 and avg.max() <= 1
@@ -26,13 +30,13 @@ def test_average_render_is_mean_of_last_fraction():
 
 def test_no_average_by_default():
     model, target = _model_and_target(1)
-    assert fit(model, mse(target), 1e-3, Schedule(steps=4)).average_render is None
+    assert fit(model, squared_error(target), 1e-3, schedule(steps=4)).average_render is None
 
 
 def test_best_state_is_kept():
     model, target = _model_and_target(2)
-    result = fit(model, mse(target), 1e-3, Schedule(steps=20, hard_fraction=0.5, eval_every=1))
-    loss, _, _ = evaluate(model, mse(target), 1e-3)
+    result = fit(model, squared_error(target), 1e-3, schedule(steps=20, hard_fraction=0.5, eval_every=1))
+    loss, _, _ = evaluate(model, squared_error(target), 1e-3)
     assert abs(loss - result.best_loss) < 1e-6  # the model holds the best hard-rounded state
     assert 10 < result.best_step <= 20
 
@@ -47,21 +51,19 @@ def test_best_state_survives_a_late_soft_stage_blow_up():
                 for g in model.latents.grids:
                     g.add_(torch.randn_like(g) * 5.0)
 
-    result = fit(model, mse(target), 1e-3, Schedule(steps=80, hard_fraction=0.1, eval_every=5), progress=blow_up)
+    result = fit(model, squared_error(target), 1e-3, schedule(steps=80, hard_fraction=0.1, eval_every=5), progress=blow_up)
     assert 14 <= result.best_step <= 61  # an evaluation before the blow-up won
-    loss, _, _ = evaluate(model, mse(target), 1e-3)
+    loss, _, _ = evaluate(model, squared_error(target), 1e-3)
     assert abs(loss - result.best_loss) < 1e-6
 
 
 def test_paused_and_resumed_fit_equals_uninterrupted_fit():
     """Fitter.advance in pieces (restoration screening pauses candidates) runs the same steps."""
-    from lotterycli.fit import Fitter
-
-    sched = Schedule(steps=16, hard_fraction=0.25, eval_every=2, average_fraction=0.5)
+    sched = schedule(steps=16, hard_fraction=0.25, eval_every=2, average_fraction=0.5)
     model_a, target = _model_and_target(4)
-    straight = fit(model_a, mse(target), 1e-3, sched)
+    straight = fit(model_a, squared_error(target), 1e-3, sched)
     model_b, _ = _model_and_target(4)
-    fitter = Fitter(model_b, mse(target), 1e-3, sched)
+    fitter = Fitter(model_b, squared_error(target), 1e-3, sched)
     fitter.advance(3)
     assert fitter.step == 3 and len(fitter.losses) == 3
     assert fitter.recent_loss(1.0) == torch.stack(fitter.losses).mean().item()
@@ -76,11 +78,9 @@ def test_paused_and_resumed_fit_equals_uninterrupted_fit():
 
 
 def test_dropped_fit_tells_the_progress_callback():
-    from lotterycli.fit import Fitter
-
     model, target = _model_and_target(5)
     seen = []
-    fitter = Fitter(model, mse(target), 1e-3, Schedule(steps=10), progress=seen.append, report_every=2)
+    fitter = Fitter(model, squared_error(target), 1e-3, schedule(steps=10), progress=seen.append, report_every=2)
     fitter.advance(4)
     fitter.drop()
     assert [i.stage for i in seen][-1] == "dropped" and seen[-1].step == 4
@@ -102,12 +102,10 @@ def test_render_of_chosen_pixels_equals_those_columns_of_the_full_render():
 
 def test_fit_on_chosen_pixels_matches_a_masked_full_fit():
     """A PixelMSE distortion: synthesising just the pixels it reads gives the same fit."""
-    from lotterycli.fit import Fitter, PixelMSE
-
     _, target = _model_and_target(7)
     keep = torch.rand(20, 24, generator=torch.Generator().manual_seed(1)) > 0.5
     pixels = torch.nonzero(keep.reshape(-1)).squeeze(1)
-    sched = Schedule(steps=24, hard_fraction=0.25, eval_every=4, average_fraction=0.5)
+    sched = schedule(steps=24, hard_fraction=0.25, eval_every=4, average_fraction=0.5)
 
     def masked(image):
         return torch.mean((image.reshape(3, -1)[:, pixels] - target.reshape(3, -1)[:, pixels]) ** 2)
@@ -123,12 +121,20 @@ def test_fit_on_chosen_pixels_matches_a_masked_full_fit():
     torch.testing.assert_close(part.average_render, full.average_render, rtol=0, atol=1e-4)
 
 
+def test_fit_distortion_is_the_whole_mse_or_a_pixel_mse_for_partial_steps():
+    _, target = _model_and_target(14)
+    image = torch.rand(3, 20, 24, generator=torch.Generator().manual_seed(2))
+    whole = fit_distortion(target, 1.0)
+    assert not isinstance(whole, PixelMSE)
+    assert torch.equal(whole(image), squared_error(target)(image))
+    part = fit_distortion(target, 0.5)
+    assert isinstance(part, PixelMSE) and part.all_pixels and part.indices.numel() == 480
+    torch.testing.assert_close(part(image.reshape(3, -1)), whole(image), rtol=1e-6, atol=0)
+
+
 def test_pixel_fraction_draws_a_fresh_part_of_the_pixels_each_step(monkeypatch):
     """pixel_fraction < 1: each step renders a random ~fraction of the loss's pixels (seeded by the
     model's seed, so the fit is repeatable); averaged steps still render the whole image."""
-    from lotterycli.codec.model import LotteryModel
-    from lotterycli.fit import Fitter, PixelMSE
-
     seen = []
     forward = LotteryModel.forward
 
@@ -138,7 +144,7 @@ def test_pixel_fraction_draws_a_fresh_part_of_the_pixels_each_step(monkeypatch):
         return forward(self, mode, temperature, noise_a, pixels)
 
     monkeypatch.setattr(LotteryModel, "forward", spy)
-    sched = Schedule(steps=12, average_fraction=0.25, average_every=1, pixel_fraction=0.5)
+    sched = schedule(steps=12, average_fraction=0.25, average_every=1, pixel_fraction=0.5)
     results = []
     for _ in range(2):
         seen.clear()
@@ -156,26 +162,13 @@ def test_pixel_fraction_draws_a_fresh_part_of_the_pixels_each_step(monkeypatch):
 
 
 def test_average_every_takes_every_nth_render_of_the_window():
-    from lotterycli.fit import Fitter
-
     counts = {}
     for every in (1, 3):
         model, target = _model_and_target(8)
-        fitter = Fitter(model, mse(target), 1e-3, Schedule(steps=20, average_fraction=0.5, average_every=every))
+        fitter = Fitter(model, squared_error(target), 1e-3, schedule(steps=20, average_fraction=0.5, average_every=every))
         fitter.finish()
         counts[every] = fitter.n_averaged
     assert counts == {1: 10, 3: 4}  # window = steps 10..19; every third: 10, 13, 16, 19
-
-
-def test_a_guide_term_needs_full_renders():
-    import pytest
-
-    from lotterycli.fit import Fitter, PixelMSE
-
-    model, target = _model_and_target(9)
-    loss = PixelMSE(torch.tensor([0, 1]), target.reshape(3, -1)[:, :2], 480)
-    with pytest.raises(ValueError):
-        Fitter(model, loss, 1e-3, Schedule(steps=4), guide=lambda im, s: None)
 
 
 def test_progress_shows_the_arm_refit_on_its_own_bar(capsys):
@@ -183,7 +176,7 @@ def test_progress_shows_the_arm_refit_on_its_own_bar(capsys):
     the latent rate and no PSNR (its distortion is unknown: nan), and never crashes on it."""
     import math
 
-    from lotterycli.fit import StepInfo
+    from lotterycli.fitting.loop import StepInfo
     from lotterycli.progress import FitProgress
 
     with FitProgress(True, label="compress") as progress:
@@ -198,10 +191,10 @@ def test_progress_shows_the_arm_refit_on_its_own_bar(capsys):
 
 
 def test_own_adam_matches_torch_adam_bit_for_bit():
-    """lotterycli.adam.Adam (which avoids torch.optim's 2.4 s import of torch._dynamo) gives
+    """lotterycli.fitting.adam.Adam (which avoids torch.optim's 2.4 s import of torch._dynamo) gives
     exactly torch.optim.Adam's CPU updates: groups with their own and changing learning rates,
     a parameter without a gradient at some steps, zero_grad(set_to_none)."""
-    from lotterycli.adam import Adam
+    from lotterycli.fitting.adam import Adam
 
     gen = torch.Generator().manual_seed(0)
     start = [torch.randn(5, 7, generator=gen), torch.randn(3, generator=gen), torch.randn(4, 2, generator=gen)]
@@ -229,50 +222,44 @@ def test_latent_lr_scale_moves_only_the_latents_learning_rate():
     base, target = _model_and_target(5)
     start = {k: v.clone() for k, v in base.state_dict().items()}
     frozen, _ = _model_and_target(5)
-    fit(frozen, mse(target), 1e-3, Schedule(steps=6, hard_fraction=0.0, latent_lr_scale=0.0))
+    fit(frozen, squared_error(target), 1e-3, schedule(steps=6, hard_fraction=0.0, latent_lr_scale=0.0))
     for g0, g in zip(base.latents.grids, frozen.latents.grids):
         assert torch.equal(g0, g)  # learning rate 0: the latents never move
     moved = [k for k, v in frozen.state_dict().items() if not torch.equal(v, start[k])]
     assert any(k.startswith("modnet") for k in moved)  # the networks still learn at lr
     same, _ = _model_and_target(5)
-    fit(same, mse(target), 1e-3, Schedule(steps=6, hard_fraction=0.0, latent_lr_scale=1.0))
+    fit(same, squared_error(target), 1e-3, schedule(steps=6, hard_fraction=0.0, latent_lr_scale=1.0))
     plain, _ = _model_and_target(5)
-    fit(plain, mse(target), 1e-3, Schedule(steps=6, hard_fraction=0.0))
+    fit(plain, squared_error(target), 1e-3, schedule(steps=6, hard_fraction=0.0))
     for a, b in zip(same.state_dict().values(), plain.state_dict().values()):
         assert torch.equal(a, b)  # scale 1 is the plain schedule, bit for bit
 
 
-def _step_gradients(rate_thread, distortion_of, mode_steps, guide=None, average_fraction=0.0, priced=0.0):
-    """Gradients of every parameter after the last of `mode_steps` steps (the fit's stages);
-    `priced`: the weight of the ARM's and ModNet's parameter bits in the loss."""
-    from lotterycli.fit import Fitter
-
+def _step_gradients(rate_thread, distortion_of, mode_steps, average_fraction=0.0):
+    """Gradients of every parameter after the last of `mode_steps` steps (the fit's stages)."""
     model, target = _model_and_target(7)
-    sched = Schedule(steps=mode_steps[1], hard_fraction=1 - mode_steps[0] / mode_steps[1],
-                     pixel_fraction=0.5, average_fraction=average_fraction,
-                     arm_rate_weight=priced, modnet_rate_weight=priced)
-    fitter = Fitter(model, distortion_of(target), 2e-3, sched, guide=guide, rate_thread=rate_thread)
+    sched = schedule(steps=mode_steps[1], hard_fraction=1 - mode_steps[0] / mode_steps[1],
+                     pixel_fraction=0.5, average_fraction=average_fraction)
+    fitter = Fitter(model, distortion_of(target), 2e-3, sched, rate_thread=rate_thread)
     fitter.advance()
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, fitter
 
 
 def test_rate_thread_step_has_the_plain_steps_gradients():
     """rate_thread: the rate's forward and backward on a second thread give every parameter the
-    gradient of the plain step (soft and hard stages, whole and partial renders, a guide term),
+    gradient of the plain step (soft and hard stages, whole and partial renders, averaged steps),
     and the fit leaves torch's thread count as it was."""
-    from lotterycli.fit import PixelMSE
-
     cases = [
-        (lambda t: mse(t), (3, 3), None, 0.0, 0.0),  # soft stage, plain distortion
-        (lambda t: mse(t), (2, 4), lambda im, step: 0.1 * im.mean(), 0.0, 0.0),  # hard steps, a guide term
-        (lambda t: PixelMSE(torch.arange(480), t.reshape(3, -1), 480), (3, 3), None, 0.0, 0.0),  # random half
-        (lambda t: PixelMSE(torch.arange(480), t.reshape(3, -1), 480), (2, 4), None, 0.0, 1.0),  # networks priced
-        (lambda t: PixelMSE(torch.arange(0, 480, 3), t.reshape(3, -1)[:, ::3], 480), (2, 4), None, 0.5, 0.0),
+        (lambda t: squared_error(t), (3, 3), 0.0),  # soft stage, plain distortion
+        (lambda t: squared_error(t), (2, 4), 0.0),  # hard steps, plain distortion
+        (lambda t: PixelMSE(torch.arange(480), t.reshape(3, -1), 480), (3, 3), 0.0),  # random half
+        (lambda t: PixelMSE(torch.arange(480), t.reshape(3, -1), 480), (2, 4), 0.0),  # random half, hard steps
+        (lambda t: PixelMSE(torch.arange(0, 480, 3), t.reshape(3, -1)[:, ::3], 480), (2, 4), 0.5),
     ]
     threads = torch.get_num_threads()
-    for distortion_of, stages, guide, average, priced in cases:
-        plain, _ = _step_gradients(False, distortion_of, stages, guide, average, priced)
-        split, fitter = _step_gradients(True, distortion_of, stages, guide, average, priced)
+    for distortion_of, stages, average in cases:
+        plain, _ = _step_gradients(False, distortion_of, stages, average)
+        split, fitter = _step_gradients(True, distortion_of, stages, average)
         assert plain.keys() == split.keys() and {"latents.grids.0", "arm.fc1.weight", "synthesis.scores"} <= plain.keys()
         for name in plain:
             assert torch.equal(split[name], plain[name]), name  # same sums, same order
@@ -281,14 +268,12 @@ def test_rate_thread_step_has_the_plain_steps_gradients():
 
 
 def test_rate_thread_fit_is_repeatable_and_reports_an_error_of_either_branch(monkeypatch):
-    import pytest
-
-    from lotterycli.codec.arm import Arm
+    from lotterycli.model.arm import Arm
 
     runs = []
     for _ in range(2):
         model, target = _model_and_target(8)
-        fit_result = fit(model, mse(target), 2e-3, Schedule(steps=10, eval_every=2), rate_thread=True)
+        fit_result = fit(model, squared_error(target), 2e-3, schedule(steps=10, eval_every=2), rate_thread=True)
         runs.append((fit_result.best_loss, [v.clone() for v in model.state_dict().values()]))
     assert runs[0][0] == runs[1][0]
     assert all(torch.equal(a, b) for a, b in zip(runs[0][1], runs[1][1]))
@@ -300,12 +285,12 @@ def test_rate_thread_fit_is_repeatable_and_reports_an_error_of_either_branch(mon
     threads = torch.get_num_threads()
     model, target = _model_and_target(8)
     with pytest.raises(RuntimeError, match="rate branch failed"):
-        fit(model, mse(target), 2e-3, Schedule(steps=3), rate_thread=True)
+        fit(model, squared_error(target), 2e-3, schedule(steps=3), rate_thread=True)
     assert torch.get_num_threads() == threads
 
 
 def test_rate_thread_pays_on_cpu_with_threads_for_small_images_only():
-    from lotterycli.fit import RATE_THREAD_MAX_PIXELS, rate_thread_pays
+    from lotterycli.fitting.loop import RATE_THREAD_MAX_PIXELS, rate_thread_pays
 
     before = torch.get_num_threads()
     cpu = torch.device("cpu")
@@ -320,22 +305,70 @@ def test_rate_thread_pays_on_cpu_with_threads_for_small_images_only():
         torch.set_num_threads(before)
 
 
-def test_priced_networks_shrink_their_estimated_bits_and_zero_weight_is_the_plain_fit():
-    """modnet_rate_weight / arm_rate_weight add lambda * estimated parameter bits per pixel to the
-    loss: a heavy price pulls the parameters towards zero; weight 0 is the plain fit bit for bit."""
-    start, target = _model_and_target(5)
-    with torch.no_grad():
-        bits0 = {"modnet": float(start.modnet.parameter_bits()), "arm": float(start.arm.parameter_bits())}
-    sched = dict(steps=8, hard_fraction=0.0, lr=0.01)
-    priced, _ = _model_and_target(5)
-    fit(priced, mse(target), 1e-3, Schedule(**sched, modnet_rate_weight=1e6, arm_rate_weight=1e6))
-    free, _ = _model_and_target(5)
-    fit(free, mse(target), 1e-3, Schedule(**sched))
-    for name in ("modnet", "arm"):
-        module_priced, module_free = getattr(priced, name), getattr(free, name)
-        with torch.no_grad():
-            assert float(module_priced.parameter_bits()) < min(bits0[name], float(module_free.parameter_bits())) - 1.0
-    zero, _ = _model_and_target(5)
-    fit(zero, mse(target), 1e-3, Schedule(**sched, modnet_rate_weight=0.0, arm_rate_weight=0.0))
-    for a, b in zip(zero.state_dict().values(), free.state_dict().values()):
-        assert torch.equal(a, b)
+# -- cancellation -------------------------------------------------------------------------------
+@pytest.fixture
+def cancel_event():
+    """cancel_all() sets a process-wide event; clear it around the test so no other fit stops."""
+    loop_module._CANCELLED.clear()
+    try:
+        yield loop_module._CANCELLED
+    finally:
+        loop_module._CANCELLED.clear()
+
+
+@pytest.mark.parametrize("rate_thread", [False, True], ids=["plain", "rate_thread"])
+def test_cancel_all_stops_a_running_fit_at_its_next_step(cancel_event, rate_thread):
+    """cancel_all() (an interrupted command) makes a fit in progress raise FitCancelled before
+    its next step; the steps already run stay run, and torch's thread count is restored."""
+    model, target = _model_and_target(11)
+    threads = torch.get_num_threads()
+    seen = []
+
+    def progress(info):
+        seen.append(info.step)
+        if info.step == 3:
+            cancel_all()
+
+    fitter = Fitter(model, squared_error(target), 1e-3, schedule(steps=10), progress=progress, report_every=1,
+                    rate_thread=rate_thread)
+    with pytest.raises(FitCancelled):
+        fitter.advance()
+    assert cancel_event.is_set()
+    assert fitter.step == 3 and seen == [1, 2, 3]  # step 4 never ran
+    assert torch.get_num_threads() == threads
+    other, _ = _model_and_target(12)
+    with pytest.raises(FitCancelled):  # a cancelled process starts no more fits either
+        fit(other, squared_error(target), 1e-3, schedule(steps=2))
+
+
+def test_cancel_all_reaches_a_fit_on_another_thread(cancel_event):
+    """The case cancel_all exists for: a fit on a worker thread (a restoration member) stops at
+    its next step when the main thread cancels, instead of running to its end."""
+    import threading
+
+    model, target = _model_and_target(13)
+    reached, cancelled, outcome = threading.Event(), threading.Event(), []
+
+    def progress(info):
+        if info.step == 2:
+            reached.set()
+            assert cancelled.wait(30)  # hold the fit here until the main thread has cancelled
+
+    def worker():
+        try:
+            fit(model, squared_error(target), 1e-3, schedule(steps=50), progress=progress, report_every=1)
+            outcome.append("finished")
+        except FitCancelled:
+            outcome.append("cancelled")
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    assert reached.wait(30)
+    cancel_all()
+    cancelled.set()
+    thread.join(30)
+    assert not thread.is_alive() and outcome == ["cancelled"]
+    # and once the event is cleared (as the fixture does), fits run again
+    cancel_event.clear()
+    again, _ = _model_and_target(13)
+    assert fit(again, squared_error(target), 1e-3, schedule(steps=2)).steps == 2

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from lotterycli.codec import entropy
-from lotterycli.codec.arm import Arm, ArmExact
-from lotterycli.codec.entropy import decode_latents, encode_latents, estimate_bits, table_fingerprint
-from lotterycli.codec.params import latent_shapes
+from lotterycli.bitstream import latent_coding as entropy
+from lotterycli.bitstream.latent_coding import decode_latents, encode_latents, estimate_bits, table_fingerprint
+from lotterycli.bitstream.varint import encode_varint
 from lotterycli.errors import LotteryError
+from lotterycli.model.architecture import latent_shapes
+from lotterycli.model.arm import Arm, ArmExact
 
 PINNED_TABLE = "3cc779380c8890697bab1970026b6e399cd678c25f925bbbf5e69c066feb38b6"
 
@@ -170,7 +171,7 @@ def test_truncated_or_corrupted_data_raises():
         decode_latents(b"\x7f" + b"\xff" * 40, shapes, ex)
 
 
-# Bands (format v3) --------------------------------------------------------------------------
+# Bands --------------------------------------------------------------------------
 def _split_bands(lat, band_rows):
     return [b for g in lat for b in g.split(band_rows, dim=0)]
 
@@ -227,3 +228,83 @@ def test_bad_band_rows_are_refused():
         encode_latents(lat, ex, band_rows=-1)
     with pytest.raises(LotteryError, match="band rows"):
         decode_latents(b"\0" * 16, [(16, 16), (8, 8)], ex, band_rows=1 << 20)
+
+
+# Byte layout: grid flags, escape stream lengths (varints), checksum -----------------------
+def _with_escapes():
+    shapes = latent_shapes(37, 53, 7)
+    _, ex = _exact_arm(5)
+    lat = _laplace_latents(shapes, 5, scale=2.0, big=30)
+    data = encode_latents(lat, ex)
+    return shapes, ex, lat, data
+
+
+def _leb128(data, pos):
+    """(value, end) of the LEB128 integer at data[pos], read by hand."""
+    value = shift = 0
+    while True:
+        b = data[pos]
+        value |= (b & 0x7F) << shift
+        shift += 7
+        pos += 1
+        if not b & 0x80:
+            return value, pos
+
+
+def _long_form(n):
+    short = encode_varint(n)
+    return short[:-1] + bytes([short[-1] | 0x80, 0])
+
+
+def test_escape_stream_lengths_are_shortest_form_varints():
+    shapes, ex, lat, data = _with_escapes()
+    n1, p1 = _leb128(data, 1)
+    n2, p2 = _leb128(data, p1)
+    assert data[0] == 0b1111111 and n1 > 0 and n2 > 0
+    assert data[1:p2] == encode_varint(n1) + encode_varint(n2)
+    # the same lengths written one byte longer (valid LEB128, not the shortest form)
+    for start, end, n in ((1, p1, n1), (p1, p2, n2)):
+        long = data[:start] + _long_form(n) + data[end:]
+        with pytest.raises(LotteryError, match="latent escape stream length is not in its shortest form"):
+            decode_latents(long, shapes, ex)
+    # a length beyond the section's size is refused by the varint's limit, or as truncation
+    too_long = data[:1] + encode_varint(len(data) + 1000) + data[p1:]
+    with pytest.raises(LotteryError, match="latent escape stream length .*out of range"):
+        decode_latents(too_long, shapes, ex)
+    with pytest.raises(LotteryError, match="truncated"):
+        decode_latents(data[:1] + encode_varint(len(data) - 5) + data[p1:], shapes, ex)
+    with pytest.raises(LotteryError, match=r"^corrupted \.lottery file: the latent escape stream length is out of range$"):
+        decode_latents(data[:1] + b"\xff\xff\xff\xff\xff\xff", shapes, ex)
+    assert [torch.equal(a, b) for a, b in zip(decode_latents(data, shapes, ex), lat)] == [True] * 7
+
+
+def test_grid_flags_and_checksum_are_checked():
+    shapes, ex, lat, data = _with_escapes()
+    with pytest.raises(LotteryError, match="grid flags"):  # a grid beyond the 7 shapes
+        decode_latents(bytes([data[0] | 0x80]) + data[1:], shapes, ex)
+    with pytest.raises(LotteryError, match="grid flags"):
+        decode_latents(data, shapes[:6], ex)
+    with pytest.raises(LotteryError):  # one grid less: other values come out
+        decode_latents(bytes([data[0] & ~0b10]) + data[1:], shapes, ex)
+    bad_crc = data[:-4] + bytes([data[-4] ^ 1]) + data[-3:]
+    with pytest.raises(LotteryError, match="checksum"):
+        decode_latents(bad_crc, shapes, ex)
+    with pytest.raises(LotteryError):  # other shapes: other values (or a failure), never the same
+        decode_latents(data, latent_shapes(37, 52, 7), ex)
+
+
+def test_bad_latents_and_shapes_are_refused():
+    _, ex = _exact_arm(1)
+    shapes = latent_shapes(16, 16, 2)
+    lat = _laplace_latents(shapes, 1)
+    as_float = [g.double() for g in lat]
+    assert encode_latents(as_float, ex) == encode_latents(lat, ex)  # integer-valued floats are fine
+    as_float[0][0, 0] += 0.5
+    with pytest.raises(LotteryError, match="integers"):
+        encode_latents(as_float, ex)
+    with pytest.raises(LotteryError, match="at most 8"):
+        decode_latents(b"\0" * 16, [(1, 1)] * 9, ex)
+    with pytest.raises(LotteryError, match="shape"):
+        decode_latents(b"\0" * 16, [(-1, 4)], ex)
+    with pytest.raises(LotteryError, match="too large"):
+        decode_latents(b"\0" * 16, [(1 << 15, 1 << 14)], ex)

@@ -1,4 +1,4 @@
-"""The codec model: seeded weights, mask, straight-through, latent proxies, exact decoding."""
+"""The model: seeded weights, mask, straight-through, latent proxies, frames, exact decoding."""
 
 from __future__ import annotations
 
@@ -8,16 +8,20 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import arch, edges_scene, scene, schedule
 
-from conftest import edges_scene, scene
-from lotterycli.bitstream.container import FORMAT_VERSION, decode_file, encode_file
-from lotterycli.codec import fixedpoint, prng, synthesis, upsampling
-from lotterycli.codec.architecture import Architecture
-from lotterycli.codec.latents import LatentGrids, kumaraswamy_noise, soft_round
-from lotterycli.codec.model import LotteryModel, decode_payload, macs_per_pixel, model_from_payload
-from lotterycli.compress import quantize_networks
-from lotterycli.fit import Schedule, fit, mse
+from lotterycli.bitstream.container import decode_file, encode_file
+from lotterycli.bitstream.header import FORMAT_VERSION
+from lotterycli.compression.quantize import quantize_networks
+from lotterycli.fitting.loop import fit
+from lotterycli.fitting.losses import squared_error
 from lotterycli.metrics import psnr
+from lotterycli.model import fixedpoint, prng, synthesis, upsampling
+from lotterycli.model.architecture import macs_per_pixel
+from lotterycli.model.exact_render import render_payload
+from lotterycli.model.frames import N_FRAMES, dihedral, frame_shape
+from lotterycli.model.latents import LatentGrids, kumaraswamy_noise, soft_round
+from lotterycli.model.lottery_model import LotteryModel, model_from_payload
 
 # Pinned values. If one of these changes, every existing .lottery file decodes differently:
 # that needs a format version bump, not a new pin.
@@ -50,16 +54,16 @@ def _weights_sha256(weights) -> str:
 
 
 def test_random_weights_pinned_hash():
-    weights = synthesis.random_weights(Architecture(), seed=1234)
-    assert [tuple(w.shape) for w in weights] == Architecture().synth_layer_shapes
+    weights = synthesis.random_weights(arch(), seed=1234)
+    assert [tuple(w.shape) for w in weights] == arch().synth_layer_shapes
     assert all(w.dtype == torch.float32 for w in weights)
     assert _weights_sha256(weights) == WEIGHTS_SEED_1234_SHA256
 
 
 def test_random_weights_depend_on_seed_and_are_reproducible():
-    a = synthesis.random_weights(Architecture(), seed=1)
-    b = synthesis.random_weights(Architecture(), seed=2)
-    a2 = synthesis.random_weights(Architecture(), seed=1)
+    a = synthesis.random_weights(arch(), seed=1)
+    b = synthesis.random_weights(arch(), seed=2)
+    a2 = synthesis.random_weights(arch(), seed=1)
     assert all(torch.equal(x, y) for x, y in zip(a, a2))
     assert all(not torch.equal(x, y) for x, y in zip(a, b))
     # most individual weights differ, not just a few
@@ -68,15 +72,15 @@ def test_random_weights_depend_on_seed_and_are_reproducible():
 
 def test_random_weights_are_exact_dyadics():
     shift = synthesis.WEIGHT_BITS + synthesis.SCALE_BITS  # 21
-    w32 = synthesis.random_weights(Architecture(), seed=99)
-    w64 = synthesis.random_weights(Architecture(), seed=99, dtype=torch.float64)
+    w32 = synthesis.random_weights(arch(), seed=99)
+    w64 = synthesis.random_weights(arch(), seed=99, dtype=torch.float64)
     for a, b in zip(w32, w64):
         scaled = b * 2.0**shift
         assert torch.equal(scaled, torch.round(scaled)), "w * 2**21 must be an integer"
         assert torch.equal(a.double(), b), "float32 weights must be exact (no rounding)"
         assert bool((a != 0).all()), "odd integers: no weight is exactly zero"
     # Kaiming-like bound per layer: |w| <= sqrt(6 / fan_in) (rounded to 2**-8)
-    for (fan_out, fan_in), w in zip(Architecture().synth_layer_shapes, w64):
+    for (_, fan_in), w in zip(arch().synth_layer_shapes, w64):
         assert float(w.abs().max()) <= math.sqrt(6.0 / fan_in) + 2**-8
 
 
@@ -100,12 +104,12 @@ def test_topk_mask_keeps_highest():
 
 
 def test_straight_through_gradient_reaches_scores():
-    arch = Architecture()
-    syn = synthesis.MaskedSynthesis(arch, seed=3, mask_ratio=0.3)
-    assert int(syn.mask().sum()) == arch.n_synth_weights - round(0.3 * arch.n_synth_weights)
+    ref = arch()
+    syn = synthesis.MaskedSynthesis(ref, seed=3, mask_ratio=0.3)
+    assert int(syn.mask().sum()) == ref.n_synth_weights - round(0.3 * ref.n_synth_weights)
     coords = synthesis.pixel_coordinates(8, 8)
-    m1, m2, m3 = arch.modulation_channels
-    o = arch.modnet_out
+    m1, m2, m3 = ref.modulation_channels
+    o = ref.modnet_out
     gen = torch.Generator().manual_seed(0)
     mods = (torch.randn(2 * o, 64, generator=gen), torch.randn(o, 64, generator=gen), torch.randn(m3 - m2, 64, generator=gen))
     out = syn(coords, mods)
@@ -157,6 +161,54 @@ def test_kumaraswamy_noise_range_and_uniform_case():
     assert float(n.var()) < float(u.var())  # a > 1 concentrates the noise around 0
 
 
+# -- frames (model.frames) ---------------------------------------------------------------------
+def _asymmetric(*shape: int) -> torch.Tensor:
+    """Distinct values everywhere: no symmetry of the square maps it onto itself."""
+    n = 1
+    for d in shape:
+        n *= d
+    return torch.arange(n, dtype=torch.float32).reshape(shape)
+
+
+@pytest.mark.parametrize("k", range(N_FRAMES))
+@pytest.mark.parametrize("shape", [(5, 7), (3, 4, 6), (2, 3, 6, 6), (1, 1)])
+def test_dihedral_inverse_round_trip(k, shape):
+    x = _asymmetric(*shape)
+    y = dihedral(x, k)
+    assert y.shape[:-2] == x.shape[:-2]
+    assert tuple(y.shape[-2:]) == frame_shape(x.shape[-2], x.shape[-1], k)
+    assert torch.equal(dihedral(y, k, inverse=True), x)
+    assert torch.equal(dihedral(dihedral(x, k, inverse=True), k), x)
+    assert sorted(y.flatten().tolist()) == sorted(x.flatten().tolist())  # a permutation of the pixels
+    assert torch.equal(dihedral(x, k + N_FRAMES), y)  # k is taken mod 8
+
+
+def test_dihedral_frames_are_the_eight_symmetries():
+    x = _asymmetric(3, 4, 4)
+    frames = [dihedral(x, k) for k in range(N_FRAMES)]
+    # all distinct, and closed under composition and inversion: the group of the square
+    for a in range(N_FRAMES):
+        assert all(not torch.equal(frames[a], frames[b]) for b in range(a))
+        for b in range(N_FRAMES):
+            assert any(torch.equal(dihedral(frames[a], b), f) for f in frames)
+        assert any(torch.equal(dihedral(x, a, inverse=True), f) for f in frames)
+    # the bits: 1 mirrors left-right, 2 top-bottom, 4 transposes (before the mirrors)
+    assert torch.equal(frames[0], x)
+    assert torch.equal(frames[1], x.flip(-1))
+    assert torch.equal(frames[2], x.flip(-2))
+    assert torch.equal(frames[4], x.transpose(-1, -2))
+    assert torch.equal(frames[5], x.transpose(-1, -2).flip(-1))
+    assert torch.equal(frames[7], x.transpose(-1, -2).flip(-1, -2))
+
+
+@pytest.mark.parametrize("k", range(N_FRAMES))
+def test_frame_shape(k):
+    want = (7, 5) if k & 4 else (5, 7)
+    assert frame_shape(5, 7, k) == want
+    assert frame_shape(*frame_shape(5, 7, k), k) == (5, 7)  # the same shape takes it back
+    assert frame_shape(5, 7, k + 3 * N_FRAMES) == want
+
+
 # -- fixed point and exact decoding -------------------------------------------------------------
 def test_table_fingerprint_pinned():
     assert fixedpoint.table_fingerprint() == TABLE_FINGERPRINT
@@ -187,7 +239,7 @@ def test_modnet_unfolded_conv_equals_conv2d_with_gradients(height, width):
     conv2d's values and gradients (float64: equal to rounding)."""
     from torch.nn import functional as F
 
-    from lotterycli.codec.modulation import conv3x3_unfolded
+    from lotterycli.model.modulation import conv3x3_unfolded
 
     g = torch.Generator().manual_seed(height * 100 + width)
     x = torch.randn(3, height * width, dtype=torch.float64, generator=g, requires_grad=True)
@@ -281,10 +333,10 @@ def test_synthesis_first_layer_cache_follows_mask_changes():
     """The cached GELU(w1 @ coords) and its slope give the plain layer's values and gradients after
     mask flips (rows recomputed), on chosen pixels, and for other coordinates."""
     torch.manual_seed(0)
-    synth = synthesis.MaskedSynthesis(Architecture(), seed=4, mask_ratio=0.3)
+    synth = synthesis.MaskedSynthesis(arch(), seed=4, mask_ratio=0.3)
     coords = synthesis.pixel_coordinates(9, 11)
     pixels = torch.tensor([0, 5, 17, 98])
-    n_first = Architecture().synth_layer_shapes[0][0] * 2
+    n_first = arch().synth_layer_shapes[0][0] * 2
     masks = set()
     for trial in range(4):
         if trial:  # flip the mask of a few first-layer weights (and of some others)
@@ -309,11 +361,11 @@ def test_synthesis_first_layer_cache_update_never_feeds_a_stale_graph():
     """The cache is updated in place (no copy of two (32, H*W) maps per mask flip): a graph that
     still holds the old values must fail on backward, not silently use the new ones."""
     torch.manual_seed(1)
-    synth = synthesis.MaskedSynthesis(Architecture(), seed=4, mask_ratio=0.3)
+    synth = synthesis.MaskedSynthesis(arch(), seed=4, mask_ratio=0.3)
     coords = synthesis.pixel_coordinates(9, 11)
     old = synth._first_layer(synth.masked_weights()[0], coords, None)
     pending = (old * old).sum()  # saves the cached values for its backward
-    n_first = Architecture().synth_layer_shapes[0][0] * 2
+    n_first = arch().synth_layer_shapes[0][0] * 2
     with torch.no_grad():
         synth.scores[:n_first] = torch.rand(n_first)  # flips first-layer weights
     synth._first_layer(synth.masked_weights()[0], coords, None)
@@ -327,41 +379,65 @@ def fitted():
     torch.set_num_threads(1)
     target = edges_scene(24, 20) * 0.6 + scene(24, 20) * 0.4
     torch.manual_seed(0)
-    model = LotteryModel(24, 20, Architecture(), seed=11, mask_ratio=0.3)
-    fit(model, mse(target), 0.002, Schedule(steps=25, eval_every=5))
-    modules = quantize_networks(model, mse(target), 0.002)
+    model = LotteryModel(24, 20, arch(), seed=11, mask_ratio=0.3)
+    fit(model, squared_error(target), 0.002, schedule(steps=25, eval_every=5))
+    modules = quantize_networks(model, squared_error(target), 0.002)
     return model, model.to_payload(modules), target
 
 
-def test_decode_payload_deterministic_across_threads_and_calls(fitted):
+def test_render_payload_deterministic_across_threads_and_calls(fitted):
     _, payload, _ = fitted
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one = decode_payload(payload)
-        again = decode_payload(payload)
+        one = render_payload(payload)
+        again = render_payload(payload)
         torch.set_num_threads(2)
-        two = decode_payload(payload)
+        two = render_payload(payload)
     finally:
         torch.set_num_threads(before)
     assert one.dtype == torch.uint8 and one.shape == (3, 24, 20)
     assert torch.equal(one, again)
     assert torch.equal(one, two)
     # and through the real bitstream
-    assert torch.equal(decode_payload(decode_file(encode_file(payload))), one)
+    assert torch.equal(render_payload(decode_file(encode_file(payload))), one)
     # per-pixel layers run in blocks: any block size gives the same pixels
-    assert torch.equal(decode_payload(payload, block_pixels=7), one)
-    assert torch.equal(decode_payload(payload, block_pixels=1), one)
+    assert torch.equal(render_payload(payload, block_pixels=7), one)
+    assert torch.equal(render_payload(payload, block_pixels=1), one)
 
 
-def test_decode_payload_matches_float_render(fitted):
+def test_render_payload_matches_float_render(fitted):
     model, payload, target = fitted
     with torch.no_grad():
         render, _ = model("hard")
-    decoded = decode_payload(payload).double() / 255.0
+    decoded = render_payload(payload).double() / 255.0
     assert psnr(decoded, render.double().clamp(0, 1)) > 40.0
     # and the fit did something: better than a flat grey image
     assert psnr(decoded, target) > psnr(torch.full_like(target, 0.5), target)
+
+
+@pytest.mark.parametrize("k", range(N_FRAMES))
+def test_decode_bytes_renders_exactly_and_undoes_the_frame(fitted, k):
+    """compression.decoder.decode_bytes renders the file's payload with model.exact_render and
+    undoes the frame it records: the picture is dihedral(render_payload(payload), k, inverse=True)."""
+    from dataclasses import replace
+
+    from lotterycli.bitstream.header import read_header
+    from lotterycli.compression.decoder import decode_bytes
+
+    _, payload, _ = fitted
+    payload = replace(payload, frame=k)
+    data = encode_file(payload)
+    assert decode_file(data).frame == k
+    rendered = render_payload(payload)
+    decoded = decode_bytes(data)
+    assert decoded.dtype == torch.uint8
+    assert torch.equal(decoded, dihedral(rendered, k, inverse=True))
+    # the picture's size: the render's, transposed by frames 4-7 (and what the header announces)
+    assert tuple(decoded.shape) == (3, *frame_shape(payload.height, payload.width, k))
+    assert read_header(data).image_size == tuple(decoded.shape[1:])
+    if k == 0:
+        assert torch.equal(decoded, rendered)
 
 
 def test_model_from_payload_keeps_latents_and_networks(fitted):
@@ -383,22 +459,23 @@ def test_model_from_payload_keeps_mask(fitted):
 
 def test_payload_mask_count(fitted):
     _, payload, _ = fitted
-    n = Architecture().n_synth_weights
+    n = arch().n_synth_weights
     assert payload.mask.dtype == torch.bool and payload.mask.numel() == n
     assert int(payload.mask.sum()) == n - round(0.3 * n)
 
 
 def test_macs_per_pixel_sane():
-    arch = Architecture()
-    n = arch.n_synth_weights
+    ref = arch()
+    n = ref.n_synth_weights
     mask = synthesis.topk_mask(torch.rand(n, generator=torch.Generator().manual_seed(0)), 0.3)
-    macs = macs_per_pixel(arch, mask, 256, 256)
+    kept = int(mask.sum())
+    macs = macs_per_pixel(ref, kept, 256, 256)
     assert 1000 < macs < 10000
-    full = macs_per_pixel(arch, torch.ones(n, dtype=torch.bool), 256, 256)
+    full = macs_per_pixel(ref, n, 256, 256)
     # every kept synthesis weight costs one MAC per pixel
-    assert full - macs == pytest.approx(n - int(mask.sum()))
+    assert full - macs == pytest.approx(n - kept)
     # per-pixel cost barely depends on the image size
-    assert macs_per_pixel(arch, mask, 512, 384) == pytest.approx(macs, rel=0.05)
+    assert macs_per_pixel(ref, kept, 512, 384) == pytest.approx(macs, rel=0.05)
 
 
 def test_per_tensor_steps_lower_the_real_cost(fitted):
@@ -413,9 +490,9 @@ def test_per_tensor_steps_lower_the_real_cost(fitted):
 
     def real_cost(per_tensor: bool) -> tuple[float, dict]:
         m = copy.deepcopy(model)
-        modules = quantize_networks(m, mse(target), lam, per_tensor=per_tensor)
+        modules = quantize_networks(m, squared_error(target), lam, per_tensor=per_tensor)
         data = encode_file(m.to_payload(modules))
-        decoded = decode_payload(decode_file(data)).double() / 255.0
+        decoded = render_payload(decode_file(data)).double() / 255.0
         d = float(((decoded - target.double()) ** 2).mean())
         return d + lam * len(data) * 8 / m.n_pixels, modules
 
@@ -423,7 +500,7 @@ def test_per_tensor_steps_lower_the_real_cost(fitted):
     tensor_cost, tensor_q = real_cost(True)
     assert all(len(set(q.tensor_shifts().values())) == 1 for q in module_q.values())
     assert any(len(set(q.tensor_shifts().values())) > 1 for q in tensor_q.values())
-    assert sum(module_bits(q) for q in tensor_q.values()) < sum(module_bits(q) for q in module_q.values())
+    assert sum(module_bits(q, n) for n, q in tensor_q.items()) < sum(module_bits(q, n) for n, q in module_q.items())
     assert tensor_cost < module_cost
 
 
@@ -432,27 +509,27 @@ def test_banded_model_writes_and_decodes_its_bands():
     torch.set_num_threads(1)
     target = scene(24, 20)
     torch.manual_seed(0)
-    model = LotteryModel(24, 20, Architecture(arm_band_rows=5), seed=3, mask_ratio=0.3)
-    fit(model, mse(target), 0.002, Schedule(steps=10, eval_every=5))
-    payload = model.to_payload(quantize_networks(model, mse(target), 0.002, per_tensor=False))
+    model = LotteryModel(24, 20, arch(arm_band_rows=5), seed=3, mask_ratio=0.3)
+    fit(model, squared_error(target), 0.002, schedule(steps=10, eval_every=5))
+    payload = model.to_payload(quantize_networks(model, squared_error(target), 0.002, per_tensor=False))
     data = encode_file(payload)
     back = decode_file(data)
     assert back.architecture.arm_band_rows == 5 and data[4] == FORMAT_VERSION == 4
     assert all(torch.equal(a, b) for a, b in zip(back.latents, payload.latents))
-    assert torch.equal(decode_payload(back), decode_payload(payload))
+    assert torch.equal(render_payload(back), render_payload(payload))
     with torch.no_grad():  # the model's rate is the banded one
         rate_in, _ = model.latents.proxies("hard")
         assert float(model("hard")[1]) == pytest.approx(float(model.arm.rate_bits(rate_in, 5)), rel=1e-6)
 
 
 def test_bands_at_least_as_tall_as_the_image_are_stored_as_none():
-    assert LotteryModel(24, 20, Architecture(arm_band_rows=24), seed=0, mask_ratio=0.3).arch.arm_band_rows == 0
-    assert LotteryModel(24, 20, Architecture(arm_band_rows=23), seed=0, mask_ratio=0.3).arch.arm_band_rows == 23
+    assert LotteryModel(24, 20, arch(arm_band_rows=24), seed=0, mask_ratio=0.3).arch.arm_band_rows == 0
+    assert LotteryModel(24, 20, arch(arm_band_rows=23), seed=0, mask_ratio=0.3).arch.arm_band_rows == 23
 
 
-# -- ARM refit (compress.refit_arm) --------------------------------------------------------------
+# -- ARM refit (compression.arm_refit.refit_arm) ------------------------------------------------
 def test_arm_parameter_bits_is_zero_at_zero_and_pulls_weights_towards_zero():
-    from lotterycli.codec.arm import Arm
+    from lotterycli.model.arm import Arm
 
     arm = Arm(8)
     with torch.no_grad():
@@ -473,7 +550,7 @@ def test_refit_arm_lowers_its_objective_and_touches_nothing_but_the_arm(fitted):
     same, so PSNR cannot move; its objective (latent bits + the ARM's parameter estimate) falls."""
     import copy
 
-    from lotterycli.compress import refit_arm
+    from lotterycli.compression.arm_refit import refit_arm
 
     model, _, _ = fitted
     m = copy.deepcopy(model)
@@ -495,15 +572,15 @@ def test_refit_arm_shrinks_the_real_file_at_equal_pixels(fitted):
     """What the stage is for: the same fit, refitted, codes to fewer bytes and the same pixels."""
     import copy
 
-    from lotterycli.compress import refit_arm
+    from lotterycli.compression.arm_refit import refit_arm
 
     model, _, target = fitted
     files = {}
     for steps in (0, 60):
         m = copy.deepcopy(model)
         refit_arm(m, steps, 0.005)
-        data = encode_file(m.to_payload(quantize_networks(m, mse(target), 0.002)))
-        files[steps] = (len(data), decode_payload(decode_file(data)))
+        data = encode_file(m.to_payload(quantize_networks(m, squared_error(target), 0.002)))
+        files[steps] = (len(data), render_payload(decode_file(data)))
     assert files[60][0] < files[0][0]
     assert torch.equal(files[60][1], files[0][1])
 
@@ -515,14 +592,14 @@ def test_an_arm_alternative_is_kept_only_when_it_codes_cheaper(fitted):
     import copy
 
     model, _, target = fitted
-    plain = quantize_networks(copy.deepcopy(model), mse(target), 0.002)
+    plain = quantize_networks(copy.deepcopy(model), squared_error(target), 0.002)
     useless = {k: torch.zeros_like(v) for k, v in model.arm.state_dict().items()}
     fitted_arm = {k: v.clone() for k, v in model.arm.state_dict().items()}
     m = copy.deepcopy(model)
-    with_alt = quantize_networks(m, mse(target), 0.002, arm_alternatives=[useless])
+    with_alt = quantize_networks(m, squared_error(target), 0.002, arm_alternatives=[useless])
     m2 = copy.deepcopy(model)
     m2.arm.load_state_dict(useless)
-    swapped = quantize_networks(m2, mse(target), 0.002, arm_alternatives=[fitted_arm])
+    swapped = quantize_networks(m2, squared_error(target), 0.002, arm_alternatives=[fitted_arm])
     for q in (with_alt["arm"], swapped["arm"]):
         assert q.tensor_shifts() == plain["arm"].tensor_shifts()
         assert all(torch.equal(q.tensors[k], plain["arm"].tensors[k]) for k in q.tensors)
@@ -530,21 +607,28 @@ def test_an_arm_alternative_is_kept_only_when_it_codes_cheaper(fitted):
 
 def test_compress_refits_the_arm_for_at_most_the_fit_steps(monkeypatch):
     """compress_image runs the config's refit, capped at the fit's own step count."""
-    from lotterycli import compress
+    from lotterycli.compression import arm_refit, encoder
+    from lotterycli.compression.decoder import decode_bytes
     from lotterycli.config import load_task_config
 
     calls = []
-    real = compress.refit_arm
-    monkeypatch.setattr(compress, "refit_arm",
-                        lambda m, steps, lr, *rest, **kw: calls.append((steps, lr)) or real(m, steps, lr, *rest, **kw))
+    real = arm_refit.refit_arm
+
+    def recorded(m, steps, lr, *rest, **kw):
+        calls.append((steps, lr))
+        return real(m, steps, lr, *rest, **kw)
+
+    # the encoder calls the refit itself, and scratch_arm (in arm_refit) calls it for the narrower ARM
+    monkeypatch.setattr(encoder, "refit_arm", recorded)
+    monkeypatch.setattr(arm_refit, "refit_arm", recorded)
     torch.set_num_threads(1)
     cfg = load_task_config("compress", overrides={"steps": 8})
     assert cfg.schedule.arm_scratch_widths == (8,)
-    result = compress.compress_image(scene(20, 24), cfg, device="cpu")
+    result = encoder.compress_image(scene(20, 24), cfg, device="cpu")
     # the refit, then the 8-wide ARM from scratch: both capped at the fit's 8 steps
     assert calls == [(8, cfg.schedule.arm_refit_lr), (8, cfg.schedule.arm_scratch_lr)]
     assert result.bpp == pytest.approx(len(result.data) * 8 / (20 * 24))  # the image's own pixel count
-    assert torch.equal(compress.decompress_bytes(result.data), result.decoded)
+    assert torch.equal(decode_bytes(result.data), result.decoded)
 
 
 @pytest.mark.parametrize("min_share, tried", [(0.0, True), (1.0, False)])
@@ -553,12 +637,13 @@ def test_narrower_arms_are_tried_only_above_the_parameter_share(monkeypatch, min
     refit ARM's estimated parameter bits over the refit's total bits."""
     from dataclasses import replace
 
-    from lotterycli import compress
+    from lotterycli.compression import encoder
+    from lotterycli.compression.decoder import decode_bytes
     from lotterycli.config import load_task_config
 
     assert load_task_config("compress").schedule.arm_scratch_min_share == 0.06
     shares, scratched = [], []
-    real_share, real_scratch = compress.arm_parameter_share, compress.scratch_arm
+    real_share, real_scratch = encoder.arm_parameter_share, encoder.scratch_arm
 
     def share(model, bits):
         value = real_share(model, bits)
@@ -567,15 +652,15 @@ def test_narrower_arms_are_tried_only_above_the_parameter_share(monkeypatch, min
         shares.append(value)
         return value
 
-    monkeypatch.setattr(compress, "arm_parameter_share", share)
-    monkeypatch.setattr(compress, "scratch_arm", lambda *a, **k: scratched.append(a[1]) or real_scratch(*a, **k))
+    monkeypatch.setattr(encoder, "arm_parameter_share", share)
+    monkeypatch.setattr(encoder, "scratch_arm", lambda *a, **k: scratched.append(a[1]) or real_scratch(*a, **k))
     torch.set_num_threads(1)
     cfg = load_task_config("compress", overrides={"steps": 6})
     cfg = replace(cfg, schedule=replace(cfg.schedule, arm_scratch_min_share=min_share))
-    result = compress.compress_image(scene(20, 24), cfg, device="cpu")
+    result = encoder.compress_image(scene(20, 24), cfg, device="cpu")
     assert len(shares) == 1 and 0.0 < shares[0] < 1.0
     assert scratched == ([8] if tried else [])
-    assert torch.equal(compress.decompress_bytes(result.data), result.decoded)
+    assert torch.equal(decode_bytes(result.data), result.decoded)
 
 
 def test_a_narrower_arm_is_installed_when_its_search_says_cheaper(fitted, monkeypatch):
@@ -584,18 +669,19 @@ def test_a_narrower_arm_is_installed_when_its_search_says_cheaper(fitted, monkey
     without it. `scratch_arm` makes one deterministically and leaves the model alone."""
     import copy
 
-    from lotterycli import compress
-    from lotterycli.bitstream.container import architecture_bytes
+    from lotterycli.bitstream.header import architecture_bytes
+    from lotterycli.compression import quantize
+    from lotterycli.compression.arm_refit import scratch_arm
 
     model, _, target = fitted
     m = copy.deepcopy(model)
-    base = encode_file(copy.deepcopy(m).to_payload(quantize_networks(copy.deepcopy(m), mse(target), 0.002)))
-    narrow = compress.scratch_arm(m, 2, 20, 0.01, seed=0)
+    base = encode_file(copy.deepcopy(m).to_payload(quantize_networks(copy.deepcopy(m), squared_error(target), 0.002)))
+    narrow = scratch_arm(m, 2, 20, 0.01, seed=0)
     assert m.arch.arm_hidden == model.arch.arm_hidden and m.arm is not narrow  # only offered
-    again = compress.scratch_arm(copy.deepcopy(m), 2, 20, 0.01, seed=0)
+    again = scratch_arm(copy.deepcopy(m), 2, 20, 0.01, seed=0)
     assert all(torch.equal(a, b) for a, b in zip(narrow.state_dict().values(), again.state_dict().values()))
     priced = []
-    real = compress._search_steps
+    real = quantize._search_steps
 
     def search(model_, name, *args):
         cost, q = real(model_, name, *args)
@@ -605,12 +691,12 @@ def test_a_narrower_arm_is_installed_when_its_search_says_cheaper(fitted, monkey
                 cost -= 1.0  # far below any real difference: this one must win
         return cost, q
 
-    monkeypatch.setattr(compress, "_search_steps", search)
-    data = encode_file(m.to_payload(quantize_networks(m, mse(target), 0.002, arm_alternatives=[narrow])))
+    monkeypatch.setattr(quantize, "_search_steps", search)
+    data = encode_file(m.to_payload(quantize_networks(m, squared_error(target), 0.002, arm_alternatives=[narrow])))
     assert priced == [model.arch.arm_hidden, 2]
     back = decode_file(data)
     assert back.architecture.arm_hidden == 2 and m.arm is narrow and m.arch.arm_hidden == 2
     assert back.modules["arm"].tensors["fc1.weight"].shape == (2, 24)
-    assert torch.equal(decode_payload(back), decode_payload(decode_file(base)))
+    assert torch.equal(render_payload(back), render_payload(decode_file(base)))
     # the header's share: a preset costs nothing, the same sizes with a 2-wide ARM 12 bytes
     assert architecture_bytes(model.arch) == 0 and architecture_bytes(m.arch) == 12

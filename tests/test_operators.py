@@ -1,4 +1,4 @@
-"""Tests for lotterycli.operators (fast: small images only)."""
+"""Tests for lotterycli.restoration (operators, resize, fill, noise, masks; small images only)."""
 
 from __future__ import annotations
 
@@ -10,19 +10,11 @@ import torch
 from PIL import Image
 
 from lotterycli.errors import LotteryError
-from lotterycli.operators import (
-    Denoise,
-    Inpaint,
-    SuperResolution,
-    bicubic_downsample,
-    biharmonic_fill,
-    estimate_sigma,
-    make_operator,
-    masked_observation,
-    read_mask,
-    upsample_bicubic,
-    write_mask,
-)
+from lotterycli.restoration.fill import biharmonic_fill
+from lotterycli.restoration.masks import masked_observation, read_mask, write_mask
+from lotterycli.restoration.noise import estimate_sigma
+from lotterycli.restoration.operators import Denoise, Inpaint, SuperResolution, make_operator
+from lotterycli.restoration.resize import bicubic_downsample, upsample_bicubic
 
 KODAK = Path("/work/shared/data/kodak")
 
@@ -210,16 +202,6 @@ def test_biharmonic_fill_reproduces_smooth_functions_and_keeps_known_pixels():
     err = lambda a: float(((a.float() - x)[:, ~op.mask] ** 2).mean())  # noqa: E731
     assert err(biharmonic_fill(y, op.mask)) < 0.3 * err(mean_fill)
     assert torch.equal(biharmonic_fill(x, torch.ones(40, 36, dtype=torch.bool)), x)
-
-
-def test_warm_start_target_only_for_inpainting():
-    x = smooth_image(24, 20)
-    op = Inpaint.random(24, 20, 0.5, seed=3)
-    target, weight = op.warm_start_target(op.simulate(x, 0))
-    assert target.shape == x.shape and target.dtype == x.dtype
-    assert torch.equal(weight.bool(), ~op.mask)  # (H, W): broadcast over the channels
-    assert Denoise(0.1).warm_start_target(x) is None
-    assert SuperResolution(2).warm_start_target(x[:, ::2, ::2]) is None
 
 
 def test_denoise_loss_is_mse():

@@ -6,18 +6,23 @@ and ask for a clear margin over the baseline, not for a particular PSNR.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
+from conftest import edges_scene, png_pixels, run_inprocess, save_png, scene
 from PIL import Image
 
-from conftest import edges_scene, png_pixels, run_inprocess, save_png, scene
 from lotterycli.api import restore
+from lotterycli.config import load_task_config, with_changes
 from lotterycli.errors import LotteryError
 from lotterycli.images import read_image
 from lotterycli.metrics import psnr
-from lotterycli.operators import Denoise, Inpaint, SuperResolution, bicubic_downsample, read_mask, upsample_bicubic
-from lotterycli.restore import combine
+from lotterycli.restoration.ensemble import blend_classical, combine, default_workers, restore_image
+from lotterycli.restoration.masks import read_mask
+from lotterycli.restoration.operators import Denoise, Inpaint, SuperResolution
+from lotterycli.restoration.resize import bicubic_downsample, upsample_bicubic
 
 run = run_inprocess
 QUICK = ("--preset", "fast", "--device", "cpu")
@@ -25,6 +30,11 @@ QUICK = ("--preset", "fast", "--device", "cpu")
 
 def listing(directory) -> set[str]:
     return {p.name for p in directory.iterdir()}
+
+
+def with_restoration(cfg, **changes):
+    """`cfg` (frozen) with some of its restoration settings changed."""
+    return replace(cfg, restoration=replace(cfg.restoration, **changes))
 
 
 @pytest.fixture
@@ -112,7 +122,7 @@ def noisy(clean, tmp_path):
 def test_restore_cli_reference_ensemble_and_bitstream(clean, noisy, tmp_path):
     out = tmp_path / "restored.png"
     res = run("restore", noisy, "--task", "denoise", "--sigma", 25, "--steps", 40, "--ensemble", 2, "--seed", 1,
-              "--reference", clean, "--save-bitstream", "-o", out, "--json", *QUICK)
+              "--reference", clean, "-o", out, "--json", *QUICK)
     assert res.returncode == 0, res.stderr
     s = res.json
     assert s["output"] == str(out) and out.exists()
@@ -128,15 +138,55 @@ def test_restore_cli_reference_ensemble_and_bitstream(clean, noisy, tmp_path):
     assert p_out > p_obs + 1.0, f"restoration {p_out:.2f} dB vs noisy {p_obs:.2f} dB"
     # the ensemble mean is at least as good as its weaker member
     assert s["psnr"] >= min(s["member_psnr"]) - 0.05
-    # --save-bitstream writes OUTPUT.lottery that decompress reads
+    # the best member's model is written as OUTPUT.lottery by default, and decompress reads it
     bitstream = tmp_path / "restored.lottery"
     assert s["bitstream"] == str(bitstream) and bitstream.exists()
+    holds = s["bitstream_holds"]  # says what the file holds: one member's render, not the result
+    assert "best member" in holds and "not the ensemble" in holds
+    assert any(f"(seed {seed})" in holds for seed in s["member_seeds"])
     dec = run("decompress", bitstream, "-o", tmp_path / "member.png", "--json")
     assert dec.returncode == 0, dec.stderr
     member = png_pixels(tmp_path / "member.png")
     assert member.shape == (32, 32, 3)
     p_member = 10 * np.log10(255.0**2 / np.mean((member.astype(float) - ref) ** 2))
     assert p_member > p_obs, "the saved best member is a restoration too"
+
+
+def test_restore_no_bitstream_writes_only_the_image(noisy, tmp_path):
+    before = listing(tmp_path)
+    res = run("restore", noisy, "--task", "denoise", "--sigma", 25, "--steps", 2, "--no-bitstream", "-o",
+              tmp_path / "plain.png", "--json", *QUICK)
+    assert res.returncode == 0, res.stderr
+    assert (res.json["bitstream"], res.json["bitstream_holds"]) == (None, None)
+    assert listing(tmp_path) == before | {"plain.png"}
+    # the result line names the .lottery file when there is one
+    res = run("restore", noisy, "--task", "denoise", "--sigma", 25, "--steps", 2, "-o", tmp_path / "with.png", *QUICK)
+    assert res.returncode == 0, res.stderr
+    assert f"{tmp_path / 'with.lottery'} holds the best member's render" in res.stdout
+    assert listing(tmp_path) == before | {"plain.png", "with.png", "with.lottery"}
+
+
+def test_restore_inpaint_bitstream_decodes_to_the_image_size(tmp_path):
+    """Inpainting members fit in their own frames (member_transforms); the best member's file says
+    it holds a restoration member and decodes to a picture of the image's size."""
+    clean = save_png(tmp_path / "wide.png", scene(24, 40))
+    assert run("degrade", clean, "--task", "inpaint", "--missing-ratio", 0.3, "--seed", 2, "-o", tmp_path / "h.png",
+               "--quiet").returncode == 0
+    res = run("restore", tmp_path / "h.png", "--task", "inpaint", "--mask", tmp_path / "h.mask.png", "--steps", 3,
+              "--ensemble", 2, "--json", *QUICK)
+    assert res.returncode == 0, res.stderr
+    s = res.json
+    bits = tmp_path / "h.restored.lottery"
+    assert s["bitstream"] == str(bits) and bits.exists()
+    assert "best member" in s["bitstream_holds"]
+    info = run("info", bits, "--json").json
+    assert info["content"] == "restoration member"
+    assert (info["width"], info["height"]) == (40, 24) and info["frame"] in (0, 1)  # members 0 and 1: frames 0, 1
+    assert "restoration member" in run("info", bits).stdout
+    dec = run("decompress", bits, "-o", tmp_path / "member.png", "--json")
+    assert dec.returncode == 0, dec.stderr
+    assert (dec.json["width"], dec.json["height"]) == (40, 24)
+    assert png_pixels(tmp_path / "member.png").shape == (24, 40, 3)
 
 
 def test_restore_cli_estimates_sigma_and_reads_float(clean, tmp_path):
@@ -158,6 +208,8 @@ def test_restore_cli_sr_and_inpaint_shapes(clean, tmp_path):
     res = run("restore", tmp_path / "low.png", "--task", "sr", "--scale", 2, "--steps", 3, "--json", *QUICK)
     assert res.returncode == 0, res.stderr
     assert png_pixels(tmp_path / "low.restored.png").shape == (32, 32, 3)
+    assert res.json["bitstream"] == str(tmp_path / "low.restored.lottery")  # the x2 render, written by default
+    assert run("info", tmp_path / "low.restored.lottery", "--json").json["width"] == 32
     run("degrade", clean, "--task", "inpaint", "--missing-ratio", 0.3, "-o", tmp_path / "h.png", "--quiet")
     res = run("restore", tmp_path / "h.png", "--task", "inpaint", "--mask", tmp_path / "h.mask.png", "--steps", 3,
               "--reference", clean, "--json", *QUICK)
@@ -229,9 +281,6 @@ def test_restore_workers_option_is_checked(noisy, tmp_path):
 
 def test_concurrent_members_equal_sequential_single_thread():
     """Members fitted in threads compute what they compute one after another on one thread."""
-    from lotterycli.config import load_task_config
-    from lotterycli.restore import default_workers, restore_image
-
     x = scene(20, 20)
     op = Denoise(sigma=25 / 255)
     y = op.simulate(x, 3)
@@ -255,14 +304,11 @@ def test_concurrent_members_equal_sequential_single_thread():
 
 def test_screening_keeps_the_candidates_with_the_lowest_loss():
     """--candidates C > K: C seeds run the first steps, the K with the lowest loss go on."""
-    from lotterycli.config import load_task_config
-    from lotterycli.restore import restore_image
-
     x = scene(20, 20)
     op = Denoise(sigma=25 / 255)
     y = op.simulate(x, 3)
     cfg = load_task_config("denoise", overrides={"steps": 20, "ensemble": 2, "candidates": 4, "seed": 5})
-    cfg.screen_fraction = 0.25  # 5 screening steps
+    cfg = with_restoration(cfg, screen_fraction=0.25)  # 5 screening steps
     res = restore_image(y, op, cfg, lam=3e-3, device="cpu", workers=2)
     assert len(res.members) == len(res.fits) == 2 and len(res.screen_losses) == 4
     ranked = sorted(range(4), key=lambda k: res.screen_losses[k])
@@ -288,7 +334,7 @@ def test_restore_cli_candidates_option(noisy, tmp_path):
 
 
 def test_dihedral_frames_invert_and_differ():
-    from lotterycli.restore import dihedral
+    from lotterycli.model.frames import dihedral
 
     x = torch.arange(2 * 3 * 5, dtype=torch.float32).view(2, 3, 5)
     seen = set()
@@ -303,44 +349,52 @@ def test_dihedral_frames_invert_and_differ():
 
 def test_member_transforms_fit_each_candidate_in_its_frame():
     """member_transforms: candidate k fits in frame k mod 8 on a (possibly transposed) model and its
-    render is mapped back; members then differ from the untransformed ones (except frame 0)."""
-    from lotterycli.config import load_task_config
-    from lotterycli.restore import restore_image
+    render is mapped back; members then differ from the untransformed ones (except frame 0). Asking
+    for a bitstream changes no member: the file records the best member's frame, and the decoder
+    undoes it (the decoded picture has the image's own size and orientation)."""
+    from lotterycli.bitstream.container import encode_file
+    from lotterycli.compression.decoder import decode_bytes
 
     x = scene(12, 20)
     op = Inpaint.random(12, 20, 0.5, seed=2)
     y = op.simulate(x, 0)
     cfg = load_task_config("inpaint", overrides={"steps": 8, "ensemble": 1, "candidates": 0, "seed": 4})
-    cfg.ensemble = 6  # frames 0-5, frames 4 and 5 transposed (20x12 models)
-    cfg.member_transforms = False
+    cfg = with_restoration(cfg, ensemble=6, member_transforms=False)  # frames 0-5, 4 and 5 transposed (20x12 models)
     plain = restore_image(y, op, cfg, lam=6e-4, device="cpu", workers=1)
-    cfg.member_transforms = True
+    cfg = with_restoration(cfg, member_transforms=True)
     framed = restore_image(y, op, cfg, lam=6e-4, device="cpu", workers=1)
+    assert framed.payload is None  # no bitstream asked for
     assert all(tuple(m.shape) == (3, 12, 20) for m in framed.members)
     assert torch.equal(framed.members[0], plain.members[0])
     assert all(not torch.equal(a, b) for a, b in zip(framed.members[1:], plain.members[1:]))
     assert all(torch.equal(m[:, op.mask], y[:, op.mask]) for m in framed.members)
     assert psnr(framed.image, x) > psnr(y, x) + 5
-    # members that must give a .lottery file fit in the image's own frame
-    with_files = restore_image(y, op, cfg, lam=6e-4, device="cpu", workers=1, keep_payloads=True)
-    assert all(torch.equal(a, b) for a, b in zip(with_files.members, plain.members))
+    # members keep their frames when a .lottery file is asked for; the file says which
+    with_file = restore_image(y, op, cfg, lam=6e-4, device="cpu", workers=1, bitstream=True)
+    assert all(torch.equal(a, b) for a, b in zip(with_file.members, framed.members))
+    assert torch.equal(with_file.image, framed.image)
+    payload = with_file.payload
+    assert payload is not None and payload.restoration
+    assert payload.frame == with_file.best_member % 8 and payload.seed == with_file.seeds[with_file.best_member]
+    assert (payload.height, payload.width) == ((20, 12) if payload.frame & 4 else (12, 20))
+    decoded = decode_bytes(encode_file(payload))  # (with these seeds the best is member 4: a transposed frame)
+    assert decoded.dtype == torch.uint8 and tuple(decoded.shape) == (3, 12, 20)
+    # the decoded render is the best member's picture (observed pixels aside, the member is that render)
+    member = with_file.members[with_file.best_member]
+    assert psnr(decoded.float() / 255, member) > 20
 
 
 def test_inpainting_members_synthesise_only_the_observed_pixels_for_the_same_result(monkeypatch):
     """Inpainting's loss reads the observed pixels alone, so members render only those on most
     steps (`Operator.loss_pixels`); in every frame (transposed ones on a non-square image too) the
     members equal those of whole-image fits."""
-    from lotterycli.config import load_task_config
-    from lotterycli.restore import restore_image
-
     x = scene(12, 20)
     op = Inpaint.random(12, 20, 0.5, seed=3)
     y = op.simulate(x, 0)
     assert torch.equal(op.loss_pixels(y), op.mask)
     assert bool(Denoise(0.1).loss_pixels(y).all()) and SuperResolution(2, 0.0).loss_pixels(y) is None
     cfg = load_task_config("inpaint", overrides={"steps": 12, "ensemble": 1, "candidates": 0, "seed": 1})
-    cfg.ensemble, cfg.member_transforms = 8, True
-    cfg.schedule.average_every = 2
+    cfg = with_changes(with_restoration(cfg, ensemble=8, member_transforms=True), average_every=2)
     partial = restore_image(y, op, cfg, lam=6e-4, device="cpu", workers=1)
     monkeypatch.setattr(Inpaint, "loss_pixels", lambda self, y: None)
     whole = restore_image(y, op, cfg, lam=6e-4, device="cpu", workers=1)
@@ -353,20 +407,14 @@ def test_denoising_members_as_pixel_losses_equal_plain_fits_and_can_draw_pixels(
     """Denoising's loss goes to the fit as a PixelMSE over every pixel: with pixel_fraction 1 the
     members equal plain fits; with 0.5 each step renders a random half (different members, still
     far better than the noisy input)."""
-    from lotterycli.config import load_task_config
-    from lotterycli.restore import restore_image
-
     x = scene(16, 20)
     op = Denoise(0.1)
     y = op.simulate(x, 0)
     cfg = load_task_config("denoise", overrides={"steps": 40, "ensemble": 2})
-    cfg.schedule.pixel_fraction = 1.0
-    as_pixels = restore_image(y, op, cfg, lam=5e-3, device="cpu", workers=1)
-    cfg.schedule.pixel_fraction = 0.5
-    drawn = restore_image(y, op, cfg, lam=5e-3, device="cpu", workers=1)
+    as_pixels = restore_image(y, op, with_changes(cfg, pixel_fraction=1.0), lam=5e-3, device="cpu", workers=1)
+    drawn = restore_image(y, op, with_changes(cfg, pixel_fraction=0.5), lam=5e-3, device="cpu", workers=1)
     monkeypatch.setattr(Denoise, "loss_pixels", lambda self, y: None)
-    cfg.schedule.pixel_fraction = 1.0
-    plain = restore_image(y, op, cfg, lam=5e-3, device="cpu", workers=1)
+    plain = restore_image(y, op, with_changes(cfg, pixel_fraction=1.0), lam=5e-3, device="cpu", workers=1)
     for a, b in zip(as_pixels.members, plain.members):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
     assert all(not torch.equal(a, b) for a, b in zip(drawn.members, plain.members))
@@ -376,20 +424,17 @@ def test_denoising_members_as_pixel_losses_equal_plain_fits_and_can_draw_pixels(
 def test_classical_blend_mixes_the_biharmonic_fill_into_the_result():
     """classical_blend w: result = (1 - w) * ensemble + w * biharmonic fill; known pixels stay exact;
     operators without a classical estimate give the ensemble unchanged."""
-    from lotterycli.config import load_task_config
-    from lotterycli.restore import blend_classical, restore_image
-
     x = scene(20, 20)
     op = Inpaint.random(20, 20, 0.5, seed=2)
     y = op.simulate(x, 0)
     cfg = load_task_config("inpaint", overrides={"steps": 8, "ensemble": 2, "candidates": 0})
-    cfg.classical_blend = 0.3
+    cfg = with_restoration(cfg, classical_blend=0.3)
     res = restore_image(y, op, cfg, lam=6e-4, device="cpu", workers=1)
     fill = op.classical_estimate(y)
     assert torch.equal(res.classical_image, fill) and torch.equal(fill[:, op.mask], y[:, op.mask])
     assert torch.allclose(res.image, (0.7 * res.ensemble_image + 0.3 * fill).clamp(0, 1), atol=1e-6)
     assert torch.equal(res.image[:, op.mask], y[:, op.mask])
-    cfg.classical_blend = 0.0
+    cfg = with_restoration(cfg, classical_blend=0.0)
     plain = restore_image(y, op, cfg, lam=6e-4, device="cpu", workers=1)
     assert plain.classical_image is None and torch.equal(plain.image, plain.ensemble_image)
     assert torch.equal(plain.ensemble_image, res.ensemble_image)  # the blend does not change the fits
@@ -397,38 +442,12 @@ def test_classical_blend_mixes_the_biharmonic_fill_into_the_result():
     assert torch.equal(blend_classical(x, None, 0.5), x)
 
 
-def test_warm_start_guide_decays_and_changes_only_training():
-    """The inpainting warm start pulls holes toward the biharmonic fill, weight 1 -> 0 over its
-    fraction of the steps; it is not part of the loss that ranks and keeps states."""
-    from lotterycli.config import load_task_config
-    from lotterycli.restore import _warm_start_guide, restore_image
-
-    x = scene(20, 20)
-    op = Inpaint.random(20, 20, 0.5, seed=2)
-    y = op.simulate(x, 0)
-    guide = _warm_start_guide(op, y, 0.5, 40)
-    fill, holes = op.warm_start_target(y)
-    image = torch.full_like(x, 0.5)
-    assert float(guide(image, 0)) == pytest.approx(float(torch.mean(holes * (image - fill) ** 2)))
-    assert float(guide(image, 10)) == pytest.approx(0.5 * float(guide(image, 0)))
-    assert guide(image, 20) is None and guide(image, 39) is None
-    assert _warm_start_guide(op, y, 0.0, 40) is None
-    assert _warm_start_guide(Denoise(0.1), x, 0.5, 40) is None
-    cfg = load_task_config("inpaint", overrides={"steps": 12, "ensemble": 1, "candidates": 0})
-    cfg.warm_start = 0.0
-    plain = restore_image(y, op, cfg, lam=6e-4, device="cpu", workers=1)
-    cfg.warm_start = 0.5
-    warm = restore_image(y, op, cfg, lam=6e-4, device="cpu", workers=1)
-    assert not torch.equal(plain.image, warm.image)
-    assert torch.equal(warm.image[:, op.mask], y[:, op.mask])
-
-
 # -- quality through the library API -------------------------------------------------------------
 def test_denoise_improves_psnr():
     x = scene(32, 32)
     op = Denoise(sigma=25 / 255)
     y = op.simulate(x, 1)
-    res = restore(y, op, task="denoise", preset="fast", steps=60, seed=0, device="cpu")
+    res = restore(y, op, preset="fast", steps=60, seed=0, device="cpu")
     assert res.image.shape == x.shape and len(res.members) == 1
     assert float(res.image.min()) >= 0 and float(res.image.max()) <= 1
     base = psnr(y.clamp(0, 1), x)
@@ -439,7 +458,7 @@ def test_inpaint_half_missing_improves_psnr():
     x = scene(32, 32)
     op = Inpaint.random(32, 32, 0.5, seed=0)
     y = op.simulate(x, 0)
-    res = restore(y, op, task="inpaint", preset="fast", steps=60, seed=0, device="cpu")
+    res = restore(y, op, preset="fast", steps=60, seed=0, device="cpu")
     m = op.mask
     # better than the observation, and than filling the holes with the observed mean colour
     mean_fill = torch.where(m, y, y[:, m].mean(dim=1)[:, None, None])
@@ -456,7 +475,7 @@ def test_sr_x2_beats_bicubic():
     x = edges_scene(32, 32)
     op = SuperResolution(scale=2)
     y = op.simulate(x, 0)
-    res = restore(y, op, task="sr", preset="fast", steps=150, seed=0, device="cpu")
+    res = restore(y, op, preset="fast", steps=150, seed=0, device="cpu")
     assert res.image.shape == (3, 32, 32)
     bicubic = upsample_bicubic(y, 2).clamp(0, 1)
     assert psnr(res.image, x) > psnr(bicubic, x) + 0.5, (psnr(res.image, x), psnr(bicubic, x))
@@ -467,7 +486,7 @@ def test_sr_x2_beats_bicubic():
 def test_restore_api_rejects_mismatched_observation():
     op = Inpaint.random(32, 32, 0.5, seed=0)
     with pytest.raises(LotteryError, match="mask"):
-        restore(torch.zeros(3, 24, 24), op, task="inpaint", preset="fast", steps=1, device="cpu")
+        restore(torch.zeros(3, 24, 24), op, preset="fast", steps=1, device="cpu")
 
 
 def test_kodak_crop_denoise(kodak):
@@ -479,32 +498,28 @@ def test_kodak_crop_denoise(kodak):
     x = x_full[:, h // 2 - 16 : h // 2 + 16, w // 2 - 16 : w // 2 + 16].contiguous()
     op = Denoise(sigma=25 / 255)
     y = op.simulate(x, 0)
-    res = restore(y, op, task="denoise", preset="fast", steps=60, seed=0, device="cpu")
+    res = restore(y, op, preset="fast", steps=60, seed=0, device="cpu")
     assert psnr(res.image, x) > psnr(y.clamp(0, 1), x) + 1.0
 
 
 def test_a_saved_member_can_have_its_arm_refitted_without_changing_its_render():
     """schedule.arm_refit_steps also applies to the member a restoration saves as a .lottery file
     (off in the restoration configs): its latents and render stay, only the ARM may change."""
-    import dataclasses
-
     from lotterycli.bitstream.container import decode_file, encode_file
-    from lotterycli.codec.model import decode_payload
-    from lotterycli.config import load_task_config
-    from lotterycli.operators import Denoise
-    from lotterycli.restore import restore_image
+    from lotterycli.model.exact_render import render_payload
 
     x = scene(16, 20)
     op = Denoise(0.1)
     y = op.simulate(x, 0)
     cfg = load_task_config("denoise", overrides={"steps": 8, "ensemble": 1, "candidates": 0, "seed": 2})
     assert cfg.schedule.arm_refit_steps == 0
-    plain = restore_image(y, op, cfg, lam=5e-3, device="cpu", workers=1, keep_payloads=True)
-    cfg.schedule = dataclasses.replace(cfg.schedule, arm_refit_steps=8)
-    refit = restore_image(y, op, cfg, lam=5e-3, device="cpu", workers=1, keep_payloads=True)
-    (a,), (b,) = plain.payloads, refit.payloads
+    plain = restore_image(y, op, cfg, lam=5e-3, device="cpu", workers=1, bitstream=True)
+    refit = restore_image(y, op, with_changes(cfg, arm_refit_steps=8), lam=5e-3, device="cpu", workers=1,
+                          bitstream=True)
+    a, b = plain.payload, refit.payload
+    assert (a.frame, a.restoration) == (0, True)
     assert all(torch.equal(p, q) for p, q in zip(a.latents, b.latents))
-    assert torch.equal(decode_payload(decode_file(encode_file(a))), decode_payload(decode_file(encode_file(b))))
+    assert torch.equal(render_payload(decode_file(encode_file(a))), render_payload(decode_file(encode_file(b))))
     assert torch.equal(plain.image, refit.image)
     arm_a, arm_b = a.modules["arm"], b.modules["arm"]
     assert any(not torch.equal(arm_a.tensors[k], arm_b.tensors[k]) for k in arm_a.tensors) or \

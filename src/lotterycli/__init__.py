@@ -1,3 +1,3 @@
 """lottery: zero-shot image restoration and neural image compression with random networks."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -1,281 +1,331 @@
 """YAML task configs and presets -> a validated `TaskConfig`.
 
-Each task (compress, denoise, sr, inpaint) has a YAML file in `configs/`. A user file given with
-`--config` is merged over it key by key, then command-line overrides win. Unknown keys and wrong
-types are refused with one clear message naming the key.
+Each task (compress, denoise, sr, inpaint) has a YAML file in `configs/` (shipped inside the
+package as `lotterycli.configs`). It sets every value the task uses: the dataclasses have no
+defaults of their own, so each default lives in exactly one place. A user file given with
+`--config` is merged over it key by key, then the chosen preset's values, then command-line
+options. Every value is checked for type, finiteness and range when the config is loaded, and a
+bad one is refused with one line naming the key and where it came from, before any work starts.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields, replace
+import re
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from .errors import LotteryError
-from .codec.architecture import MAX_ARM_HIDDEN, Architecture
-from .fit import Schedule
+from .fitting.schedule import Schedule
+from .model.architecture import MAX_ARM_HIDDEN, Architecture, check_architecture
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 TASKS = ("compress", "denoise", "sr", "inpaint")
+RESTORATION_TASKS = ("denoise", "sr", "inpaint")
 PRESETS = ("fast", "balanced", "best")
-
-_TOP_KEYS = {
-    "task", "preset", "lambda", "lambda_by_sigma", "mask_ratio", "seed", "ensemble", "combine", "steps",
-    "schedule", "presets", "architecture", "lambda_reference_scale", "keep_observed", "candidates",
-    "screen_fraction", "warm_start", "member_transforms",
-    "classical_blend",
-}
-_ARCH_KEYS = {f.name for f in fields(Architecture)}
-_PRESET_KEYS = {"steps", "ensemble", "lambda", "mask_ratio", "candidates"}
-_SCHEDULE_KEYS = {f.name for f in fields(Schedule) if f.name != "steps"}
+MAX_SEED = (1 << 64) - 1  # what a .lottery header stores
+MAX_MEMBERS = 64
 
 
-@dataclass
+@dataclass(frozen=True)
+class RestorationSettings:
+    """How a restoration ensemble is built and combined."""
+
+    ensemble: int  # members K whose results are combined
+    candidates: int  # members started (0: K); the K best after screening go on
+    screen_fraction: float  # ... ranked by their training loss after this fraction of the steps
+    combine: str  # "mean" or "median" of the members
+    keep_observed: bool  # put exactly observed pixels back into the result (noiseless inpainting)
+    member_transforms: bool  # candidate k fits the image in frame k mod 8 (flips, transposes)
+    classical_blend: float  # weight of the operator's classical estimate in the result
+    lambda_by_sigma: dict[float, float]  # lambda at noise levels (0-255 scale), interpolated in log
+    lambda_reference_scale: float | None  # sr: lambda_by_sigma holds the values for this factor
+
+
+@dataclass(frozen=True)
 class TaskConfig:
     task: str
     preset: str
-    steps: int
-    lam: float
-    mask_ratio: float
-    seed: int = 0
-    ensemble: int = 1
-    combine: str = "mean"
-    keep_observed: bool = False  # put exactly observed pixels back into the result (inpainting)
-    candidates: int = 0  # restoration: members started; the `ensemble` best after screening go on
-    screen_fraction: float = 0.1  # ... ranked by their loss after this fraction of the steps
-    warm_start: float = 0.0  # fraction of the steps guided toward the operator's classical estimate (inpainting)
-    member_transforms: bool = False  # restoration: candidate k fits in flipped/transposed frame k mod 8
-    classical_blend: float = 0.0  # weight of the operator's classical estimate in the result (inpainting)
-    lambda_by_sigma: dict[float, float] = field(default_factory=dict)
-    lambda_reference_scale: float | None = None  # sr: lambda_by_sigma holds the values for this scale
-    schedule: Schedule = field(default_factory=Schedule)
-    architecture: Architecture = field(default_factory=Architecture)
+    lam: float  # rate weight
+    mask_ratio: float  # fraction of the random synthesis weights removed
+    seed: int  # seed of the random synthesis network (restoration: of the first member)
+    schedule: Schedule
+    architecture: Architecture
+    restoration: RestorationSettings | None  # None for compression
 
-    def lambda_for_sigma(self, sigma_255: float | None) -> float:
-        """Lambda for a noise level (0-255 scale): log(lambda) interpolated linearly in sigma."""
-        if not self.lambda_by_sigma or sigma_255 is None:
-            return self.lam
-        pts = sorted(self.lambda_by_sigma.items())
-        s = sigma_255
-        if s <= pts[0][0]:
-            return pts[0][1]
-        if s >= pts[-1][0]:
-            return pts[-1][1]
-        for (s0, l0), (s1, l1) in zip(pts, pts[1:]):
-            if s0 <= s <= s1:
-                t = (s - s0) / (s1 - s0) if s1 > s0 else 0.0
-                return math.exp(math.log(l0) + t * (math.log(l1) - math.log(l0)))
-        return self.lam
+    @property
+    def steps(self) -> int:
+        return self.schedule.steps
 
     def lambda_for(self, sigma_255: float | None, scale: int | None = None) -> float:
-        """Lambda for a noise level and, for super-resolution, a scale factor.
+        """Lambda for a noise level (0-255 scale) and, for super-resolution, a scale factor.
 
-        Why the scale: the data term of x`s` super-resolution averages over 1/s^2 as many values as
-        there are output pixels, while the rate is counted per output pixel, so the balance between
-        the two (the description-length optimum, 2 sigma^2 ln2 s^2 / 3) grows like s^2.
+        Between the table's noise levels log(lambda) is interpolated linearly in sigma. Why the
+        scale: the data term of x`s` super-resolution averages over 1/s^2 as many values as there
+        are output pixels, while the rate is counted per output pixel, so the balance between the
+        two (the description-length optimum, 2 sigma^2 ln2 s^2 / 3) grows like s^2.
         """
-        lam = self.lambda_for_sigma(sigma_255)
-        if scale and self.lambda_reference_scale:
-            lam *= (scale / self.lambda_reference_scale) ** 2
+        r = self.restoration
+        if r is None or not r.lambda_by_sigma or sigma_255 is None:
+            lam = self.lam
+        else:
+            pts = sorted(r.lambda_by_sigma.items())
+            s = sigma_255
+            if s <= pts[0][0]:
+                lam = pts[0][1]
+            elif s >= pts[-1][0]:
+                lam = pts[-1][1]
+            else:
+                (s0, l0), (s1, l1) = next((a, b) for a, b in zip(pts, pts[1:]) if a[0] <= s <= b[0])
+                t = (s - s0) / (s1 - s0) if s1 > s0 else 0.0
+                lam = math.exp(math.log(l0) + t * (math.log(l1) - math.log(l0)))
+        if r is not None and scale and r.lambda_reference_scale:
+            lam *= (scale / r.lambda_reference_scale) ** 2
         return lam
 
-    def fitted_schedule(self) -> Schedule:
-        return replace(self.schedule, steps=self.steps)
+
+# -- value checks ---------------------------------------------------------------------------------
+Check = Callable[[Any, str, str], Any]  # (value, key, source) -> checked value
 
 
-def _load_yaml(path: Path) -> dict:
+def _fail(source: str, key: str, message: str) -> LotteryError:
+    return LotteryError(f"{source}: '{key}' {message}")
+
+
+def integer(lo: int, hi: int) -> Check:
+    """An integer in [lo, hi], compared exactly (never through a float)."""
+
+    def check(value: Any, key: str, source: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _fail(source, key, f"must be an integer, got {value!r}")
+        if not lo <= value <= hi:
+            raise _fail(source, key, f"= {value} is out of range [{lo}, {hi}]")
+        return int(value)
+
+    return check
+
+
+def number(lo: float, hi: float, lo_open: bool = False) -> Check:
+    """A finite number in [lo, hi] (or (lo, hi] with lo_open)."""
+
+    def check(value: Any, key: str, source: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _fail(source, key, f"must be a number, got {value!r}")
+        try:
+            v = float(value)
+        except OverflowError:
+            v = math.inf
+        if not math.isfinite(v) or v < lo or (lo_open and v == lo) or v > hi:
+            raise _fail(source, key, f"= {value!r} is out of range {'(' if lo_open else '['}{lo:g}, {hi:g}]")
+        return v
+
+    return check
+
+
+def boolean(value: Any, key: str, source: str) -> bool:
+    if not isinstance(value, bool):
+        raise _fail(source, key, f"must be true or false, got {value!r}")
+    return value
+
+
+def pair(item: Check) -> Check:
+    def check(value: Any, key: str, source: str) -> tuple:
+        if not (isinstance(value, (list, tuple)) and len(value) == 2):
+            raise _fail(source, key, f"must be a pair [start, end], got {value!r}")
+        return tuple(item(v, key, source) for v in value)
+
+    return check
+
+
+def int_list(item: Check) -> Check:
+    def check(value: Any, key: str, source: str) -> tuple:
+        if not isinstance(value, (list, tuple)):
+            raise _fail(source, key, f"must be a list, got {value!r}")
+        return tuple(item(v, key, source) for v in value)
+
+    return check
+
+
+def choice(*options: str) -> Check:
+    def check(value: Any, key: str, source: str) -> str:
+        if value not in options:
+            raise _fail(source, key, f"must be one of {', '.join(options)}, got {value!r}")
+        return value
+
+    return check
+
+
+def sigma_table(value: Any, key: str, source: str) -> dict[float, float]:
+    if not isinstance(value, dict):
+        raise _fail(source, key, "must map noise levels (0-255 scale) to lambdas, e.g. {25: 0.005} ({}: none)")
+    sig, lam = number(0, 255), number(0, 10, lo_open=True)
+    return {sig(s, key, source): lam(v, key, source) for s, v in value.items()}
+
+
+def optional(item: Check) -> Check:
+    return lambda value, key, source: None if value is None else item(value, key, source)
+
+
+def even(item: Check) -> Check:
+    def check(value: Any, key: str, source: str) -> int:
+        v = item(value, key, source)
+        if v % 2:
+            raise _fail(source, key, f"= {v} must be even")
+        return v
+
+    return check
+
+
+def float32_exact(item: Check) -> Check:
+    """A number the .lottery header stores as a 32-bit float: it must be one exactly."""
+
+    def check(value: Any, key: str, source: str) -> float:
+        v = item(value, key, source)
+        nearest = struct.unpack("<f", struct.pack("<f", v))[0]
+        if nearest != v:
+            raise _fail(source, key, f"= {value!r} is not exactly representable as a 32-bit float "
+                                     f"(the file stores it so; the nearest one is {nearest!r})")
+        return v
+
+    return check
+
+
+SCHEDULE_CHECKS: dict[str, Check] = {
+    "lr": number(0, 1, lo_open=True),
+    "latent_lr_scale": number(0, 100, lo_open=True),
+    "score_lr": number(0, 10, lo_open=True),
+    "lr_floor": number(0, 1),
+    "hard_fraction": number(0, 1),
+    "temperature": pair(number(0, 10, lo_open=True)),
+    "noise": pair(number(0, 100, lo_open=True)),
+    "grad_clip": number(0, 1e6),
+    "eval_every": integer(1, 1_000_000),
+    "average_fraction": number(0, 1),
+    "average_every": integer(1, 1_000_000),
+    "pixel_fraction": number(0, 1, lo_open=True),
+    "arm_refit_steps": integer(0, 100_000),
+    "arm_refit_lr": number(0, 1, lo_open=True),
+    "arm_scratch_widths": int_list(integer(1, MAX_ARM_HIDDEN)),
+    "arm_scratch_steps": integer(0, 100_000),
+    "arm_scratch_lr": number(0, 1, lo_open=True),
+    "arm_scratch_min_share": number(0, 1),
+}
+ARCHITECTURE_CHECKS: dict[str, Check] = {
+    "n_levels": integer(1, 8),
+    "latent_gain": float32_exact(number(0, 256, lo_open=True)),
+    "upsample_kernel": even(integer(2, 16)),
+    "modnet_hidden": integer(1, 64),
+    "modnet_out": integer(1, 8),
+    "synth_hidden": lambda v, k, s: _widths(v, k, s),
+    "arm_hidden": integer(1, MAX_ARM_HIDDEN),
+    "arm_band_rows": integer(0, 16384),
+}
+COMMON_CHECKS: dict[str, Check] = {
+    "steps": integer(1, 1_000_000),
+    "lambda": number(0, 10),
+    "mask_ratio": number(0, 0.99),
+    "seed": integer(0, MAX_SEED),
+}
+RESTORATION_CHECKS: dict[str, Check] = {
+    "ensemble": integer(1, MAX_MEMBERS),
+    "candidates": integer(0, MAX_MEMBERS),
+    "screen_fraction": number(0, 1, lo_open=True),
+    "combine": choice("mean", "median"),
+    "keep_observed": boolean,
+    "member_transforms": boolean,
+    "classical_blend": number(0, 1),
+    "lambda_by_sigma": sigma_table,
+    "lambda_reference_scale": optional(number(1, 16)),
+}
+PRESET_KEYS = {"steps", "lambda", "mask_ratio", "ensemble", "candidates"}
+assert {f.name for f in fields(Schedule)} == set(SCHEDULE_CHECKS) | {"steps"}
+assert {f.name for f in fields(Architecture)} == set(ARCHITECTURE_CHECKS)
+
+
+def _widths(value: Any, key: str, source: str) -> tuple[int, int, int]:
+    if not (isinstance(value, (list, tuple)) and len(value) == 3):
+        raise _fail(source, key, f"must be a list of 3 widths, got {value!r}")
+    return tuple(integer(1, 64)(v, key, source) for v in value)
+
+
+# -- loading --------------------------------------------------------------------------------------
+def task_config_text(task: str) -> str:
+    """The shipped YAML of `task` (configs/<task>.yaml, inside the installed package)."""
+    return resources.files("lotterycli.configs").joinpath(f"{task}.yaml").read_text(encoding="utf-8")
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML as users write it: `2e-3` and `1e300` are numbers (PyYAML's YAML 1.1 rules read a
+    number with an exponent but no dot as a string)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)(?:[eE][-+]?[0-9]+)$"),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML text -> Python values, with the number rules of `_Loader`."""
+    return yaml.load(text, Loader=_Loader)
+
+
+def _parse_yaml(text: str, source: str) -> dict:
     try:
-        text = path.read_text()
+        data = parse_yaml(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise LotteryError(f"{source}: invalid YAML{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise LotteryError(f"{source}: a config must be a mapping of keys to values")
+    return data
+
+
+def read_config_file(path: str | Path) -> dict:
+    """A user's YAML config file as a mapping (one-line errors naming the file)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except IsADirectoryError:
+        raise LotteryError(f"{path}: is a directory, not a config file") from None
     except OSError as exc:
         raise LotteryError(f"{path}: cannot read config ({exc.strerror or exc})") from None
     except UnicodeDecodeError:
         raise LotteryError(f"{path}: a config must be UTF-8 text (YAML)") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise LotteryError(f"{path}: invalid YAML{where}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise LotteryError(f"{path}: a config must be a mapping of keys to values")
-    return data
+    return _parse_yaml(text, str(path))
 
 
-def _check_keys(d: dict, allowed: set[str], where: str, source: str) -> None:
-    for key in d:
-        if key not in allowed:
-            raise LotteryError(f"{source}: unknown config key '{where}{key}' (allowed: {', '.join(sorted(allowed))})")
+def _allowed_keys(task: str) -> set[str]:
+    keys = {"task", "preset", "presets", "schedule", "architecture"} | set(COMMON_CHECKS)
+    return keys | set(RESTORATION_CHECKS) if task in RESTORATION_TASKS else keys
 
 
-def _merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
+def _check_shape(d: dict, task: str, source: str) -> None:
+    """Refuse unknown keys (by name) and sections that are not mappings."""
 
+    def known(mapping: dict, allowed, where: str) -> None:
+        for key in mapping:
+            if key not in allowed:
+                raise LotteryError(f"{source}: unknown config key '{where}{key}' (allowed: {', '.join(sorted(allowed))})")
 
-def _number(value: Any, key: str, source: str, *, integer: bool = False, lo: float | None = None, hi: float | None = None, lo_open: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        kind = "an integer" if integer else "a number"
-        raise LotteryError(f"{source}: '{key}' must be {kind}, got {value!r}")
-    try:
-        v = float(value)
-    except OverflowError:  # an integer too large for a float
-        v = math.inf
-    if integer and math.isfinite(v) and not v.is_integer():
-        raise LotteryError(f"{source}: '{key}' must be an integer, got {value!r}")
-    if not math.isfinite(v) or (lo is not None and (v < lo or (lo_open and v == lo))) or (hi is not None and v > hi):
-        rng = f"{'(' if lo_open else '['}{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
-        raise LotteryError(f"{source}: '{key}' = {value!r} is out of range {rng}")
-    return int(v) if integer else v
-
-
-def load_task_config(task: str, *, preset: str | None = None, config_file: str | Path | None = None, overrides: dict | None = None) -> TaskConfig:
-    """The effective config for `task`: configs/<task>.yaml, then --config FILE, then overrides.
-
-    `overrides` uses the top-level key names (steps, lambda, mask_ratio, seed, ensemble); None
-    values are ignored.
-    """
-    if task not in TASKS:
-        raise LotteryError(f"unknown task '{task}' (choose from {', '.join(TASKS)})")
-    base_path = CONFIG_DIR / f"{task}.yaml"
-    data = _load_yaml(base_path)
-    source = str(base_path)
-    user: dict = {}
-    if config_file is not None:
-        user = _load_yaml(Path(config_file))
-        source = str(config_file)
-        _validate_shape(user, source)
-        data = _merge(data, user)
-    _validate_shape(data, source)
-
-    preset = preset or data.get("preset", "balanced")
-    presets = data.get("presets", {})
-    if preset not in presets:
-        raise LotteryError(f"unknown preset '{preset}' (choose from {', '.join(presets) or ', '.join(PRESETS)})")
-    merged = {k: v for k, v in data.items() if k not in ("presets", "preset")}
-    merged = _merge(merged, presets[preset] or {})
-    # The user's file beats the task file's preset values: its top-level steps/ensemble/lambda/
-    # mask_ratio, then its own entry for the chosen preset (otherwise `steps: 50` in a --config
-    # file would be silently ignored, since every preset sets steps).
-    merged.update({k: user[k] for k in _PRESET_KEYS if k in user})
-    merged = _merge(merged, (user.get("presets") or {}).get(preset) or {})
-    overridden = set()
-    for k, v in (overrides or {}).items():
-        if v is not None:
-            merged[k] = v
-            overridden.add(k)
-
-    def src(key: str) -> str:  # name where a bad value came from: an option, or the config file
-        return "option" if key in overridden else source
-
-    schedule_d = dict(merged.get("schedule") or {})
-    sched_kwargs: dict[str, Any] = {}
-    for k, v in schedule_d.items():
-        if k in ("temperature", "noise"):
-            if not (isinstance(v, (list, tuple)) and len(v) == 2):
-                raise LotteryError(f"{source}: 'schedule.{k}' must be a pair [start, end]")
-            sched_kwargs[k] = tuple(_number(x, f"schedule.{k}", source, lo=0, lo_open=True) for x in v)
-        elif k in ("eval_every", "average_every"):
-            sched_kwargs[k] = _number(v, f"schedule.{k}", source, integer=True, lo=1)
-        elif k in ("arm_refit_steps", "arm_scratch_steps"):
-            sched_kwargs[k] = _number(v, f"schedule.{k}", source, integer=True, lo=0, hi=100_000)
-        elif k == "arm_scratch_widths":
-            if not isinstance(v, (list, tuple)):
-                raise LotteryError(f"{source}: 'schedule.{k}' must be a list of ARM widths, e.g. [8]")
-            sched_kwargs[k] = tuple(_number(x, f"schedule.{k}", source, integer=True, lo=1, hi=MAX_ARM_HIDDEN) for x in v)
-        elif k == "pixel_fraction":
-            sched_kwargs[k] = _number(v, f"schedule.{k}", source, lo=0, lo_open=True, hi=1)
-        else:
-            sched_kwargs[k] = _number(v, f"schedule.{k}", source, lo=0)
-    for frac in ("hard_fraction", "average_fraction", "lr_floor", "arm_scratch_min_share"):
-        if frac in sched_kwargs and sched_kwargs[frac] > 1:
-            raise LotteryError(f"{source}: 'schedule.{frac}' must be between 0 and 1")
-
-    lbs = merged.get("lambda_by_sigma") or {}
-    if not isinstance(lbs, dict):
-        raise LotteryError(f"{source}: 'lambda_by_sigma' must map noise levels to lambdas")
-    lambda_by_sigma = {
-        _number(s, "lambda_by_sigma", source, lo=0): _number(l, "lambda_by_sigma", source, lo=0, lo_open=True)
-        for s, l in lbs.items()
-    }
-    combine = merged.get("combine", "mean")
-    if combine not in ("mean", "median"):
-        raise LotteryError(f"{source}: 'combine' must be 'mean' or 'median', got {combine!r}")
-    keep_observed = merged.get("keep_observed", False)
-    if not isinstance(keep_observed, bool):
-        raise LotteryError(f"{source}: 'keep_observed' must be true or false, got {keep_observed!r}")
-    member_transforms = merged.get("member_transforms", False)
-    if not isinstance(member_transforms, bool):
-        raise LotteryError(f"{source}: 'member_transforms' must be true or false, got {member_transforms!r}")
-    if "lambda" not in merged:
-        raise LotteryError(f"{source}: missing config key 'lambda'")
-    return TaskConfig(
-        task=task,
-        preset=preset,
-        steps=_number(merged.get("steps", 1000), "steps", src("steps"), integer=True, lo=1, hi=1_000_000),
-        lam=_number(merged["lambda"], "lambda", src("lambda"), lo=0, hi=10),
-        mask_ratio=_number(merged.get("mask_ratio", 0.3), "mask_ratio", src("mask_ratio"), lo=0, hi=0.99),
-        seed=_number(merged.get("seed", 0), "seed", src("seed"), integer=True, lo=0, hi=2**63 - 1),
-        ensemble=_number(merged.get("ensemble", 1), "ensemble", src("ensemble"), integer=True, lo=1, hi=64),
-        combine=combine,
-        keep_observed=keep_observed,
-        member_transforms=member_transforms,
-        candidates=_number(merged.get("candidates", 0), "candidates", src("candidates"), integer=True, lo=0, hi=64),
-        screen_fraction=_number(merged.get("screen_fraction", 0.1), "screen_fraction", src("screen_fraction"),
-                                lo=0, hi=1, lo_open=True),
-        warm_start=_number(merged.get("warm_start", 0.0), "warm_start", source, lo=0, hi=1),
-        classical_blend=_number(merged.get("classical_blend", 0.0), "classical_blend", source, lo=0, hi=1),
-        lambda_by_sigma=lambda_by_sigma,
-        lambda_reference_scale=(
-            _number(merged["lambda_reference_scale"], "lambda_reference_scale", source, lo=1, hi=16)
-            if merged.get("lambda_reference_scale") is not None else None
-        ),
-        schedule=Schedule(**sched_kwargs),
-        architecture=_architecture(merged.get("architecture") or {}, source),
-    )
-
-
-def _architecture(d: dict, source: str) -> Architecture:
-    """The `architecture:` mapping (any subset of Architecture's fields) -> a checked Architecture."""
-    from .bitstream.container import check_architecture
-
-    kwargs: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"architecture.{k}"
-        if k == "synth_hidden":
-            if not (isinstance(v, (list, tuple)) and len(v) == 3):
-                raise LotteryError(f"{source}: '{key}' must be a list of 3 widths")
-            kwargs[k] = tuple(_number(x, key, source, integer=True, lo=1) for x in v)
-        elif k == "latent_gain":
-            kwargs[k] = _number(v, key, source, lo=0, lo_open=True)
-        else:  # sizes; a band height of 0 means "no bands"
-            kwargs[k] = _number(v, key, source, integer=True, lo=0 if k == "arm_band_rows" else 1)
-    arch = Architecture(**kwargs)
-    try:
-        check_architecture(arch)
-    except LotteryError as exc:
-        raise LotteryError(f"{source}: {exc}") from None
-    return arch
-
-
-def _validate_shape(d: dict, source: str) -> None:
-    _check_keys(d, _TOP_KEYS, "", source)
-    sched = d.get("schedule")
-    if sched is not None:
-        if not isinstance(sched, dict):
-            raise LotteryError(f"{source}: 'schedule' must be a mapping")
-        _check_keys(sched, _SCHEDULE_KEYS, "schedule.", source)
-    arch = d.get("architecture")
-    if arch is not None:
-        if not isinstance(arch, dict):
-            raise LotteryError(f"{source}: 'architecture' must be a mapping")
-        _check_keys(arch, _ARCH_KEYS, "architecture.", source)
+    # The task first: another task's file would otherwise be refused for one of its keys.
+    if "task" in d and d["task"] != task:
+        raise LotteryError(f"{source}: this config is for task '{d['task']}', not '{task}'")
+    known(d, _allowed_keys(task), "")
+    for section, allowed in (("schedule", set(SCHEDULE_CHECKS)), ("architecture", set(ARCHITECTURE_CHECKS))):
+        if d.get(section) is not None:
+            if not isinstance(d[section], dict):
+                raise LotteryError(f"{source}: '{section}' must be a mapping")
+            known(d[section], allowed, f"{section}.")
     presets = d.get("presets")
     if presets is not None:
         if not isinstance(presets, dict):
@@ -283,4 +333,83 @@ def _validate_shape(d: dict, source: str) -> None:
         for name, p in presets.items():
             if p is not None and not isinstance(p, dict):
                 raise LotteryError(f"{source}: preset '{name}' must be a mapping")
-            _check_keys(p or {}, _PRESET_KEYS, f"presets.{name}.", source)
+            known(p or {}, PRESET_KEYS & _allowed_keys(task), f"presets.{name}.")
+
+
+def load_task_config(
+    task: str,
+    *,
+    preset: str | None = None,
+    config_file: str | Path | None = None,
+    overrides: dict | None = None,
+) -> TaskConfig:
+    """The effective config for `task`: configs/<task>.yaml, then --config FILE, then the preset,
+    then `overrides` (top-level key names: steps, lambda, mask_ratio, seed, ensemble, candidates;
+    None values are ignored)."""
+    if task not in TASKS:
+        raise LotteryError(f"unknown task '{task}' (choose from {', '.join(TASKS)})")
+    base_source = f"configs/{task}.yaml"
+    base = _parse_yaml(task_config_text(task), base_source)
+    _check_shape(base, task, base_source)
+    user: dict = {}
+    if config_file is not None:
+        user = read_config_file(config_file)
+        _check_shape(user, task, str(config_file))
+
+    # Where each value came from, for the error messages: the user's file, the task file, or an option.
+    def origin(key: str, section: str | None = None) -> str:
+        where = user.get(section) if section else user
+        return str(config_file) if isinstance(where, dict) and key in where else base_source
+
+    preset = preset or user.get("preset") or base.get("preset", "balanced")
+    presets = {**(base.get("presets") or {})}
+    for name, p in (user.get("presets") or {}).items():
+        presets[name] = {**(presets.get(name) or {}), **(p or {})}
+    if not isinstance(preset, str) or preset not in presets:
+        raise LotteryError(f"unknown preset '{preset}' (choose from {', '.join(presets) or ', '.join(PRESETS)})")
+    top = {k: v for k, v in base.items() if k not in ("presets", "schedule", "architecture")}
+    top.update(presets[preset] or {})
+    # The user's file beats the task file's preset values: its top-level steps, lambda, ... then
+    # its own entry for the chosen preset (otherwise `steps: 50` in a --config file would be
+    # silently ignored, since every preset sets steps).
+    top.update({k: v for k, v in user.items() if k not in ("presets", "schedule", "architecture")})
+    top.update((user.get("presets") or {}).get(preset) or {})
+    user_preset = (user.get("presets") or {}).get(preset) or {}
+    sources = {k: str(config_file) if k in user_preset else origin(k) for k in top}
+    for k, v in (overrides or {}).items():
+        if v is not None:
+            top[k] = v
+            sources[k] = "option"
+
+    def checked(checks: dict[str, Check], values: dict, source_of: Callable[[str], str], prefix: str = "") -> dict:
+        out = {}
+        for key, check in checks.items():
+            if key not in values:
+                raise LotteryError(f"{base_source}: missing config key '{prefix}{key}'")
+            out[key] = check(values[key], prefix + key, source_of(key))
+        return out
+
+    common = checked(COMMON_CHECKS, top, lambda k: sources.get(k, base_source))
+    sched_values = {**(base.get("schedule") or {}), **(user.get("schedule") or {})}
+    schedule = Schedule(steps=common["steps"],
+                        **checked(SCHEDULE_CHECKS, sched_values, lambda k: origin(k, "schedule"), "schedule."))
+    arch_values = {**(base.get("architecture") or {}), **(user.get("architecture") or {})}
+    arch = Architecture(**checked(ARCHITECTURE_CHECKS, arch_values, lambda k: origin(k, "architecture"), "architecture."))
+    try:
+        check_architecture(arch)
+    except LotteryError as exc:
+        raise LotteryError(f"{origin('latent_gain', 'architecture')}: {exc}") from None
+    restoration = None
+    if task in RESTORATION_TASKS:
+        r = checked(RESTORATION_CHECKS, top, lambda k: sources.get(k, base_source))
+        restoration = RestorationSettings(**r)
+        if common["seed"] + max(r["ensemble"], r["candidates"]) - 1 > MAX_SEED:
+            raise LotteryError(f"{sources.get('seed', base_source)}: 'seed' = {common['seed']} leaves no room for the "
+                               f"members' seeds seed + k (at most {MAX_SEED} in all)")
+    return TaskConfig(task=task, preset=preset, lam=common["lambda"], mask_ratio=common["mask_ratio"],
+                      seed=common["seed"], schedule=schedule, architecture=arch, restoration=restoration)
+
+
+def with_changes(cfg: TaskConfig, **schedule_changes: Any) -> TaskConfig:
+    """`cfg` with some schedule fields changed (tests, benchmarks)."""
+    return replace(cfg, schedule=replace(cfg.schedule, **schedule_changes))

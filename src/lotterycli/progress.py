@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+import threading
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from .fit import StepInfo
+from .fitting.loop import StepInfo
 
 
 class FitProgress:
@@ -15,6 +16,8 @@ class FitProgress:
 
     Shows step, loss, PSNR of the fit (against the target for compression, the observation for
     restoration), estimated latent rate, elapsed time and ETA. Disabled, it does nothing.
+    The display starts with the first bar: a command that fails before any fit starts (an
+    unreadable image, a bad option) prints nothing but its one error line.
     """
 
     def __init__(self, enabled: bool = True, label: str = "fitting"):
@@ -23,8 +26,10 @@ class FitProgress:
         self._progress: Progress | None = None
         self._task = None
         self._refit_tasks: dict[str, object] = {}  # stage -> bar of each ARM refit, below the fit's
+        self._started = False
+        self._lock = threading.Lock()  # members may add their bars from worker threads
 
-    def __enter__(self) -> "FitProgress":
+    def __enter__(self) -> FitProgress:
         if self.enabled:
             self._progress = Progress(
                 TextColumn("[bold]{task.description}"),
@@ -37,25 +42,32 @@ class FitProgress:
                 console=Console(stderr=True),
                 transient=False,
             )
-            self._progress.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._progress is not None:
+        if self._progress is not None and self._started:
             self._progress.__exit__(*exc)
+
+    def _add_task(self, label: str, total: int):
+        """A new bar, starting the display on the first one."""
+        with self._lock:
+            if not self._started:
+                self._progress.__enter__()
+                self._started = True
+            return self._progress.add_task(label, total=total, loss="-", psnr="-", bpp="-")
 
     def start(self, label: str, total: int) -> None:
         """Begin a new bar (one per ensemble member)."""
         if self._progress is None:
             return
-        self._task = self._progress.add_task(label, total=total, loss="-", psnr="-", bpp="-")
+        self._task = self._add_task(label, total)
 
     def member(self, k: int, n: int, total: int):
         """A callback with its own bar "member k+1/n": members fitted side by side update their own."""
         if self._progress is None:
             return lambda info: None
         label = f"member {k + 1}/{n}"
-        task = self._progress.add_task(label, total=total, loss="-", psnr="-", bpp="-")
+        task = self._add_task(label, total)
 
         def update(info: StepInfo) -> None:
             if info.stage == "dropped":  # a screened-out candidate: its bar stops where it is
@@ -71,7 +83,7 @@ class FitProgress:
         if info.stage.startswith("arm refit"):  # each refit on its own bar, below the fit's
             if info.stage not in self._refit_tasks:
                 label = "ARM refit" + info.stage[len("arm refit"):]
-                self._refit_tasks[info.stage] = self._progress.add_task(label, total=info.total, loss="-", psnr="-", bpp="-")
+                self._refit_tasks[info.stage] = self._add_task(label, info.total)
             self._update(self._refit_tasks[info.stage], info)
             return
         if self._task is None:

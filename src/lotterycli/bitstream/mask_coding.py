@@ -1,8 +1,8 @@
 """Lossless coding of the binary synthesis mask (True = weight kept).
 
-Section layout (see docs/format.md): the count of ones `k` (versions 1-3: a u32 little-endian;
-version 4: a zigzag varint of k minus the count the header's mask ratio implies, one byte for
-every file the encoder writes), then, unless the mask is constant (k == 0 or k == n), the words of a constriction `queue.RangeEncoder` (uint32,
+Section layout (see docs/format.md): the count of ones `k` as a zigzag varint of k minus the count
+the header's mask ratio implies (one byte for every file the encoder writes), then, unless the
+mask is constant (k == 0 or k == n), the words of a constriction `queue.RangeEncoder` (uint32,
 little-endian) that codes every bit i.i.d. under `Bernoulli(p = k / n, perfect=False)`. The
 probability is a correctly rounded float64 division of two integers stored in the file, so the
 encoder and decoder build the same model. Size is n * H_b(k / n) bits plus under 32 bits of
@@ -11,15 +11,13 @@ range-coder termination and the count.
 
 from __future__ import annotations
 
-import struct
+import math
 
 import numpy as np
 import torch
 
 from ..errors import LotteryError
-from .varint import encode_varint
-
-_COUNT = struct.Struct("<I")
+from .varint import decode_varint, encode_varint
 
 
 def expected_ones(n: int, ratio_units: int) -> int:
@@ -42,21 +40,15 @@ def _model(n_ones: int, n: int):
     return constriction.stream.model.Bernoulli(n_ones / n, perfect=False)
 
 
-def encode_mask(mask: torch.Tensor, ratio_units: int | None = None) -> bytes:
-    """Code a 1-D bool mask. The length n is not stored (the decoder knows it).
-
-    `ratio_units`: the header's mask ratio (version 4: the count is stored relative to it);
-    None writes the versions 1-3 section.
-    """
+def encode_mask(mask: torch.Tensor, ratio_units: int) -> bytes:
+    """Code a 1-D bool mask. The length n is not stored (the decoder knows it); the count of ones
+    is stored relative to what the header's mask ratio (`ratio_units`, 1/10000) implies."""
     bits = mask.detach().to("cpu").reshape(-1).to(torch.bool).numpy()
     n = int(bits.size)
     n_ones = int(bits.sum())
     if n >= 1 << 32:
         raise ValueError("mask too large")
-    if ratio_units is None:
-        head = _COUNT.pack(n_ones)
-    else:
-        head = encode_varint(_zigzag(n_ones - expected_ones(n, ratio_units)))
+    head = encode_varint(_zigzag(n_ones - expected_ones(n, ratio_units)))
     if n_ones == 0 or n_ones == n:
         return head
     import constriction
@@ -66,19 +58,13 @@ def encode_mask(mask: torch.Tensor, ratio_units: int | None = None) -> bytes:
     return head + enc.get_compressed().astype("<u4").tobytes()
 
 
-def decode_mask(data: bytes, n: int, ratio_units: int | None = None) -> torch.Tensor:
-    """Inverse of `encode_mask` for a known length n (and the same `ratio_units`); LotteryError on bad data."""
-    if ratio_units is None:
-        if len(data) < _COUNT.size:
-            raise LotteryError("corrupted .lottery file: mask section is truncated")
-        (n_ones,) = _COUNT.unpack_from(data, 0)
-        body = bytes(data[_COUNT.size :])
-    else:
-        z, pos = _read_count(data)
-        n_ones = expected_ones(n, ratio_units) + _unzigzag(z)
-        if n_ones < 0:
-            raise LotteryError("corrupted .lottery file: mask count is negative")
-        body = bytes(data[pos:])
+def decode_mask(data: bytes, n: int, ratio_units: int) -> torch.Tensor:
+    """Inverse of `encode_mask` for a known length n and the same `ratio_units`; LotteryError on bad data."""
+    z, pos = decode_varint(data, 0, "mask count", 2 * n)
+    n_ones = expected_ones(n, ratio_units) + _unzigzag(z)
+    if n_ones < 0:
+        raise LotteryError("corrupted .lottery file: mask count is negative")
+    body = bytes(data[pos:])
     if n_ones > n:
         raise LotteryError(f"corrupted .lottery file: mask has {n_ones} ones for {n} weights")
     if n_ones == 0 or n_ones == n:
@@ -105,27 +91,14 @@ def decode_mask(data: bytes, n: int, ratio_units: int | None = None) -> torch.Te
     return torch.from_numpy(bits.astype(np.bool_))
 
 
-def _read_count(data: bytes) -> tuple[int, int]:
-    """The v4 count varint (shortest form, at most 5 bytes) -> (value, bytes used)."""
-    value = 0
-    for i in range(min(5, len(data))):
-        value |= (data[i] & 0x7F) << (7 * i)
-        if not data[i] & 0x80:
-            if data[i] == 0 and i > 0:
-                break
-            return value, i + 1
-    raise LotteryError("corrupted .lottery file: mask count is not a valid variable-length integer")
 
-
-def mask_bits(mask: torch.Tensor, ratio_units: int | None = None) -> int:
+def mask_bits(mask: torch.Tensor, ratio_units: int) -> int:
     """Exact size in bits of the mask section."""
     return 8 * len(encode_mask(mask, ratio_units))
 
 
 def binary_entropy_bits(n: int, n_ones: int) -> float:
     """n * H_b(n_ones / n): the ideal cost of the mask bits under the stored model."""
-    import math
-
     if n_ones in (0, n):
         return 0.0
     p = n_ones / n

@@ -5,29 +5,31 @@ Each module is a `QuantizedModule`: int64 tensors whose names and shapes follow 
 canonical order (flattened row-major) and coded with a small, fully specified binary arithmetic
 coder (LZMA-style 32-bit range coder, 16-bit probabilities) over an adaptive binarisation:
 
-    v == 0 ?                       one bin, adaptive context "zero"
+    v == 0 ?                       one bin, adaptive context "zero" (one per tensor)
     sign                           one bin, adaptive context "sign"
     m = |v| - 1                    Exp-Golomb of order k (k chosen by the encoder, 0..MAX_K):
         prefix c = class index     unary (c ones, then a zero), adaptive context per position
+                                   (one set per tensor)
         suffix (c + k bits)        MSB first; the first two bits use adaptive contexts indexed by
                                    (c, bit position), the remaining bits are coded at p = 1/2
 
 Adaptive contexts are count based (Krichevsky-Trofimov): p(0) = (2 n0 + 1) / (2 (n0 + n1) + 2),
 quantized to 16 bits, counts halved when they reach 4096. Everything is integer arithmetic, so
-encoder and decoder agree bit-exactly on every machine. See docs/format.md for the byte layout.
+encoder and decoder agree bit-exactly on every machine. The upsampling kernel is coded as its
+difference from the bicubic kernel when that is shorter. See docs/format.md for the byte layout.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..codec.architecture import Architecture, module_layout  # module_layout: re-exported
-from ..codec.params import QuantizedModule
-from ..codec.upsampling import initial_kernel_integers
 from ..errors import LotteryError
+from ..model.architecture import Architecture, module_layout
+from ..model.payload import QuantizedModule
+from ..model.upsampling import initial_kernel_integers
 
 MAX_K = 12  # largest Exp-Golomb order the encoder tries
-PREDICTED = 0x80  # format v4, first byte of a section: coded as the difference from a prediction
+PREDICTED = 0x80  # first byte of a section: coded as the difference from a prediction
 MAX_SUFFIX = 63  # c + k <= 63 (x < 2**64) covers every int64; more in a stream is corruption
 _N_PREFIX_CTX = 24  # prefix positions >= this share the last context
 _N_SUFFIX_CTX = 2  # leading suffix bits with their own contexts
@@ -214,11 +216,9 @@ class _Model:
         return ctx
 
 
-def _group_models(n: int, sizes: list[int] | None) -> list[_Model]:
-    """The model each value's zero flag and prefix use: one for all (versions 1-3), or a fresh one
-    per tensor (`sizes`, format v4); the sign and suffix contexts stay shared (the first model's)."""
-    if sizes is None:
-        return [_Model()] * n
+def _group_models(n: int, sizes: list[int]) -> list[_Model]:
+    """The model each value's zero flag and prefix use: a fresh one per tensor (`sizes`); the sign
+    and suffix contexts stay shared."""
     if sum(sizes) != n:
         raise ValueError(f"tensor sizes {sizes} do not add up to {n} values")
     models = []
@@ -227,7 +227,7 @@ def _group_models(n: int, sizes: list[int] | None) -> list[_Model]:
     return models
 
 
-def _encode_values(values: list[int], k: int, sizes: list[int] | None = None) -> bytes:
+def _encode_values(values: list[int], k: int, sizes: list[int]) -> bytes:
     enc = _Encoder()
     model = _Model()  # sign and suffix contexts; zero flag and prefix come from `own`
     for v, own in zip(values, _group_models(len(values), sizes)):
@@ -262,7 +262,7 @@ def _encode_values(values: list[int], k: int, sizes: list[int] | None = None) ->
     return enc.finish()
 
 
-def _decode_values(data: bytes, n: int, k: int, sizes: list[int] | None = None) -> list[int]:
+def _decode_values(data: bytes, n: int, k: int, sizes: list[int]) -> list[int]:
     dec = _Decoder(data)
     model = _Model()
     values = [0] * n
@@ -305,13 +305,12 @@ def _decode_values(data: bytes, n: int, k: int, sizes: list[int] | None = None) 
 
 
 # Public API --------------------------------------------------------------------------------
-def encode_values(values: list[int], sizes: list[int] | None = None) -> bytes:
+def encode_values(values: list[int], sizes: list[int]) -> bytes:
     """Code a list of integers: one byte k, then the range-coded stream.
 
-    k is the best Exp-Golomb order among up to five around log2(mean |v|) (0..MAX_K). `sizes`
-    (format v4): the values are tensors of these sizes, each with its own zero-flag and prefix
-    contexts (biases and weights differ in how many zeros and how large; 3-4 % fewer network
-    bytes, docs/format.md).
+    k is the best Exp-Golomb order among up to five around log2(mean |v|) (0..MAX_K). The values
+    are tensors of `sizes`, each with its own zero-flag and prefix contexts (biases and weights
+    differ in how many zeros and how large).
     """
     values = [int(v) for v in values]
     if any(v >= (1 << 63) or v < -(1 << 63) for v in values):
@@ -329,7 +328,7 @@ def encode_values(values: list[int], sizes: list[int] | None = None) -> bytes:
     return best
 
 
-def decode_values(data: bytes, n: int, sizes: list[int] | None = None) -> list[int]:
+def decode_values(data: bytes, n: int, sizes: list[int]) -> list[int]:
     """Inverse of `encode_values` for a known count `n` (and the same `sizes`); LotteryError on bad data."""
     if len(data) < 1:
         raise LotteryError("corrupted .lottery file: empty network section")
@@ -345,26 +344,23 @@ def decode_values(data: bytes, n: int, sizes: list[int] | None = None) -> list[i
     return values
 
 
-def _prediction(name: str | None, shifts: dict[str, int], layout) -> list[int] | None:
-    """What format v4 subtracts before coding: the upsampling kernel's initial (bicubic) value at
-    its step; None for the other modules (their random initial values are not worth predicting)."""
+def _prediction(name: str, shifts: dict[str, int], layout) -> list[int] | None:
+    """What is subtracted before coding: the upsampling kernel's initial (bicubic) value at its
+    step; None for the other modules (their random initial values are not worth predicting)."""
     if name != "upsampling":
         return None
     (tensor, shape), = layout
     return list(initial_kernel_integers(shape[-1], int(shifts[tensor])))
 
 
-def encode_module(qmodule: QuantizedModule, layout=None, name: str | None = None) -> bytes:
-    """Code one module's integers in canonical order (the shift is stored in the file header).
+def encode_module(qmodule: QuantizedModule, name: str, layout=None) -> bytes:
+    """Code module `name`'s integers in canonical order (the shifts are stored in the header).
 
-    `layout` (from `module_layout`) is checked against the tensors when given. `name`: the
-    module's name, for format v4: per-tensor contexts, and the upsampling kernel coded as its
-    difference from the bicubic kernel when that is shorter (the first byte's PREDICTED bit says
-    so). None: versions 1-3, every integer as it is.
+    `layout` (from `module_layout`) is checked against the tensors when given. The upsampling
+    kernel is coded as its difference from the bicubic kernel when that is shorter (the first
+    byte's PREDICTED bit says so).
     """
     values = _flatten(qmodule, layout)
-    if name is None:
-        return encode_values(values)
     layout = layout if layout is not None else [(t, tuple(v.shape)) for t, v in qmodule.tensors.items()]
     plain = encode_values(values, _sizes(layout))
     pred = _prediction(name, qmodule.tensor_shifts(), layout)
@@ -376,23 +372,19 @@ def encode_module(qmodule: QuantizedModule, layout=None, name: str | None = None
     return plain
 
 
-def decode_module(data: bytes, shift: int | dict[str, int], layout: list[tuple[str, tuple[int, ...]]],
-                  name: str | None = None) -> QuantizedModule:
-    """Rebuild a `QuantizedModule` from its section bytes, shift(s) and layout.
-
-    `shift`: one for the module, or one per tensor (format v2 and later); the module's `shift` is then the
-    first tensor's, with the others that differ from it in `shifts`. `name`: as for `encode_module`.
-    """
+def decode_module(data: bytes, shifts: dict[str, int], layout: list[tuple[str, tuple[int, ...]]],
+                  name: str) -> QuantizedModule:
+    """Rebuild module `name` as a `QuantizedModule` from its section bytes, per-tensor shifts and
+    layout; the module's `shift` is the first tensor's, with the others that differ in `shifts`."""
     sizes = _sizes(layout)
     original = bytes(data)
-    per_tensor = shift if isinstance(shift, dict) else {t: shift for t, _ in layout}
-    pred = _prediction(name, per_tensor, layout)
-    predicted = name is not None and bool(data) and bool(data[0] & PREDICTED)
+    pred = _prediction(name, shifts, layout)
+    predicted = bool(data) and bool(data[0] & PREDICTED)
     if predicted:
         if pred is None:
             raise LotteryError(f"corrupted .lottery file: the {name} section claims a prediction")
         data = bytes([data[0] & ~PREDICTED]) + bytes(data[1:])
-    values = decode_values(data, sum(sizes), sizes if name is not None else None)
+    values = decode_values(data, sum(sizes), sizes)
     if predicted:
         values = [v + p for v, p in zip(values, pred)]
     tensors: dict[str, torch.Tensor] = {}
@@ -400,21 +392,19 @@ def decode_module(data: bytes, shift: int | dict[str, int], layout: list[tuple[s
     for (tensor, shape), n in zip(layout, sizes):
         tensors[tensor] = torch.tensor(values[start : start + n], dtype=torch.int64).reshape(shape)
         start += n
-    if isinstance(shift, dict):
-        base = int(shift[layout[0][0]]) if layout else 0
-        overrides = {k: int(v) for k, v in shift.items() if int(v) != base}
-        module = QuantizedModule(shift=base, tensors=tensors, shifts=overrides)
-    else:
-        module = QuantizedModule(shift=int(shift), tensors=tensors)
-    if pred is not None and encode_module(module, layout, name) != original:  # either way, the shorter
+    base = int(shifts[layout[0][0]]) if layout else 0
+    overrides = {k: int(v) for k, v in shifts.items() if int(v) != base}
+    module = QuantizedModule(shift=base, tensors=tensors, shifts=overrides)
+    # Only the encoder's own coding is accepted: its order k, and for the kernel the shorter of
+    # the plain and predicted codings (one byte string per payload).
+    if encode_module(module, name, layout) != original:
         raise LotteryError(f"corrupted .lottery file: the {name} section is not canonical")
     return module
 
 
-def module_bits(qmodule: QuantizedModule, name: str | None = None) -> int:
-    """Exact size in bits of this module's section in a .lottery file (a multiple of 8); with
-    `name`, as format v4 codes it.
+def module_bits(qmodule: QuantizedModule, name: str) -> int:
+    """Exact size in bits of this module's section in a .lottery file (a multiple of 8).
 
     The shifts and the section length live in the header and are not included.
     """
-    return 8 * len(encode_module(qmodule, name=name))
+    return 8 * len(encode_module(qmodule, name))

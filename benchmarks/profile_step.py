@@ -1,0 +1,148 @@
+"""Where a fitting step's time goes at a given size, and what synthesising only some pixels saves.
+
+    python -m benchmarks.profile_step [--size 256] [--threads 1] [--observed 0.5] [--config inpaint]
+                                      [--pixel-fraction 0.5]
+
+Times forward + backward of each part of the model on random latents (quantization proxies,
+upsampling, ARM rate, ModNet, synthesis of all pixels and of the observed fraction), then the
+whole-step rate of `fit.Fitter` with whole renders, with a `PixelMSE` over a random observed
+set (as inpainting's: only those pixels are synthesised), and with a loss over every pixel of
+which `--pixel-fraction` is drawn afresh each step (compression, denoising), and with two or more
+threads the last again with the rate on a second thread (`Fitter`'s rate_thread, what compression
+runs), all without render averaging. Milliseconds are medians of repeated calls after a
+warm-up; run it on a quiet machine.
+
+`measure_step_rate` is what the protocol's speed part reports as steps per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from dataclasses import replace
+
+
+def measure_step_rate(height: int, width: int, steps: int = 20, device: str = "cpu", arch=None) -> float:
+    """Fitting steps per second on a random image of the given size (after 3 warm-up steps), with
+    whole renders, and with the rate on a second thread where `lottery compress` would use it
+    (`rate_thread_pays`). `arch`: an Architecture; default: the compression config's."""
+    import torch
+
+    from lotterycli.config import load_task_config
+    from lotterycli.fitting.loop import fit, rate_thread_pays
+    from lotterycli.fitting.losses import squared_error
+    from lotterycli.model.lottery_model import LotteryModel
+
+    cfg = load_task_config("compress")
+    arch = cfg.architecture if arch is None else arch
+    model = LotteryModel(height, width, arch, seed=0, mask_ratio=0.3).to(device)
+    target = torch.rand(3, height, width, device=device)
+    split = rate_thread_pays(torch.device(device), height * width)
+    fit(model, squared_error(target), 1e-3, replace(cfg.schedule, steps=3), rate_thread=split)
+    start = time.perf_counter()
+    fit(model, squared_error(target), 1e-3, replace(cfg.schedule, steps=steps, hard_fraction=0.0, pixel_fraction=1.0),
+        rate_thread=split)
+    return steps / (time.perf_counter() - start)
+
+
+def _median_ms(fn, repeats: int = 20) -> float:
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return 1000 * statistics.median(times)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--observed", type=float, default=0.5, help="fraction of pixels the loss reads")
+    p.add_argument("--config", default="inpaint", help="task config whose architecture is used")
+    p.add_argument("--steps", type=int, default=60, help="steps timed per step-rate measurement")
+    p.add_argument("--pixel-fraction", type=float, default=0.5,
+                   help="last line: a loss over every pixel, this fraction drawn afresh each step")
+    args = p.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from lotterycli.config import load_task_config
+    from lotterycli.fitting.loop import Fitter
+    from lotterycli.fitting.losses import PixelMSE
+    from lotterycli.model.lottery_model import LotteryModel
+
+    task_cfg = load_task_config(args.config)
+    arch = task_cfg.architecture
+    n = args.size
+    gen = torch.Generator().manual_seed(0)
+    model = LotteryModel(n, n, arch, seed=0, mask_ratio=0.3)
+    with torch.no_grad():
+        for g in model.latents.grids:
+            g.copy_(torch.randn(g.shape, generator=gen))
+    keep = torch.rand(n, n, generator=gen) < args.observed
+    pixels = torch.nonzero(keep.reshape(-1)).squeeze(1)
+
+    def proxies():
+        r, s = model.latents.proxies("soft", 0.3, 1.5)
+        (sum(x.sum() for x in r) + sum(x.sum() for x in s)).backward()
+
+    def upsampling():
+        model.upsampling(model.latents.scaled()).sum().backward()
+
+    def arm():
+        model.arm.rate_bits(model.latents.scaled()).backward()
+
+    with torch.no_grad():
+        features = model.upsampling(model.latents.scaled()).reshape(arch.n_levels, -1)
+
+    def modnet():
+        a, b, c = model.modnet(features.clone().requires_grad_(), n, n)
+        (a.sum() + b.sum() + c.sum()).backward()
+
+    with torch.no_grad():
+        modulations = model.modnet(features, n, n)
+
+    def synthesis(chosen):
+        def run():
+            mods = [m.clone().requires_grad_() for m in modulations]
+            if chosen is None:
+                model.synthesis(model.coords, mods).sum().backward()
+            else:
+                part = tuple(m.index_select(1, chosen) for m in mods)
+                model.synthesis(model.coords.index_select(1, chosen), part).sum().backward()
+        return run
+
+    print(f"{n}x{n}, {args.threads} thread(s), architecture of configs/{args.config}.yaml; forward + backward, median ms:")
+    for name, fn in [("quantization proxies", proxies), ("upsampling", upsampling), ("ARM rate", arm),
+                     ("ModNet", modnet), ("synthesis, all pixels", synthesis(None)),
+                     (f"synthesis, {len(pixels) / n / n:.0%} of pixels", synthesis(pixels))]:
+        print(f"  {name:28s} {_median_ms(fn):7.2f}")
+
+    target = torch.rand(3, n, n, generator=gen)
+    flat_target = target.reshape(3, -1)[:, pixels]
+    everything = torch.arange(n * n)
+    every_pixel = PixelMSE(everything, target.reshape(3, -1), n * n)
+    runs = [
+        ("whole renders", lambda im: torch.mean((im.reshape(3, -1)[:, pixels] - flat_target) ** 2), 1.0, False),
+        ("observed pixels only", PixelMSE(pixels, flat_target, n * n), 1.0, False),
+        (f"pixel_fraction {args.pixel_fraction:g}", every_pixel, args.pixel_fraction, False),
+    ]
+    if args.threads >= 2:  # what `lottery compress` runs up to 384x384 (fitting.loop.rate_thread_pays)
+        runs.append(("  + rate on 2nd thread", every_pixel, args.pixel_fraction, True))
+    for label, distortion, fraction, rate_thread in runs:
+        fitter = Fitter(LotteryModel(n, n, arch, seed=0, mask_ratio=0.3), distortion, 6e-4,
+                        replace(task_cfg.schedule, steps=10 * args.steps, pixel_fraction=fraction, average_fraction=0.0),
+                        rate_thread=rate_thread)
+        fitter.advance(5)
+        t = time.perf_counter()
+        fitter.advance(5 + args.steps)
+        print(f"  steps/s, {label:22s} {args.steps / (time.perf_counter() - t):7.2f}")
+
+
+if __name__ == "__main__":
+    main()

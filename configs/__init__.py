@@ -1,0 +1,1 @@
+"""The task configs (YAML), shipped inside the package as `lotterycli.configs`."""

@@ -1,0 +1,5 @@
+"""`python -m lotterycli`: the `lottery` command."""
+
+from .cli import main
+
+main()

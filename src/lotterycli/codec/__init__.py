@@ -1,1 +1,0 @@
-"""The random-network codec: model parts, fixed-point decoder arithmetic, entropy model."""

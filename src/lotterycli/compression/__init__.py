@@ -1,0 +1,1 @@
+"""Compression: the encoder (fit, ARM refit, network quantization, file) and the decoder."""

@@ -1,0 +1,94 @@
+"""Compression: fit a model to one image, quantize it, write a real .lottery file, decode it back.
+
+The reported numbers come from the file itself: its size in bytes, and the PSNR of the pixels
+that `decompress` will produce (the encoder decodes its own output before returning).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from ..bitstream.container import encode_file
+from ..config import TaskConfig
+from ..fitting.device import resolve_device
+from ..fitting.loop import FitResult, ProgressCallback, fit, rate_thread_pays
+from ..fitting.losses import Distortion, fit_distortion, squared_error
+from ..fitting.schedule import Schedule
+from ..metrics import psnr
+from ..model.architecture import macs_per_pixel
+from ..model.lottery_model import LotteryModel
+from ..model.payload import Payload
+from .arm_refit import arm_parameter_share, refit_arm, scratch_arm
+from .decoder import decode_bytes
+from .quantize import quantize_networks
+
+
+@dataclass
+class CompressResult:
+    data: bytes
+    decoded: torch.Tensor  # uint8 (3, H, W): exactly what decompress gives
+    n_bytes: int
+    bpp: float
+    psnr: float
+    macs_per_pixel: float
+    seconds: float
+    steps: int
+    fit: FitResult | None = None
+
+
+def quantized_payload(model: LotteryModel, distortion: Distortion, lam: float, schedule: Schedule, seed: int,
+                      progress: ProgressCallback | None = None) -> Payload:
+    """What goes into the file for a fitted model: the ARM refitted to the final latents (and
+    narrower ARMs fitted from scratch, per `schedule`), the networks quantized by their real code
+    lengths. The model ends on the CPU holding the quantized values. `distortion` scores a whole
+    render of the model (in its own frame)."""
+    fitted_arm = {k: v.detach().cpu().clone() for k, v in model.arm.state_dict().items()}
+    # never more refit steps than fit steps: a quick fit (tests, trials) stays quick
+    refit_steps = min(schedule.arm_refit_steps, schedule.steps)
+    refit_bits = refit_arm(model, refit_steps, schedule.arm_refit_lr, progress)
+    # the fitted ARM is priced too: the file is never larger than it would be without the refit
+    alternatives: list = [fitted_arm] if refit_steps > 0 else []
+    try_narrower = arm_parameter_share(model, refit_bits) >= schedule.arm_scratch_min_share
+    for arm_width in schedule.arm_scratch_widths if try_narrower else ():
+        if arm_width != model.arch.arm_hidden:
+            alternatives.append(scratch_arm(model, arm_width, min(schedule.arm_scratch_steps, schedule.steps),
+                                            schedule.arm_scratch_lr, seed, progress).cpu())
+    model.cpu()
+    modules = quantize_networks(model, distortion, lam, arm_alternatives=alternatives)
+    return model.to_payload(modules)
+
+
+def compress_image(
+    image: torch.Tensor,
+    cfg: TaskConfig,
+    *,
+    device: str = "auto",
+    progress: ProgressCallback | None = None,
+) -> CompressResult:
+    """Fit, quantize, write and re-decode. `image` is (3, H, W) float in [0, 1]."""
+    start = time.perf_counter()
+    dev = resolve_device(device)
+    _, height, width = image.shape
+    torch.manual_seed(cfg.seed)
+    model = LotteryModel(height, width, cfg.architecture, cfg.seed, cfg.mask_ratio).to(dev)
+    schedule = cfg.schedule
+    fit_result = fit(model, fit_distortion(image.to(dev), schedule.pixel_fraction), cfg.lam, schedule, progress,
+                     rate_thread=rate_thread_pays(dev, height * width))
+    payload = quantized_payload(model, squared_error(image), cfg.lam, schedule, cfg.seed, progress)
+    data = encode_file(payload)
+    decoded = decode_bytes(data)
+    n_pixels = height * width
+    return CompressResult(
+        data=data,
+        decoded=decoded,
+        n_bytes=len(data),
+        bpp=len(data) * 8 / n_pixels,
+        psnr=psnr(decoded, image),
+        macs_per_pixel=macs_per_pixel(payload.architecture, int(payload.mask.sum()), height, width),
+        seconds=time.perf_counter() - start,
+        steps=fit_result.steps,
+        fit=fit_result,
+    )

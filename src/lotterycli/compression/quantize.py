@@ -1,0 +1,136 @@
+"""Quantization of the small networks: a power-of-two step per tensor, chosen by real code lengths.
+
+After the fit, the ARM, the upsampling kernel and ModNet are rounded to integers times 2**-shift
+for the file. Each module's steps are searched against the rate-distortion cost J = distortion +
+lambda * (latent bits + the module's coded bits) / pixels, with the bits of its real section.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from ..bitstream.header import architecture_bytes
+from ..bitstream.param_coding import module_bits
+from ..fitting.losses import Distortion, PixelMSE
+from ..model.architecture import MODULE_NAMES
+from ..model.arm import Arm
+from ..model.lottery_model import LotteryModel
+from ..model.payload import QuantizedModule
+
+SHIFT_CANDIDATES = range(4, 15)  # power-of-two steps 2**-4 .. 2**-14 tried per module
+MIN_TENSOR_SHIFT = 0  # per-tensor steps go up to 1 (the fixed-point ARM takes shifts 0..16)
+TENSOR_SEARCH = (4, 2, 2)  # per-tensor search: steps up to 2**4 coarser, 2**2 finer, 2 rounds
+
+
+def _hard_bpp(model: LotteryModel) -> float:
+    """Latent rate (bits per pixel) of the hard-rounded latents under the model's ARM."""
+    with torch.no_grad():
+        rate_in, _ = model.latents.proxies("hard")
+        return float(model.arm.rate_bits(rate_in, model.arch.arm_band_rows)) / model.n_pixels
+
+
+def _hard_distortion(model: LotteryModel, distortion: Distortion) -> float:
+    """Distortion of the hard-rounded render, as `fit.evaluate` measures it (a PixelMSE renders
+    only its pixels)."""
+    with torch.no_grad():
+        if isinstance(distortion, PixelMSE):
+            _, _, image = distortion.render(model, "hard")
+        else:
+            _, synth_in = model.latents.proxies("hard")
+            image = model.render_from(synth_in)
+        return float(distortion(image))
+
+
+def install_arm(model: LotteryModel, arm: Arm) -> None:
+    """Make `arm` the model's ARM; its width becomes the model's (and the file's) arm_hidden."""
+    model.arm = arm
+    model.arch = replace(model.arch, arm_hidden=arm.hidden)
+
+
+def quantize_networks(
+    model: LotteryModel, distortion: Distortion, lam: float, per_tensor: bool = True,
+    arm_alternatives: list[dict[str, torch.Tensor] | Arm] = (),
+) -> dict[str, QuantizedModule]:
+    """Pick the small networks' power-of-two steps by rate-distortion search, real code lengths.
+
+    Modules are done in order (ARM, upsampling, ModNet), each search seeing the earlier ones
+    already quantized; the model is left holding the quantized values. First one step for the
+    whole module (SHIFT_CANDIDATES), then each tensor's own step (TENSOR_SEARCH: two rounds over
+    the tensors, each trying a window of steps around its current one): hidden layers take much
+    coarser steps than output layers (docs/design.md). The ARM changes only the rate
+    and the other modules only the distortion, so each trial computes just the part that moves.
+    `per_tensor=False` stops after the module-wide step (for comparisons).
+    `arm_alternatives`: other ARMs searched the same way: float states of the model's ARM (state
+    dicts, e.g. the ARM before its refit) or `Arm` modules of any width (`install_arm`); the
+    cheapest of all is kept, so an alternative can only help.
+    """
+    chosen: dict[str, QuantizedModule] = {}
+    d0, bpp0 = _hard_distortion(model, distortion), _hard_bpp(model)
+    for name in MODULE_NAMES:
+        module = model.modules_by_name()[name]
+        candidates = [(module, module.state_dict())]
+        if name == "arm":
+            candidates += [(alt, alt.state_dict()) if isinstance(alt, Arm) else (module, alt) for alt in arm_alternatives]
+        best_cost, best = float("inf"), None
+        for owner, state in candidates:
+            state = {k: v.detach().clone() for k, v in state.items()}
+            if name == "arm":
+                install_arm(model, owner)
+            owner.load_state_dict(state)
+            cost, q = _search_steps(model, name, state, distortion, lam, d0, bpp0, per_tensor)
+            if name == "arm":  # another width can leave the header's architecture presets
+                cost += lam * 8 * architecture_bytes(model.arch) / model.n_pixels
+            if cost < best_cost:
+                best_cost, best = cost, (owner, state, q)
+        owner, state, best_q = best
+        if name == "arm":
+            install_arm(model, owner)
+        owner.load_state_dict(state)
+        model.load_quantized(name, best_q)
+        chosen[name] = best_q
+        if name == "arm":
+            bpp0 = _hard_bpp(model)
+        else:
+            d0 = _hard_distortion(model, distortion)
+    return chosen
+
+
+def _search_steps(model: LotteryModel, name: str, state: dict[str, torch.Tensor], distortion: Distortion,
+                  lam: float, d0: float, bpp0: float, per_tensor: bool) -> tuple[float, QuantizedModule]:
+    """(cost, quantized module) of the best steps for module `name` holding float `state`."""
+    module = model.modules_by_name()[name]
+
+    def cost_of(q: QuantizedModule) -> float:
+        model.load_quantized(name, q)
+        if name == "arm":
+            d, bpp = d0, _hard_bpp(model)
+        else:
+            d, bpp = _hard_distortion(model, distortion), bpp0
+        module.load_state_dict(state)
+        return d + lam * (bpp + module_bits(q, name) / model.n_pixels)
+
+    best_cost, best_q = float("inf"), None
+    for shift in SHIFT_CANDIDATES:
+        q = model.quantize_module(name, shift)
+        cost = cost_of(q)
+        if cost < best_cost:
+            best_cost, best_q = cost, q
+    shifts = best_q.tensor_shifts()
+    coarser, finer, rounds = TENSOR_SEARCH
+    for _ in range(rounds if per_tensor else 0):
+        changed = False
+        for tensor in list(shifts):
+            now = shifts[tensor]
+            for s in range(max(MIN_TENSOR_SHIFT, now - coarser), min(SHIFT_CANDIDATES[-1], now + finer) + 1):
+                if s == now:
+                    continue
+                trial = dict(shifts, **{tensor: s})
+                q = model.quantize_module(name, best_q.shift, trial)
+                cost = cost_of(q)
+                if cost < best_cost:
+                    best_cost, best_q, shifts, changed = cost, q, trial, True
+        if not changed:
+            break
+    return best_cost, best_q

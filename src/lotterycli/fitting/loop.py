@@ -1,0 +1,337 @@
+"""The per-image optimisation loop shared by compression and restoration.
+
+Minimises distortion(render) + lambda * latent bits per pixel. Latents use soft-rounding plus
+Kumaraswamy noise, both annealed, for the first (1 - hard_fraction) of the steps, then hard
+rounding with straight-through gradients. Adam with per-group learning rates and cosine decay,
+gradient-norm clipping, and the best hard-rounded state seen is kept.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+from ..model.lottery_model import LotteryModel
+from .adam import Adam
+from .losses import Distortion, PixelMSE
+from .schedule import Schedule
+
+_CANCELLED = threading.Event()
+
+
+class FitCancelled(Exception):
+    """Raised inside a fit's loop after `cancel_all` (an interrupted command)."""
+
+
+def cancel_all() -> None:
+    """Make every fit of this process stop at its next step (they raise FitCancelled): fits on
+    other threads cannot be interrupted otherwise, and would run to their end."""
+    _CANCELLED.set()
+
+
+@dataclass
+class StepInfo:
+    step: int
+    total: int
+    loss: float
+    distortion: float  # the distortion term (MSE), as optimised
+    bpp: float  # latent rate estimate in bits per pixel
+    elapsed: float
+    stage: str
+
+
+class ProgressCallback(Protocol):
+    def __call__(self, info: StepInfo) -> None: ...
+
+
+@dataclass
+class FitResult:
+    steps: int
+    seconds: float
+    best_loss: float
+    best_step: int
+    history: list[StepInfo] = field(default_factory=list)
+    average_render: torch.Tensor | None = None  # mean render over the averaging window, if any
+
+
+def _cosine(step: int, total: int, floor: float) -> float:
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
+
+
+def evaluate(model: LotteryModel, distortion: Distortion, lam: float) -> tuple[float, float, float]:
+    """(loss, distortion, bpp) of the hard-rounded model, without gradients (all of a PixelMSE's pixels)."""
+    with torch.no_grad():
+        if isinstance(distortion, PixelMSE):
+            _, bits, image = distortion.render(model, "hard")
+        else:
+            image, bits = model("hard")
+        d = float(distortion(image))
+        bpp = float(bits) / model.n_pixels
+    return d + lam * bpp, d, bpp
+
+
+class Fitter:
+    """One fit that can pause and resume: `advance(until)` runs steps up to `until`, `finish()`
+    restores the best hard-rounded state and returns the result.
+
+    Why resumable: restoration screens several candidate members for a few steps, keeps the best
+    and continues only those (`restoration.ensemble`); the continued fit is step for step the
+    one an uninterrupted `fit` would have run.
+    """
+
+    def __init__(
+        self,
+        model: LotteryModel,
+        distortion: Distortion,
+        lam: float,
+        schedule: Schedule,
+        progress: ProgressCallback | None = None,
+        report_every: int = 10,
+        rate_thread: bool = False,
+    ):
+        """`rate_thread` (CPU): each step computes the rate (the ARM over every latent, forward and
+        backward) on a second thread while this one renders and scores the image, each branch
+        with half of torch's threads, then joins their gradients at the quantization proxies.
+        The same gradients as the plain step, bit for bit (the same sums in the same order; tested),
+        so the same file whatever the thread count on the machines measured; at 256x256 on 2 cores
+        1.25x the steps per second of both threads working on every operation in turn, whose
+        operations are too small to keep two threads busy (`rate_thread_pays`; docs/design.md).
+
+        A `PixelMSE` distortion: the model synthesises only the pixels the loss reads (all of its
+        pixels, or with `schedule.pixel_fraction` < 1 a fresh random part of them each step),
+        except on the steps whose render is averaged, which are whole. With every pixel drawn, same
+        loss and gradients as a whole render, less work."""
+        self.pixel_loss = distortion if isinstance(distortion, PixelMSE) else None
+        self.model, self.distortion, self.lam, self.schedule = model, distortion, lam, schedule
+        self.rate_thread = rate_thread
+        # The pixel draws have their own generator (concurrent fits must not share torch's global one).
+        self.pixel_generator = torch.Generator().manual_seed(0x5EED ^ model.seed)
+        self.progress, self.report_every = progress, report_every
+        groups = model.parameter_groups()
+        self.optimizer = Adam(
+            [
+                {"params": groups["latents"], "lr": schedule.lr * schedule.latent_lr_scale},
+                {"params": groups["networks"], "lr": schedule.lr},
+                {"params": groups["scores"], "lr": schedule.score_lr},
+            ]
+        )
+        self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
+        self.params = [p for g in groups.values() for p in g]
+        self.total = max(1, schedule.steps)
+        self.soft_steps = int(round(self.total * (1.0 - schedule.hard_fraction)))
+        self.step = 0  # next step to run
+        self.seconds = 0.0
+        self.best_loss, self.best_step, self.best_state = math.inf, 0, None
+        self.history: list[StepInfo] = []
+        self.losses: list[torch.Tensor] = []  # training loss of every step (detached: no GPU sync per step)
+        if schedule.average_fraction > 0:
+            self.average_start = int(round(self.total * (1.0 - schedule.average_fraction)))
+        else:
+            self.average_start = self.total
+        self.render_sum: torch.Tensor | None = None
+        self.n_averaged = 0
+
+    def advance(self, until: int | None = None) -> None:
+        """Run steps [self.step, until) (default: to the end of the schedule)."""
+        until = self.total if until is None else min(int(until), self.total)
+        if not self.rate_thread or self.step >= until:
+            self._run(until, None)
+            return
+        threads = torch.get_num_threads()
+        branch = max(1, threads // 2)
+        # torch.set_num_threads sets the calling thread's OpenMP team size only (a new thread
+        # starts with the process default, whatever torch.get_num_threads says), so each branch
+        # sets its own.
+        torch.set_num_threads(branch)
+        try:
+            with ThreadPoolExecutor(1, initializer=torch.set_num_threads, initargs=(branch,)) as pool:
+                self._run(until, pool)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _run(self, until: int, rate_pool: ThreadPoolExecutor | None) -> None:
+        start = time.perf_counter()
+        sched, model, optimizer = self.schedule, self.model, self.optimizer
+        while self.step < until:
+            if _CANCELLED.is_set():
+                raise FitCancelled("the fit was cancelled")
+            step = self.step
+            soft = step < self.soft_steps
+            progress_frac = step / max(self.soft_steps - 1, 1)
+            t0, t1 = sched.temperature
+            a0, a1 = sched.noise
+            temperature = t0 + (t1 - t0) * progress_frac
+            noise_a = a0 + (a1 - a0) * progress_frac
+            factor = _cosine(step, self.total, sched.lr_floor)
+            for g, base in zip(optimizer.param_groups, self.base_lrs):
+                g["lr"] = base * factor
+
+            averaged = step >= self.average_start and (step - self.average_start) % max(1, sched.average_every) == 0
+            mode = "soft" if soft else "hard"
+            optimizer.zero_grad(set_to_none=True)
+            if rate_pool is None:
+                image, bits, d = self._plain_step(mode, temperature, noise_a, averaged)
+            else:
+                image, bits, d = self._split_step(rate_pool, mode, temperature, noise_a, averaged)
+            bpp = bits / model.n_pixels
+            loss = d + self.lam * bpp
+            if sched.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.params, sched.grad_clip)
+            optimizer.step()
+            self.losses.append(loss.detach())
+            if averaged:
+                # Renders of successive steps differ by the quantization noise and the optimiser's
+                # moves; their mean is a cheap self-ensemble (restoration only).
+                if self.render_sum is None:
+                    self.render_sum = image.detach().clone()
+                else:
+                    self.render_sum.add_(image.detach())
+                self.n_averaged += 1
+
+            last = step == self.total - 1
+            # Hard-rounded evaluations in the hard stage, and also through the last 80 % of the soft
+            # stage: a fit that destabilises (seen at high lambda: the rate jumped at step ~400 of 1,500
+            # and never came back) then still returns its best state. An evaluation costs about a third
+            # of a step, every eval_every steps.
+            tracked = not soft or step >= self.soft_steps // 5
+            if tracked and ((step - self.soft_steps) % sched.eval_every == 0 or last):
+                hard_loss, _, _ = evaluate(model, self.distortion, self.lam)
+                if hard_loss < self.best_loss:
+                    self.best_loss, self.best_step = hard_loss, step + 1
+                    self.best_state = copy.deepcopy(model.state_dict())
+            self.step += 1
+            if self.progress is not None and (step % self.report_every == 0 or last):
+                elapsed = self.seconds + time.perf_counter() - start
+                info = StepInfo(step + 1, self.total, loss.item(), d.item(), bpp.item(), elapsed,
+                                "soft" if soft else "hard")
+                self.history.append(info)
+                self.progress(info)
+        self.seconds += time.perf_counter() - start
+
+    def _step_loss(self) -> PixelMSE:
+        """This step's PixelMSE: the whole one, or with `schedule.pixel_fraction` < 1 a fresh random
+        part of its pixels."""
+        loss, fraction = self.pixel_loss, self.schedule.pixel_fraction
+        if fraction < 1.0:
+            keep = torch.rand(loss.indices.numel(), generator=self.pixel_generator) < fraction
+            loss = loss.columns(torch.nonzero(keep).squeeze(1).to(loss.indices.device))
+        return loss
+
+    def _plain_step(self, mode: str, temperature: float, noise_a: float,
+                    whole: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Forward and backward of one step in one go -> (render, bits, distortion), detached.
+        Under a PixelMSE the render covers the pixels drawn for this step, or the whole image
+        (C, H, W) when `whole`."""
+        if self.pixel_loss is None:
+            image, bits = self.model(mode, temperature, noise_a)
+            d = self.distortion(image)
+        else:
+            loss = self._step_loss()
+            image, bits, seen = loss.render(self.model, mode, temperature, noise_a, whole)
+            d = loss(seen)
+        (d + self.lam * (bits / self.model.n_pixels)).backward()
+        return image.detach(), bits.detach(), d.detach()
+
+    def _split_step(self, pool: ThreadPoolExecutor, mode: str, temperature: float, noise_a: float,
+                    whole: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Forward and backward of one step in two branches (see `rate_thread`): the rate on the
+        pool's thread, the render and distortion here, from detached copies of the
+        quantization proxies; their gradients then flow on to the latents in one last backward.
+        Each parameter gets its gradient from one branch only, so the sums do not depend on
+        which branch finishes first. Returns (render, bits, distortion), detached."""
+        model = self.model
+        rate_in, synth_in = model.latents.proxies(mode, temperature, noise_a)
+        rate_leaves = [r.detach().requires_grad_() for r in rate_in]
+        synth_leaves = [s.detach().requires_grad_() for s in synth_in]
+        weight = self.lam / model.n_pixels
+
+        def rate_branch() -> torch.Tensor:
+            bits = model.arm.rate_bits(rate_leaves, model.arch.arm_band_rows)
+            (bits * weight).backward()
+            return bits.detach()
+
+        future = pool.submit(rate_branch)
+        try:
+            if self.pixel_loss is None:
+                image = model.render_from(synth_leaves)
+                d = self.distortion(image)
+            else:
+                loss = self._step_loss()
+                image = model.render_from(synth_leaves, loss.pixels_to_render(whole))
+                d = loss(loss.seen(image, whole))
+            d.backward()
+        finally:
+            bits = future.result()  # waits for the rate branch (and raises its error) either way
+        leaves = rate_leaves + synth_leaves
+        grads = [torch.zeros_like(x) if x.grad is None else x.grad for x in leaves]
+        torch.autograd.backward(rate_in + synth_in, grads)
+        return image.detach(), bits, d.detach()
+
+    def recent_loss(self, fraction: float = 0.25) -> float:
+        """Mean training loss over the last `fraction` of the steps run so far (at least one step).
+
+        A mean rather than the last value: single soft-stage losses carry the quantization noise.
+        """
+        if not self.losses:
+            return math.inf
+        n = max(1, int(round(len(self.losses) * fraction)))
+        return float(torch.stack(self.losses[-n:]).mean())
+
+    def drop(self) -> None:
+        """Tell the progress display this fit stops here (a screened-out restoration candidate)."""
+        if self.progress is not None:
+            last = self.history[-1] if self.history else None
+            self.progress(StepInfo(self.step, self.total, last.loss if last else math.nan,
+                                   last.distortion if last else math.nan, last.bpp if last else math.nan,
+                                   self.seconds, "dropped"))
+
+    def finish(self) -> FitResult:
+        """Run any remaining steps, load the best hard-rounded state into the model, return the result."""
+        self.advance()
+        if self.best_state is None:  # no hard stage (hard_fraction 0): evaluate the final state
+            self.best_loss, _, _ = evaluate(self.model, self.distortion, self.lam)
+            self.best_step = self.total
+        else:
+            self.model.load_state_dict(self.best_state)
+        average = self.render_sum / self.n_averaged if self.n_averaged else None
+        return FitResult(
+            steps=self.total, seconds=self.seconds, best_loss=self.best_loss, best_step=self.best_step,
+            history=self.history, average_render=average,
+        )
+
+
+def fit(
+    model: LotteryModel,
+    distortion: Distortion,
+    lam: float,
+    schedule: Schedule,
+    progress: ProgressCallback | None = None,
+    report_every: int = 10,
+    rate_thread: bool = False,
+) -> FitResult:
+    """Fit `model` in place; on return it holds the best hard-rounded state evaluated (every
+    `eval_every` steps from 20 % of the soft stage on, and at the last step). `rate_thread`: see
+    `Fitter`."""
+    return Fitter(model, distortion, lam, schedule, progress, report_every, rate_thread=rate_thread).finish()
+
+
+RATE_THREAD_MAX_PIXELS = 384 * 384  # above this, two threads on every operation beat the split step
+
+
+def rate_thread_pays(device: torch.device, n_pixels: int) -> bool:
+    """Whether a fit should run its rate on a second thread (`Fitter`'s rate_thread).
+
+    On a CPU with at least two torch threads, for images up to RATE_THREAD_MAX_PIXELS: at 256x256
+    the split step gave 1.25x the steps per second of the plain one on two threads (median of 5),
+    ~1.15x at 384x384, but 0.96x at 512x512 and 0.88x at 768x512, where the operations are large
+    enough for two threads each and the longer render branch leaves a core idle (docs/design.md).
+    The step's values do not change, only their timing.
+    """
+    return device.type == "cpu" and torch.get_num_threads() >= 2 and n_pixels <= RATE_THREAD_MAX_PIXELS

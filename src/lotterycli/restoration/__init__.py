@@ -1,0 +1,1 @@
+"""Zero-shot restoration: degradation operators, their classical counterparts, the ensemble."""
