@@ -1,4 +1,4 @@
-"""GPU checks and timings, for a session lent a CUDA machine (not part of the CPU protocol).
+"""GPU checks and timings, for a machine with a CUDA GPU (not part of the CPU protocol).
 
     python -m benchmarks.gpu_check OUT.json [DEVICE] [--smoke]
 
