@@ -5,8 +5,8 @@ this project's 2-core machines, on every `lottery compress` or `restore` call (a
 compression fits in about 10 s). The update below is the one torch runs on CPU tensors with the
 defaults (betas 0.9 and 0.999, eps 1e-8, no weight decay, no amsgrad: its single-tensor path),
 operation for operation, so fits give the same numbers as with torch's Adam on a CPU (a test
-compares the two bit for bit). On a GPU torch would batch the tensors (its "foreach" path,
-the same formula in another order of float operations); this one updates tensor by tensor.
+compares the two bit for bit). The update runs as torch's multi-tensor operations, one call per
+operation for a whole group of parameters.
 """
 
 from __future__ import annotations
@@ -44,23 +44,35 @@ class Adam:
 
     @torch.no_grad()
     def step(self) -> None:
+        """One update of every parameter that has a gradient, a group at a time with torch's
+        multi-tensor ("foreach") operations: one call per operation and group rather than per
+        tensor (on a CPU the same per-tensor arithmetic, so the same numbers)."""
         for group in self.param_groups:
-            lr = group["lr"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            states = []
+            for p in params:
                 state = self.state.get(p)
                 if state is None:
                     # torch keeps the step count as a float32 tensor and reads it with .item()
                     state = self.state[p] = {"step": 0.0, "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
                                              "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
                 state["step"] += 1.0
-                step = state["step"]
-                grad, exp_avg, exp_avg_sq = p.grad, state["exp_avg"], state["exp_avg_sq"]
-                exp_avg.lerp_(grad, 1 - BETA1)
-                exp_avg_sq.mul_(BETA2).addcmul_(grad, grad, value=1 - BETA2)
+                states.append(state)
+            # Parameters of a group step together, so they share the step count (and its corrections).
+            for step in sorted({st["step"] for st in states}):
+                chosen = [i for i, st in enumerate(states) if st["step"] == step]
+                grads = [params[i].grad for i in chosen]
+                exp_avgs = [states[i]["exp_avg"] for i in chosen]
+                exp_avg_sqs = [states[i]["exp_avg_sq"] for i in chosen]
+                torch._foreach_lerp_(exp_avgs, grads, 1 - BETA1)
+                torch._foreach_mul_(exp_avg_sqs, BETA2)
+                torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - BETA2)
                 bias_correction1 = 1 - BETA1**step
                 bias_correction2 = 1 - BETA2**step
-                step_size = lr / bias_correction1
-                denom = (exp_avg_sq.sqrt() / bias_correction2**0.5).add_(EPS)
-                p.addcdiv_(exp_avg, denom, value=-step_size)
+                step_size = group["lr"] / bias_correction1
+                denom = torch._foreach_sqrt(exp_avg_sqs)
+                torch._foreach_div_(denom, bias_correction2**0.5)
+                torch._foreach_add_(denom, EPS)
+                torch._foreach_addcdiv_([params[i] for i in chosen], exp_avgs, denom, value=-step_size)

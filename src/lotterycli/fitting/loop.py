@@ -183,7 +183,7 @@ class Fitter:
             bpp = bits / model.n_pixels
             loss = d + self.lam * bpp
             if sched.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(self.params, sched.grad_clip)
+                torch.nn.utils.clip_grad_norm_(self.params, sched.grad_clip, foreach=True)
             optimizer.step()
             self.losses.append(loss.detach())
             if averaged:
@@ -273,6 +273,55 @@ class Fitter:
         grads = [torch.zeros_like(x) if x.grad is None else x.grad for x in leaves]
         torch.autograd.backward(rate_in + synth_in, grads)
         return image.detach(), bits, d.detach()
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Everything the fit needs to go on exactly as if it had not stopped: parameters, the
+        optimizer's moments, the step, the random generators, best-state keeping, the averaging
+        window, the loss record. Tensors are CPU copies (a checkpoint file can hold them)."""
+
+        def cpu(t):
+            return None if t is None else t.detach().to("cpu", copy=True)
+
+        optimizer = []
+        for p in self.params:
+            st = self.optimizer.state.get(p)
+            optimizer.append(None if st is None else {"step": st["step"], "exp_avg": cpu(st["exp_avg"]),
+                                                      "exp_avg_sq": cpu(st["exp_avg_sq"])})
+        return {
+            "step": self.step, "total": self.total, "seconds": self.seconds,
+            "model": {k: cpu(v) for k, v in self.model.state_dict().items()},
+            "optimizer": optimizer,
+            "best_loss": self.best_loss, "best_step": self.best_step,
+            "best_state": None if self.best_state is None else {k: cpu(v) for k, v in self.best_state.items()},
+            "losses": cpu(torch.stack(self.losses)) if self.losses else None,
+            "render_sum": cpu(self.render_sum), "n_averaged": self.n_averaged,
+            "history": [vars(info) for info in self.history],
+            "pixel_generator": self.pixel_generator.get_state(),
+            "noise_generator": self.model.latents.noise_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from `state_dict()` of a fit of the same model, loss and schedule."""
+        if state["total"] != self.total:
+            raise ValueError(f"the checkpoint is of a {state['total']}-step fit, this one has {self.total} steps")
+        device = next(self.model.parameters()).device
+        self.model.load_state_dict(state["model"])
+        for p, st in zip(self.params, state["optimizer"]):
+            if st is None:
+                self.optimizer.state.pop(p, None)
+            else:
+                self.optimizer.state[p] = {"step": st["step"], "exp_avg": st["exp_avg"].to(device),
+                                           "exp_avg_sq": st["exp_avg_sq"].to(device)}
+        self.step, self.seconds = state["step"], state["seconds"]
+        self.best_loss, self.best_step = state["best_loss"], state["best_step"]
+        self.best_state = None if state["best_state"] is None else {k: v.to(device) for k, v in state["best_state"].items()}
+        self.losses = [] if state["losses"] is None else list(state["losses"].to(device).unbind())
+        self.render_sum = None if state["render_sum"] is None else state["render_sum"].to(device)
+        self.n_averaged = state["n_averaged"]
+        self.history = [StepInfo(**info) for info in state["history"]]
+        self.pixel_generator.set_state(state["pixel_generator"])
+        self.model.latents.set_noise_state(state["noise_generator"], device)
 
     def recent_loss(self, fraction: float = 0.25) -> float:
         """Mean training loss over the last `fraction` of the steps run so far (at least one step).

@@ -49,6 +49,15 @@ class LatentGrids(nn.Module):
             self._generator.manual_seed(self.noise_seed)
         return self._generator
 
+    def noise_state(self) -> torch.Tensor | None:
+        """The noise generator's state (None before the first draw): a resumed fit restores it."""
+        return None if self._generator is None else self._generator.get_state()
+
+    def set_noise_state(self, state: torch.Tensor | None, device: torch.device) -> None:
+        self._generator = None
+        if state is not None:
+            self._noise_generator(device).set_state(state)
+
     def scaled(self) -> list[torch.Tensor]:
         return [g * self.gain for g in self.grids]
 
