@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEMO := out/demo
 EXAMPLE := examples/kodim23_crop128.png
 
-.PHONY: install demo test lint bench bench-quick clean
+.PHONY: install demo test lint fuzz bench bench-quick clean
 
 install: $(STAMP)
 
@@ -36,6 +36,10 @@ test: install
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks examples
+
+# >= 10,000 mutated .lottery files through the decoder, each in a worker with a time and memory limit.
+fuzz: install
+	$(BIN)/python tests/fuzz_lottery.py --cases 10000 --workers 2
 
 bench-quick: install
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[bench]'

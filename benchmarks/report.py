@@ -102,6 +102,10 @@ def render_markdown(d: dict, images: dict[str, str] | None = None, results_path:
         L += _md_restore(parts["restore"], images)
     if "speed" in parts:
         L += _md_speed(parts["speed"])
+    if "engine" in parts:
+        L += _md_engine(parts["engine"])
+    if "load" in parts:
+        L += _md_load(parts["load"])
     if d.get("skipped"):
         L += ["## Skipped or failed items", ""]
         L += [f"- **{s['part']}**: {s['reason']}" for s in d["skipped"]]
@@ -249,6 +253,35 @@ def _md_speed(p: dict) -> list[str]:
 
 
 # --------------------------------------------------------------------------- plots
+
+def _md_engine(p: dict) -> list[str]:
+    L = ["## Engine", "", *_status(p),
+         "A compression fitting step (`benchmarks.engine`: the compression config's schedule, a random half of the "
+         "pixels per step, the rate on a second thread where it pays) of this code beside the baseline commit, "
+         "each in a fresh process, in the same sitting. Operations: ATen calls dispatched per step (on a GPU, each "
+         "is a kernel launch); GFLOP: matrix products and convolutions only; achieved / peak: those FLOPs per "
+         "second against one large float32 matrix product on the same threads.", ""]
+    rows = [[r["tree"], f"{r['width']}x{r['height']}", str(r["threads"]), _f(r["steps_per_second"]),
+             str(r["ops_per_step"]), _f(r.get("flops_per_step", 0) / 1e9, ".3f"),
+             _f(100 * r.get("achieved_fraction_of_peak", 0), ".1f") + " %", _f(r.get("peak_rss_mb"), ".0f")]
+            for r in p.get("rows", [])]
+    L += _table(["code", "size", "threads", "steps/s", "operations per step", "GFLOP per step", "achieved / matmul peak",
+                 "peak RSS MB"], rows).splitlines() + [""]
+    return L
+
+
+def _md_load(p: dict) -> list[str]:
+    runs = p.get("runs", [])
+    L = ["## Under load", "", *_status(p),
+         f"Whole `lottery compress` commands on a {p.get('crop')}x{p.get('crop')} crop of kodim01, {p.get('steps')} "
+         "steps, the machine's default threads (`benchmarks.load`): one alone, two started together (as "
+         "`xargs -P 2` runs them), one beside a busy process (`python -c 'while True: pass'`).", "",
+         f"- alone: {_f(p['solo_s'], '.1f')} s (median of {len(runs)})",
+         f"- two side by side: {_f(p['pair_ratio'])}x the time alone (the slower of the two)",
+         f"- beside a busy process: {_f(p['beside_busy_ratio'])}x",
+         f"- the same file in every run: {'yes' if p.get('same_file') else 'no'}", ""]
+    return L
+
 
 def _plt():
     import matplotlib

@@ -15,6 +15,9 @@ Parts:
   PSNR / SSIM (clamped to [0, 1], vs the 8-bit ground truth) and seconds per image for each method.
 - speed: fitting steps/s (`benchmarks.profile_step.measure_step_rate`), wall time per preset, decode time of a
   768x512 file, peak RSS of `lottery compress|decompress|restore` subprocesses.
+- engine: steps/s, operations per step, arithmetic against the matmul peak and peak memory of this
+  checkout beside the baseline commit (`benchmarks.engine`).
+- load: one `lottery compress` alone, two side by side, one beside a busy process (`benchmarks.load`).
 """
 
 from __future__ import annotations
@@ -106,9 +109,16 @@ class Config:
     decode_repeats: int = 3
     rss_crop: int = 256
     rss_steps: int = 100
+    # engine (benchmarks.engine) and load (benchmarks.load)
+    engine_baseline: str = "b9769d4"
+    engine_sizes: list[tuple[int, int]] = field(default_factory=lambda: [(256, 256), (768, 512)])
+    engine_steps: int = 30
+    load_crop: int = 256
+    load_steps: int = 300
+    load_repeats: int = 2
     # run control
     time_limit_s: float | None = None
-    keep_files: str | None = None  # write each compression point's .lottery file here (re-coding studies)
+    keep_files: str | None = None  # write each compression point's .lottery file here
 
 
 def quick_config() -> Config:
@@ -286,6 +296,10 @@ def estimate_budget(cfg: Config, parts: list[str]) -> dict:
         s += dsteps * _step_s(512, 768) + overhead(512, 768) + cfg.decode_repeats * 6
         s += 2 * cfg.rss_steps * _step_s(cfg.rss_crop, cfg.rss_crop) + overhead(cfg.rss_crop, cfg.rss_crop) + 3 * 8
         est["speed"] = s
+    if "engine" in parts:
+        est["engine"] = sum(2 * (cfg.engine_steps + 20) * _step_s(h, w) + 20 for w, h in cfg.engine_sizes)
+    if "load" in parts:
+        est["load"] = cfg.load_repeats * 5 * (cfg.load_steps * _step_s(cfg.load_crop, cfg.load_crop) + 15)
     total = sum(est.values())
     return {"estimated_seconds": total, "breakdown": est, "notes": notes,
             "limit_seconds": cfg.time_limit_s, "wall_seconds": None}
@@ -856,7 +870,55 @@ def _rss_commands(cfg: Config, tmp: Path, x_full: torch.Tensor, lottery_file: Pa
 
 # --------------------------------------------------------------------------- orchestration
 
-PART_RUNNERS = {"compress": run_compress, "restore": run_restore, "speed": run_speed}
+def run_engine(cfg: Config, deadline: Deadline) -> dict:
+    """benchmarks.engine: this checkout and the baseline commit, at 256x256 and 768x512."""
+    from . import engine
+
+    part: dict[str, Any] = {"status": "ok", "reason": None, "notes": [], "baseline": cfg.engine_baseline, "rows": []}
+    import tempfile as _tempfile
+
+    with _tempfile.TemporaryDirectory(prefix="lottery-engine-") as tmp:
+        trees = {"this checkout": REPO_ROOT / "src"}
+        try:
+            trees[cfg.engine_baseline] = engine.baseline_tree(cfg.engine_baseline, Path(tmp))
+        except Exception as exc:
+            part["status"] = "partial"
+            part["notes"].append(f"baseline {cfg.engine_baseline} not measured: {_err(exc)}")
+        for width, height in cfg.engine_sizes:
+            for name, src in trees.items():
+                if deadline.passed():
+                    part["status"] = "partial"
+                    break
+                log(f"engine: {name} at {width}x{height}")
+                try:
+                    row = engine.probe(src, height, width, cfg.engine_steps, torch.get_num_threads())
+                    part["rows"].append({"tree": name, "width": width, "height": height,
+                                         "threads": torch.get_num_threads(), **row})
+                except Exception as exc:
+                    part["status"] = "partial"
+                    part["notes"].append(f"{name} {width}x{height}: {_err(exc)}")
+    return part
+
+
+def run_load(cfg: Config, deadline: Deadline) -> dict:
+    """benchmarks.load on the kodim01 crop."""
+    from lotterycli.images import write_png
+
+    from . import load
+
+    with tempfile.TemporaryDirectory(prefix="lottery-load-") as tmp:
+        png = Path(tmp) / "crop.png"
+        write_png(png, center_crop(load_image("kodim01"), cfg.load_crop))
+        runs = [load.measure(png, Path(tmp), cfg.load_steps, dict(os.environ)) for _ in range(cfg.load_repeats)]
+    solo = statistics.median(r["solo_s"] for r in runs)
+    return {"status": "ok", "reason": None, "notes": [], "crop": cfg.load_crop, "steps": cfg.load_steps, "runs": runs,
+            "solo_s": solo, "pair_ratio": statistics.median(max(r["pair_s"]) for r in runs) / solo,
+            "beside_busy_ratio": statistics.median(r["beside_busy_s"] for r in runs) / solo,
+            "same_file": all(r["same_file"] for r in runs)}
+
+
+PART_RUNNERS = {"compress": run_compress, "restore": run_restore, "speed": run_speed, "engine": run_engine,
+                "load": run_load}
 
 
 def _two_sittings(new: dict, old: dict, **merged_fields) -> dict:
@@ -1005,7 +1067,7 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--quick", action="store_true", help="smoke scale, designed for < 20 min on 2 CPU cores")
     mode.add_argument("--full", action="store_true", help="the full protocol (8 images, 256x256, all tasks)")
     p.add_argument("--only", action="append", choices=list(PART_RUNNERS), metavar="PART",
-                   help="run only this part (compress, restore, speed); repeatable; other parts of an existing "
+                   help="run only this part (compress, restore, speed, engine, load); repeatable; other parts of an existing "
                         "results file of the same mode are kept")
     p.add_argument("--results", type=Path, metavar="FILE", help="re-render the docs from this results JSON, no computing")
     p.add_argument("--out", type=Path, metavar="FILE", help="results JSON (default benchmarks/results/<mode>.json)")

@@ -45,7 +45,7 @@ from typing import Any
 
 SCHEMA = "lottery-bench/1"
 MODES = ("quick", "full")
-PARTS = ("compress", "restore", "speed")
+PARTS = ("compress", "restore", "speed", "engine", "load")
 STATUSES = ("ok", "partial", "skipped")
 MACHINE_KEYS = ("cpu_model", "cores", "torch_version", "torch_threads", "device", "date", "git_commit", "python", "platform")
 
@@ -234,6 +234,20 @@ def _speed(c: _Checker, p, where) -> None:
                 c.num(r, "max_rss_mb", w)
 
 
+def _engine(c: _Checker, p, where) -> None:
+    if c.keys(p, ("rows", "baseline"), where) and c.list_(p["rows"], f"{where}.rows"):
+        for i, r in enumerate(p["rows"]):
+            w = f"{where}.rows[{i}]"
+            if c.keys(r, ("tree", "width", "height", "threads", "steps_per_second", "ops_per_step"), w):
+                c.num(r, "steps_per_second", w)
+
+
+def _load(c: _Checker, p, where) -> None:
+    if c.keys(p, ("solo_s", "pair_ratio", "beside_busy_ratio", "same_file"), where):
+        for key in ("solo_s", "pair_ratio", "beside_busy_ratio"):
+            c.num(p, key, where)
+
+
 def validate_results(d: Any) -> dict:
     """Return `d` unchanged if it follows the schema, else raise SchemaError listing the problems."""
     c = _Checker()
@@ -266,7 +280,7 @@ def validate_results(d: Any) -> dict:
                 continue
             if "machine" in part:
                 _machine(c, part["machine"], f"{where}.machine")
-            {"compress": _compress, "restore": _restore, "speed": _speed}[name](c, part, where)
+            {"compress": _compress, "restore": _restore, "speed": _speed, "engine": _engine, "load": _load}[name](c, part, where)
     if c.problems:
         raise SchemaError(c.problems)
     return d

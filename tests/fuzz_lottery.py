@@ -20,8 +20,9 @@ refused by that limit within a second.
 
 The time limit of a case is `--time-limit` plus `--seconds-per-megapixel` for each megapixel its
 header claims (when the header parses and is within `max_pixels`): the decoder's work grows
-linearly with the picture (about 1.3 s per megapixel on one core), so a legitimate 40-megapixel file
-takes a minute, and the limit catches work out of proportion with the claimed size instead.
+linearly with the picture (1.3 s per megapixel on one idle core, ~3 s with two workers on two
+shared cores), so a legitimate 40-megapixel file takes a minute or more, and the limit catches work
+out of proportion with the claimed size instead.
 `--max-accepted-pixels` caps the pixel count of the cases that would be accepted by size (a size
 edit above it and within `max_pixels` is scaled down), to keep short runs short.
 """
@@ -52,7 +53,7 @@ if _SRC.is_dir() and str(_SRC) not in sys.path:  # run from a checkout without a
     sys.path.insert(0, str(_SRC))
 
 DEFAULT_TIME_LIMIT = 10.0
-DEFAULT_SECONDS_PER_MEGAPIXEL = 3.0
+DEFAULT_SECONDS_PER_MEGAPIXEL = 5.0
 DEFAULT_MEMORY_LIMIT_MB = 3072
 DEFAULT_MAX_PIXELS = 40_000_000  # lotterycli.images.DEFAULT_MAX_PIXELS (checked by the tests)
 QUICK_REFUSAL_S = 1.0  # a file above max_pixels must be refused this fast
@@ -128,6 +129,15 @@ def _model_payload(height: int, width: int, arch, seed: int, ratio: float, shift
         "upsampling": model.quantize_module("upsampling", shifts[1]),
         "modnet": model.quantize_module("modnet", shifts[2], {"u2.weight": shifts[2] + 3}),
     }
+    # A fitted ARM predicts from its contexts; the initial one has a zero output layer. Give it
+    # random weights (well inside the decoder's range) so that the contexts matter.
+    import torch
+
+    gen = torch.Generator().manual_seed(seed % (1 << 62) + 1)
+    arm = modules["arm"]
+    for name, t in arm.tensors.items():
+        bound = max(1, (1 << arm.shift_of(name)) // (2 if "weight" in name else 8))
+        arm.tensors[name] = torch.randint(-bound, bound + 1, tuple(t.shape), generator=gen, dtype=torch.int64)
     payload = model.to_payload(modules)
     payload.seed = seed
     return payload
@@ -145,8 +155,9 @@ def max_architecture():
 
 def max_architecture_file(height: int = 16, width: int = 16) -> bytes:
     """A valid file whose header claims every architecture field at its limit, seed 2**64 - 1."""
-    import torch
     from dataclasses import replace
+
+    import torch
 
     from lotterycli.bitstream.container import encode_file
 
@@ -175,8 +186,9 @@ def zero_latent_bomb(height: int, width: int) -> bytes:
     """A decompression bomb written by the project's writer: a tiny fitted file's payload with the
     size set to height x width and zero latents of the new shapes, through `encode_file` (the grids
     are zero-stride views, so this costs no memory of the new size)."""
-    import torch
     from dataclasses import replace
+
+    import torch
 
     from lotterycli.bitstream.container import decode_file, encode_file
     from lotterycli.model.architecture import latent_shapes
@@ -195,8 +207,9 @@ def build_seeds() -> list[Seed]:
     global _SEEDS
     if _SEEDS is not None:
         return _SEEDS
-    import torch
     from dataclasses import replace
+
+    import torch
 
     torch.set_num_threads(1)
     from lotterycli.bitstream.container import decode_file, encode_file
@@ -263,6 +276,13 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
+def _as_int(v) -> int:
+    """A field's value: an int, or the value of a raw (possibly not shortest) varint."""
+    if isinstance(v, int):
+        return v
+    return sum((b & 0x7F) << (7 * i) for i, b in enumerate(v))
+
+
 @dataclass
 class HeaderFields:
     """Every header field of a file, editable; `pack` writes them back whatever their values.
@@ -278,7 +298,7 @@ class HeaderFields:
     lengths: list[int | bytes]
 
     @classmethod
-    def parse(cls, data: bytes) -> "HeaderFields":
+    def parse(cls, data: bytes) -> HeaderFields:
         from lotterycli.bitstream.header import GAIN, read_header
 
         h = read_header(data)
@@ -360,7 +380,7 @@ class SeedInfo:
     sections: list[bytes]
 
     @classmethod
-    def of(cls, seed: Seed) -> "SeedInfo":
+    def of(cls, seed: Seed) -> SeedInfo:
         f = HeaderFields.parse(seed.data)
         header, spans = f.pack()
         secs, off = [], len(header)
@@ -395,7 +415,7 @@ _PAYLOAD_CACHE: dict[int, object] = {}
 # (kind, weight): how often each mutation is drawn
 MUTATIONS = (
     ("valid", 3), ("byte_flip", 8), ("bit_flip", 8), ("insert", 5), ("delete", 5), ("truncate", 7),
-    ("header_field", 20), ("section_lengths", 7), ("section_edit", 10), ("payload", 9), ("module_values", 4),
+    ("header_field", 19), ("section_lengths", 7), ("section_edit", 10), ("payload", 7), ("module_values", 7),
     ("after_magic", 4), ("version", 3), ("splice", 4), ("size_bomb", 3),
 )
 
@@ -560,18 +580,18 @@ def _mut_header_field(rng, info, infos, cfg, seeds, k):
     import copy
 
     f = copy.deepcopy(info.fields)
-    names = ["height", "width", "seed", "ratio", "layout", "band_rows", "shifts", "lengths", "arch", "nonshortest"]
+    names = ["height", "width", "seed", "ratio", "layout", "band_rows", "shifts", "shifts", "lengths", "arch",
+             "nonshortest"]
     edits = []
     for _ in range(_pick(rng, (1, 1, 1, 2, 3))):
         name = _pick(rng, names)
         if name in ("height", "width"):
-            value = _field_value(rng, name, f.values[name])
-            f.values[name] = value
+            f.values[name] = _field_value(rng, name, _as_int(f.values[name]))
             if isinstance(f.values["height"], int) and isinstance(f.values["width"], int):
                 f.values["height"], f.values["width"] = _cap_size(cfg, f.values["height"], f.values["width"], name)
             edits.append(f"{name}={f.values[name]}")
         elif name in ("seed", "ratio", "band_rows"):
-            f.values[name] = _field_value(rng, name, f.values[name])
+            f.values[name] = _field_value(rng, name, _as_int(f.values[name]))
             edits.append(f"{name}={f.values[name]}")
         elif name == "layout":
             how = _pick(rng, ("random", "bit", "preset", "frame", "nibbles"))
@@ -590,13 +610,15 @@ def _mut_header_field(rng, info, infos, cfg, seeds, k):
             edits.append(f"layout({how})={lay:#04x}")
         elif name == "shifts":
             i = rng.randrange(len(f.shifts))
-            f.shifts[i] = _pick(rng, (-128, -65, -64, -1, 0, 15, 16, 17, 63, 64, 65, 127, rng.randint(-128, 127)))
+            f.shifts[i] = _pick(rng, (-128, -65, -64, -63, -1, 0, 15, 16, 17, 62, 63, 64, 64, 65, 127,
+                                      rng.randint(-128, 127)))
             edits.append(f"shift[{i}]={f.shifts[i]}")
             if rng.random() < 0.5:
                 f.values["layout"] &= ~0x04  # written as bytes (a nibble cannot hold it)
         elif name == "lengths":
             i = rng.randrange(5)
-            f.lengths[i] = _pick(rng, (0, 1, int(f.lengths[i]) + 1, max(0, int(f.lengths[i]) - 1), 1 << 32,
+            n = _as_int(f.lengths[i])
+            f.lengths[i] = _pick(rng, (0, 1, n + 1, max(0, n - 1), 1 << 32,
                                        (1 << 32) - 1, 1 << 35))
             edits.append(f"len_{_SECTIONS[i]}={f.lengths[i]}")
         elif name == "arch":
@@ -606,13 +628,14 @@ def _mut_header_field(rng, info, infos, cfg, seeds, k):
                 f.gain, what = _gain_bytes(rng)
                 edits.append(f"preset 0, latent_gain={what}")
             else:
-                f.values[key] = _field_value(rng, key, f.values[key])
+                f.values[key] = _field_value(rng, key, _as_int(f.values[key]))
                 edits.append(f"preset 0, {key}={f.values[key]}")
         else:  # a varint not in its shortest form
             key = _pick(rng, ("height", "width", "seed", "ratio", "band_rows", "lengths"))
             if key == "lengths":
                 i = rng.randrange(5)
-                f.lengths[i] = _varint(int(f.lengths[i]))[:-1] + bytes([_varint(int(f.lengths[i]))[-1] | 0x80, 0])
+                raw = _varint(_as_int(f.lengths[i]))
+                f.lengths[i] = raw[:-1] + bytes([raw[-1] | 0x80, 0])
                 edits.append(f"len_{_SECTIONS[i]} not shortest")
             elif isinstance(f.values[key], int):
                 raw = _varint(f.values[key])
@@ -657,8 +680,8 @@ def _mut_section_edit(rng, info, infos, cfg, seeds, k):
     secs = list(info.sections)
     i = rng.randrange(5)
     s = bytearray(secs[i])
-    how = _pick(rng, ("flip", "flip", "zero", "ff", "random", "first_byte", "last_bytes", "swap_other_seed",
-                      "empty_streams"))
+    how = _pick(rng, ("flip", "flip", "zero", "ff", "random", "first_byte", "last_bytes", "swap_other_seed")
+                + (("empty_streams",) if _SECTIONS[i] == "latents" else ()))
     if how == "flip" and s:
         for _ in range(_pick(rng, (1, 1, 2, 3))):
             j = rng.randrange(len(s))
@@ -677,7 +700,7 @@ def _mut_section_edit(rng, info, infos, cfg, seeds, k):
     elif how == "swap_other_seed":
         other = _pick(rng, infos)
         s = bytearray(other.sections[i])
-    elif how == "empty_streams" and _SECTIONS[i] == "latents":
+    elif how == "empty_streams":
         # flags kept, escape streams and main stream emptied, CRC of the values kept
         s = bytearray(s[:1] + b"\0\0" + s[-4:]) if len(s) >= 5 else s
     secs[i] = bytes(s)
@@ -688,8 +711,9 @@ def _mut_section_edit(rng, info, infos, cfg, seeds, k):
 
 def _mut_payload(rng, info, infos, cfg, seeds, k):
     """Change the payload and write it with the project's writer (`encode_file`): a valid file."""
-    import torch
     from dataclasses import replace
+
+    import torch
 
     from lotterycli.bitstream.container import encode_file
     from lotterycli.errors import LotteryError
@@ -769,7 +793,7 @@ def _mut_module_values(rng, info, infos, cfg, seeds, k):
     name = _pick(rng, ("arm", "upsampling", "modnet"))
     q = p.modules[name]
     gen = torch.Generator().manual_seed(rng.getrandbits(62))
-    mode = _pick(rng, ("scale", "extreme", "random", "shift"))
+    mode = _pick(rng, ("scale", "extreme", "random", "random", "shift") + (("predicted",) * 3 if name == "upsampling" else ()))
     tensors = dict(q.tensors)
     t = _pick(rng, list(tensors))
     shifts = q.tensor_shifts()
@@ -785,14 +809,26 @@ def _mut_module_values(rng, info, infos, cfg, seeds, k):
         bits = _pick(rng, (4, 12, 30, 62))
         tensors[t] = torch.randint(-(1 << bits), 1 << bits, tuple(tensors[t].shape), generator=gen)
         what = f"{name}.{t} random {bits}-bit"
-    else:
+    elif mode == "shift":
         shifts[t] = _pick(rng, (-64, -33, -1, 0, 16, 17, 40, 64))
         what = f"{name}.{t} shift {shifts[t]}"
+    else:  # the kernel's difference from the bicubic prediction, at any shift (the writer's arithmetic unbounded)
+        shifts[t] = _pick(rng, (-64, 0, 16, 40, 62, 63, 63, 64, 64))
+        spread = _pick(rng, (0, 3, 1 << 20, 1 << 62))
+        diffs = [rng.randint(-spread, spread) for _ in range(tensors[t].numel())]
+        what = f"upsampling kernel predicted at shift {shifts[t]}, differences up to {spread}"
     from lotterycli.model.payload import QuantizedModule
 
     base = shifts[next(iter(tensors))]
     new = QuantizedModule(shift=base, tensors=tensors, shifts={a: s for a, s in shifts.items() if s != base})
-    section = param_coding.encode_module(new, name, module_layout(name, p.architecture))
+    try:
+        if mode == "predicted":
+            coded = param_coding.encode_values(diffs, [len(diffs)])
+            section = bytes([coded[0] | param_coding.PREDICTED]) + coded[1:]
+        else:
+            section = param_coding.encode_module(new, name, module_layout(name, p.architecture))
+    except (ValueError, OverflowError) as exc:
+        return f"module {what}", info.seed.data, f"encode_module refused: {type(exc).__name__}: {exc}"
     import copy
 
     f = copy.deepcopy(info.fields)
@@ -1021,7 +1057,10 @@ def _worker_main(conn, seeds: list[Seed], cfg_dict: dict) -> None:
         if index is None:
             return
         try:
-            case = make_case(seeds, cfg, index)
+            if isinstance(index, tuple):  # ("data", bytes, description): given bytes, not a generated case
+                case = Case(-1, "given", index[2], index[1])
+            else:
+                case = make_case(seeds, cfg, index)
         except BaseException as exc:  # noqa: B036 - a harness bug, reported as such
             conn.send(("done", {"index": index, "kind": "unexpected", "what": "harness error (case generation)",
                                 "mutation": "?", "desc": "?", "bytes": 0, "pixels": None, "seconds": 0.0,
@@ -1070,9 +1109,17 @@ class FuzzReport:
         return [o for o in self.outcomes if o["kind"] == "unexpected"]
 
 
-def _lost(index: int, what: str, message: str, limit: float = 0.0) -> dict:
-    return {"index": index, "kind": "unexpected", "what": what, "message": message, "mutation": "?", "desc": "?",
-            "bytes": 0, "pixels": None, "seconds": limit}
+def _lost(seeds, cfg: FuzzConfig, index: int, what: str, message: str, limit: float = 0.0) -> dict:
+    """The outcome of a case whose worker died or hung (the case is rebuilt here to describe it)."""
+    try:
+        case = Case(-1, "given", index[2], index[1]) if isinstance(index, tuple) else make_case(seeds, cfg, index)
+        index = case.index
+        mutation, desc, size = case.kind, case.desc, len(case.data)
+        pixels, _ = _claimed_pixels(case.data)
+    except Exception as exc:  # described as far as possible
+        mutation, desc, size, pixels = "?", f"(case not rebuilt: {exc})", 0, None
+    return {"index": index, "kind": "unexpected", "what": what, "message": message, "mutation": mutation,
+            "desc": desc, "bytes": size, "pixels": pixels, "seconds": limit, "limit_s": limit}
 
 
 def run_fuzz(cases: int = 300, *, seed: int = 0, workers: int = 2, time_limit: float = DEFAULT_TIME_LIMIT,
@@ -1128,9 +1175,9 @@ def run_fuzz(cases: int = 300, *, seed: int = 0, workers: int = 2, time_limit: f
                         if died:
                             sig = -code if code is not None and code < 0 else None
                             how = f"signal {signal.Signals(sig).name}" if sig else f"exit code {code}"
-                            report.outcomes.append(_lost(w.index, "worker died", f"worker process died ({how})"))
+                            report.outcomes.append(_lost(seeds, cfg, w.index, "worker died", f"worker process died ({how})"))
                         else:
-                            report.outcomes.append(_lost(w.index, "timeout (worker killed)",
+                            report.outcomes.append(_lost(seeds, cfg, w.index, "timeout (worker killed)",
                                                          f"no answer after {w.limit:.1f} s + grace", w.limit))
                         if progress:
                             progress(len(report.outcomes), total)
@@ -1156,12 +1203,11 @@ def run_fuzz(cases: int = 300, *, seed: int = 0, workers: int = 2, time_limit: f
 
 # Summary ---------------------------------------------------------------------------------------
 def message_prefix(message: str) -> str:
-    """A refusal message with its numbers and specifics removed, to count messages by kind."""
-    m = re.sub(r"\d+(\.\d+)?", "N", message)
-    m = re.split(r" \(|: (?!the )", m.replace("corrupted .lottery file: ", "corrupted: "), maxsplit=1)[0]
-    if message.startswith("corrupted .lottery file: ") and not m.startswith("corrupted: "):
-        m = "corrupted: " + m
-    return m[:90]
+    """A refusal message with its numbers and details removed, to count the messages by kind."""
+    m = re.sub(r"0x[0-9a-f]+", "0xN", message)
+    m = re.sub(r"\d+(\.\d+)?(e-?\d+)?", "N", m)
+    m = m.split(" (")[0].replace("corrupted .lottery file: ", "corrupted: ")
+    return m[:80]
 
 
 def format_summary(report: FuzzReport) -> str:
@@ -1178,8 +1224,12 @@ def format_summary(report: FuzzReport) -> str:
     out.append("outcomes:")
     refused = [o for o in report.outcomes if o["kind"] == "refused"]
     out.append(f"  refused (LotteryError)  {len(refused)}")
-    for prefix, n in collections.Counter(message_prefix(o["message"]) for o in refused).most_common():
+    prefixes = collections.Counter(message_prefix(o["message"]) for o in refused).most_common()
+    for prefix, n in prefixes[:40]:
         out.append(f"    {n:6d}  {prefix}")
+    if len(prefixes) > 40:
+        rest = prefixes[40:]
+        out.append(f"    {sum(n for _, n in rest):6d}  ({len(rest)} other messages)")
     out.append(f"  decoded                 {kinds['decoded']}")
     if kinds["skipped"]:
         out.append(f"  skipped (writer refused the mutated payload)  {kinds['skipped']}")
@@ -1216,6 +1266,16 @@ def format_summary(report: FuzzReport) -> str:
             out.append(f"    replay: python tests/fuzz_lottery.py --seed {cfg.seed} --max-accepted-pixels "
                        f"{cfg.max_accepted_pixels} --replay {o['index']}")
     return "\n".join(out)
+
+
+def decode_isolated(data: bytes, desc: str = "given bytes", *, time_limit: float = DEFAULT_TIME_LIMIT,
+                    memory_limit_mb: int = DEFAULT_MEMORY_LIMIT_MB,
+                    seconds_per_megapixel: float = DEFAULT_SECONDS_PER_MEGAPIXEL, start_method: str = "spawn") -> dict:
+    """Decode `data` once in a worker process under the fuzzing limits; its outcome (run_case's dict)."""
+    report = run_fuzz(1, workers=1, time_limit=time_limit, memory_limit_mb=memory_limit_mb,
+                      seconds_per_megapixel=seconds_per_megapixel, indices=[("data", bytes(data), desc)],
+                      start_method=start_method)
+    return report.outcomes[0]
 
 
 def replay(index: int, *, seed: int = 0, time_limit: float = DEFAULT_TIME_LIMIT,

@@ -334,10 +334,63 @@ def encode_latents(latents: list[torch.Tensor], arm: ArmExact, band_rows: int = 
                      _words_to_bytes(main.get_compressed()), _crc(vals)])
 
 
+class _Wavefronts:
+    """The decoder's view of `_plan`: the positions of wavefront t, made when it is decoded.
+
+    Why not `_plan`: it holds several int64 arrays per latent (~60 bytes each), built before a
+    single symbol is read, so a small file claiming a large image would cost gigabytes before its
+    stream runs out. Here memory is the canvas (float32: contexts are integers clipped to +-256)
+    and the output grids, and a truncated stream is refused at its first missing symbol. The order
+    is the encoder's: wavefront by wavefront, grid after grid, rows top to bottom (tested equal).
+    """
+
+    def __init__(self, shapes: list[tuple[int, int]], active: list[int], band_rows: int):
+        band_rows = int(band_rows)
+        if not 0 <= band_rows <= MAX_BAND_ROWS:
+            raise LotteryError(f"band rows {band_rows} outside 0..{MAX_BAND_ROWS}")
+        self.wc = max([shapes[g][1] for g in active], default=0) + 8
+        self.grids = []  # (grid, h, w, band height, bands, first canvas row, first index in the output)
+        row, t_max = 4, -1
+        offsets = np.cumsum([0] + [h * w for h, w in shapes])
+        for g in active:
+            h, w = shapes[g]
+            b = band_rows if 0 < band_rows < h else h
+            n_bands = -(-h // b)
+            self.grids.append((g, h, w, b, n_bands, row, int(offsets[g])))
+            row += h + 4 * n_bands
+            t_max = max(t_max, 4 * (b - 1) + w - 1)
+        self.canvas_size = row * self.wc
+        self.n_waves = t_max + 1
+        self.offsets = np.array([dy * self.wc + dx for dy, dx in CONTEXT_OFFSETS], dtype=np.int64)
+
+    def positions(self, t: int) -> tuple[np.ndarray, np.ndarray]:
+        """(canvas positions, indices into the flat output) of wavefront t, in coding order."""
+        pos, out = [], []
+        for _, h, w, b, n_bands, row0, first in self.grids:
+            lo, hi = max(0, -((w - 1 - t) // 4)), min(b - 1, t // 4)  # rows of a band on this wavefront
+            if lo > hi:
+                continue
+            y_in = np.arange(lo, hi + 1, dtype=np.int64)
+            bands = np.arange(n_bands, dtype=np.int64)[:, None]
+            y = (bands * b + y_in).reshape(-1)  # band by band: rows in increasing order
+            x = np.broadcast_to(t - 4 * y_in, (n_bands, y_in.size)).reshape(-1)
+            bands = np.broadcast_to(bands, (n_bands, y_in.size)).reshape(-1)
+            keep = y < h  # the last band may be shorter
+            if not keep.all():
+                y, x, bands = y[keep], x[keep], bands[keep]
+            pos.append((row0 + y + 4 * bands) * self.wc + 4 + x)
+            out.append(first + y * w + x)
+        if not pos:
+            empty = np.zeros(0, dtype=np.int64)
+            return empty, empty
+        return (pos[0], out[0]) if len(pos) == 1 else (np.concatenate(pos), np.concatenate(out))
+
+
 def decode_latents(data: bytes, shapes: list[tuple[int, int]], arm: ArmExact, band_rows: int = 0) -> list[torch.Tensor]:
     """Bytes from `encode_latents` -> int64 grids of the given shapes.
 
-    Raises LotteryError on truncated or corrupted data (work is bounded by the shapes).
+    Raises LotteryError on truncated or corrupted data; memory is bounded by the shapes (the
+    canvas and the grids) and a stream that runs out is refused at its first missing symbol.
     """
     shapes = _check_shapes(shapes)
     data = bytes(data)
@@ -352,44 +405,46 @@ def decode_latents(data: bytes, shapes: list[tuple[int, int]], arm: ArmExact, ba
     body_end = len(data) - 4
     if i + n1 + n2 > body_end:
         raise LotteryError("latent data truncated")
-    plan = _plan(shapes, active, band_rows)
+    waves = _Wavefronts(shapes, active, band_rows)
+    total = sum(h * w for h, w in shapes)
     try:
-        vals = _decode_values(plan, arm, data[i: i + n1], data[i + n1: i + n1 + n2],
-                              data[i + n1 + n2: body_end])
+        values, crc = _decode_values(waves, total, arm, data[i: i + n1], data[i + n1: i + n1 + n2],
+                                     data[i + n1 + n2: body_end])
     except LotteryError:
+        raise
+    except MemoryError:
         raise
     except Exception as exc:  # constriction reports invalid data with ValueError and friends
         raise LotteryError(f"corrupted latent data ({type(exc).__name__})") from None
-    if _crc(vals) != data[body_end:]:
+    if crc.to_bytes(4, "little") != data[body_end:]:
         raise LotteryError("corrupted or truncated latent data (checksum mismatch)")
-    out = [torch.zeros(h, w, dtype=torch.int64) for h, w in shapes]
-    for g, src in zip(plan.active, plan.src):
-        out[g] = torch.from_numpy(vals[src].reshape(shapes[g]).copy())
-    return out
+    flat = torch.from_numpy(values)
+    return [part.reshape(h, w).to(torch.int64) for part, (h, w) in zip(flat.split([h * w for h, w in shapes]), shapes)]
 
 
-def _decode_values(plan: _Plan, arm: ArmExact, s1: bytes, s2: bytes, s_main: bytes) -> np.ndarray:
+def _decode_values(waves: _Wavefronts, total: int, arm: ArmExact, s1: bytes, s2: bytes,
+                   s_main: bytes) -> tuple[np.ndarray, int]:
+    """(every latent, flat int32 in grid order; CRC-32 of the values in coding order)."""
     import constriction
 
     q = constriction.stream.queue
     cat, unif_k, unif = _models()
-    n = plan.pos.shape[0]
-    vals = np.zeros(n, dtype=np.int64)
-    if n == 0:
-        return vals
+    values = np.zeros(total, dtype=np.int32)
+    crc = 0
+    if waves.n_waves <= 0:
+        return values, zlib.crc32(b"")
     main = q.RangeDecoder(_bytes_to_words(s_main))
     d1 = q.RangeDecoder(_bytes_to_words(s1))
     d2 = q.RangeDecoder(_bytes_to_words(s2))
-    canvas = np.zeros(plan.canvas_size, dtype=np.float64)
+    canvas = np.zeros(waves.canvas_size, dtype=np.float32)
     table = _table_float()
-    pos_all, off, bounds = plan.pos, plan.offsets, plan.bounds.tolist()
+    off = waves.offsets
     limit = int(ACT_LIMIT)
-    for t in range(len(bounds) - 1):
-        s, e = bounds[t], bounds[t + 1]
-        if s == e:
+    for t in range(waves.n_waves):
+        pos, out = waves.positions(t)
+        if pos.size == 0:
             continue
-        pos = pos_all[s:e]
-        ctx = canvas.take(pos[:, None] + off)  # take: faster than fancy indexing, same values
+        ctx = canvas.take(pos[:, None] + off).astype(np.float64)  # take: faster than fancy indexing
         mu, ls = arm.forward_numpy(ctx, clipped=True)
         rows, m_int = table_index(mu, ls)
         sym = main.decode(cat, table.take(rows, axis=0)).astype(np.int64)
@@ -398,11 +453,13 @@ def _decode_values(plan: _Plan, arm: ArmExact, s1: bytes, s2: bytes, s_main: byt
         if esc.any():
             r[esc] = _decode_escapes(sym[esc], d1, d2, unif_k, unif)
         v = m_int + r
-        vals[s:e] = v
-        canvas[pos] = np.clip(v, -limit, limit, out=v)  # the ARM clamps contexts to this anyway
-    if np.abs(vals).max() > LATENT_LIMIT:
-        raise LotteryError("corrupted latent data (value out of range)")
-    return vals
+        if np.abs(v).max() > LATENT_LIMIT:
+            raise LotteryError("corrupted latent data (value out of range)")
+        v32 = v.astype(np.int32)
+        values[out] = v32
+        crc = zlib.crc32(v32.astype("<i4").tobytes(), crc)
+        canvas[pos] = np.clip(v, -limit, limit)  # the ARM clamps contexts to this anyway
+    return values, crc
 
 
 def _decode_escapes(esc_sym, d1, d2, unif_k, unif) -> np.ndarray:

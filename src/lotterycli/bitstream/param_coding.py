@@ -366,7 +366,10 @@ def encode_module(qmodule: QuantizedModule, name: str, layout=None) -> bytes:
     pred = _prediction(name, qmodule.tensor_shifts(), layout)
     if pred is None:
         return plain
-    predicted = encode_values([v - p for v, p in zip(values, pred)], _sizes(layout))
+    try:
+        predicted = encode_values([v - p for v, p in zip(values, pred)], _sizes(layout))
+    except ValueError:  # a difference beyond int64 (extreme shifts): only the plain coding exists
+        return plain
     if len(predicted) < len(plain):  # a kernel far from bicubic codes better as it is
         return bytes([predicted[0] | PREDICTED]) + predicted[1:]
     return plain
@@ -387,6 +390,8 @@ def decode_module(data: bytes, shifts: dict[str, int], layout: list[tuple[str, t
     values = decode_values(data, sum(sizes), sizes)
     if predicted:
         values = [v + p for v, p in zip(values, pred)]
+        if any(not _INT64_MIN <= v <= _INT64_MAX for v in values):
+            raise LotteryError(f"corrupted .lottery file: a {name} parameter is beyond int64")
     tensors: dict[str, torch.Tensor] = {}
     start = 0
     for (tensor, shape), n in zip(layout, sizes):

@@ -1,0 +1,151 @@
+"""The fitting engine against its limits: steps per second, operations per step, arithmetic per
+second against the machine's matmul peak, peak memory; this checkout beside a baseline commit.
+
+    python -m benchmarks.engine [--baseline b9769d4] [--threads 2] [--sizes 256x256,768x512] [--steps 40]
+                                [--json OUT.json]
+
+Each measurement runs in a fresh process (`python -c PROBE` with the tree's `src` first on the path),
+for this checkout and for the baseline commit (extracted with `git archive` into a temporary
+directory), one after the other in the same sitting: absolute times wander on shared machines,
+ratios of one sitting do not. A step is what `lottery compress` runs: the compression config's
+schedule (a random half of the pixels per step, the rate on a second thread where it pays),
+timed over `--steps` steps after warm-up steps, in the soft stage. Operations are ATen calls
+dispatched per step, counted with a `TorchDispatchMode` (on a GPU each is a kernel launch); FLOPs
+are those of matrix products and convolutions (`torch.utils.flop_counter`), against the measured
+peak of one large float32 matrix product on the same threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from .data import REPO_ROOT
+
+PROBE = r'''
+import json, resource, sys, time
+import torch
+torch.set_num_threads(THREADS)
+from collections import Counter
+from dataclasses import replace
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
+try:  # this layout
+    from lotterycli.config import load_task_config
+    from lotterycli.fitting.loop import Fitter, rate_thread_pays
+    from lotterycli.fitting.losses import fit_distortion
+    from lotterycli.model.lottery_model import LotteryModel
+    cfg = load_task_config("compress")
+    schedule = lambda steps: replace(cfg.schedule, steps=steps)
+    distortion = lambda target: fit_distortion(target, cfg.schedule.pixel_fraction)
+except ImportError:  # the layout before it (lotterycli.fit, lotterycli.codec)
+    from lotterycli.config import load_task_config
+    from lotterycli.fit import Fitter, rate_thread_pays
+    from lotterycli.compress import fit_distortion
+    from lotterycli.codec.model import LotteryModel
+    cfg = load_task_config("compress")
+    schedule = lambda steps: replace(cfg.schedule, steps=steps)
+    distortion = lambda target: fit_distortion(target, cfg.schedule)
+
+class Count(TorchDispatchMode):
+    def __init__(self):
+        super().__init__(); self.n = 0
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.n += 1
+        return func(*args, **(kwargs or {}))
+
+h, w, steps = HEIGHT, WIDTH, STEPS
+torch.manual_seed(0)
+target = torch.rand(3, h, w, generator=torch.Generator().manual_seed(1))
+model = LotteryModel(h, w, cfg.architecture, 0, cfg.mask_ratio)
+fitter = Fitter(model, distortion(target), 0.004, schedule(100 * steps + 100),
+                rate_thread=rate_thread_pays(torch.device("cpu"), h * w))
+fitter.advance(5)
+start = time.perf_counter()
+fitter.advance(5 + steps)
+seconds = (time.perf_counter() - start) / steps
+# Dispatch modes see only their own thread: count a plain step (the same operations, on one thread).
+plain = Fitter(model, distortion(target), 0.004, schedule(100 * steps + 100))
+plain.advance(2)
+with Count() as count:
+    plain.advance(3)
+with FlopCounterMode(display=False) as flops:
+    plain.advance(4)
+a = torch.rand(2048, 2048); b = torch.rand(2048, 2048)
+a @ b
+t = time.perf_counter(); reps = 5
+for _ in range(reps):
+    a @ b
+peak = reps * 2 * 2048 ** 3 / (time.perf_counter() - t)
+print(json.dumps({"steps_per_second": 1 / seconds, "ops_per_step": count.n, "flops_per_step": flops.get_total_flops(),
+                  "matmul_peak_flops": peak, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+'''
+
+
+def probe(src: Path, height: int, width: int, steps: int, threads: int) -> dict:
+    code = (PROBE.replace("THREADS", str(threads)).replace("HEIGHT", str(height)).replace("WIDTH", str(width))
+            .replace("STEPS", str(steps)))
+    env_path = str(src)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=3600,
+                         env={**__import__("os").environ, "PYTHONPATH": env_path})
+    if out.returncode != 0:
+        raise RuntimeError(f"probe failed for {src}: {out.stderr.strip().splitlines()[-1:]}")
+    row = json.loads(out.stdout.strip().splitlines()[-1])
+    row["achieved_fraction_of_peak"] = row["flops_per_step"] * row["steps_per_second"] / row["matmul_peak_flops"]
+    return row
+
+
+def baseline_tree(commit: str, into: Path) -> Path:
+    """`src` (and `configs`, which older trees read from beside it) of `commit`, extracted with git archive."""
+    data = subprocess.run(["git", "-C", str(REPO_ROOT), "archive", commit, "src", "configs"], capture_output=True,
+                          check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=data, check=True)
+    return into / "src"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.engine", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--baseline", default="b9769d4", help="commit to compare with ('' for none)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--sizes", default="256x256,768x512", help="WIDTHxHEIGHT, comma separated")
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--rounds", type=int, default=2, help="alternations of the two trees (the median is kept)")
+    p.add_argument("--json", type=Path)
+    args = p.parse_args(argv)
+    sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="lottery-engine-") as tmp:
+        trees = {"this checkout": REPO_ROOT / "src"}
+        if args.baseline:
+            trees[args.baseline] = baseline_tree(args.baseline, Path(tmp))
+        for width, height in sizes:
+            runs: dict[str, list[dict]] = {name: [] for name in trees}
+            for _ in range(args.rounds):
+                for name, src in trees.items():
+                    runs[name].append(probe(src, height, width, args.steps, args.threads))
+            for name, results in runs.items():
+                best = sorted(results, key=lambda r: r["steps_per_second"])[len(results) // 2]
+                rows.append({"tree": name, "width": width, "height": height, "threads": args.threads, **best})
+    by = {(r["tree"], r["width"], r["height"]): r for r in rows}
+    print("| tree | size | steps/s | ops/step | GFLOP/step | achieved / matmul peak | peak RSS MB |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['tree']} | {r['width']}x{r['height']} | {r['steps_per_second']:.2f} | {r['ops_per_step']} | "
+              f"{r['flops_per_step'] / 1e9:.3f} | {100 * r['achieved_fraction_of_peak']:.1f} % | {r['peak_rss_mb']:.0f} |")
+    if args.baseline:
+        for width, height in sizes:
+            new, old = by[("this checkout", width, height)], by[(args.baseline, width, height)]
+            print(f"{width}x{height}: {new['steps_per_second'] / old['steps_per_second']:.2f}x the steps/s of "
+                  f"{args.baseline}, {new['ops_per_step'] / old['ops_per_step']:.2f}x its operations per step")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
