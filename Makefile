@@ -12,10 +12,11 @@ EXAMPLE := examples/kodim23_crop128.png
 install: $(STAMP)
 
 # torch is pinned first: 2.13.0 is a local CPU wheel here, an unpinned torch pulls a CUDA build.
+# The ray extra (`lottery batch --ray`, ~15 s and ~250 MB more) is installed so the tests run its round trip.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0
-	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev,ray]'
 	touch $(STAMP)
 
 # Compression (compress, decode, inspect), then a denoising restore of a noisy copy, shown side by side.

@@ -13,22 +13,21 @@ Every option left as None takes its value from the task's config (`configs/<task
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .compression.decoder import decode_bytes
+from .compression.decoder import decode_checked
 from .compression.encoder import CompressResult, compress_image
 from .config import TaskConfig, load_task_config
 from .errors import LotteryError
 from .fitting.loop import ProgressCallback
 from .images import DEFAULT_MAX_PIXELS
 from .restoration.ensemble import RestoreResult, restore_image
-from .restoration.noise import estimate_sigma
-from .restoration.operators import Inpaint, Operator, make_operator
+from .restoration.operators import Operator
+from .restoration.tasks import Degraded, degrade, restoration_operator, restore_lambda
 
-__all__ = ["compress", "decompress", "restore", "degrade", "restoration_operator", "compress_config",
+__all__ = ["compress", "decompress", "restore", "degrade", "batch", "restoration_operator", "compress_config",
            "restore_config", "CompressResult", "RestoreResult", "Degraded"]
 
 
@@ -63,14 +62,7 @@ def decompress(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Te
     """.lottery bytes -> uint8 image (3, H, W), bit-exact on every machine.
 
     A file whose image is larger than `max_pixels` is refused before anything is decoded."""
-    from .bitstream.header import read_header
-
-    header = read_header(data)
-    height, width = header.image_size
-    if height * width > max_pixels:
-        raise LotteryError(f"the file's image is {width}x{height} ({height * width / 1e6:.1f} megapixels): above the "
-                           f"limit of {max_pixels / 1e6:g} megapixels (raise it with --max-pixels)")
-    return decode_bytes(data)
+    return decode_checked(data, max_pixels)
 
 
 def restore_config(task: str, *, preset: str | None = None, steps: int | None = None, ensemble: int | None = None,
@@ -80,26 +72,6 @@ def restore_config(task: str, *, preset: str | None = None, steps: int | None = 
     return load_task_config(task, preset=preset, config_file=config_file, overrides={
         "steps": steps, "ensemble": ensemble, "candidates": candidates, "lambda": lam, "seed": seed,
         "mask_ratio": mask_ratio})
-
-
-def restoration_operator(task: str, y: torch.Tensor, *, sigma: float | None = None, scale: int | None = None,
-                         mask: torch.Tensor | None = None) -> tuple[Operator, float, bool]:
-    """(operator, sigma on the 0-255 scale, whether sigma was estimated) for observation `y`.
-
-    Denoising estimates the noise level from `y` when `sigma` (0-255 scale) is not given; the other
-    tasks take 0 (noiseless) by default."""
-    estimated = False
-    if task == "denoise" and sigma is None:
-        sigma = estimate_sigma(y) * 255.0
-        estimated = True
-    if task == "sr" and scale is None:
-        raise LotteryError("super-resolution needs a scale factor: 2, 3 or 4")
-    if task == "inpaint" and mask is None:
-        raise LotteryError("inpainting needs a mask (white = known pixel, black = missing)")
-    sigma_255 = float(sigma or 0.0)
-    operator = make_operator(task, sigma=sigma_255 / 255.0, scale=scale, mask=mask)
-    operator.check_observation(tuple(y.shape))
-    return operator, sigma_255, estimated
 
 
 def restore(
@@ -130,29 +102,43 @@ def restore(
                          progress=progress, on_member=on_member, bitstream=bitstream, workers=workers)
 
 
-def restore_lambda(cfg: TaskConfig, operator: Operator, lam: float | None = None) -> float:
-    """The rate weight of a restoration: `lam`, or the config's for the operator's noise level."""
-    if lam is not None:
-        return lam
-    sigma = None if isinstance(operator, Inpaint) else operator.sigma * 255.0
-    return cfg.lambda_for(sigma, getattr(operator, "scale", None))
+def batch(
+    command: str,
+    inputs: list[str | Path] | str | Path,
+    outdir: str | Path,
+    *,
+    recursive: bool = False,
+    jobs: int | None = None,
+    threads: int | None = None,
+    ray: str | None = None,
+    force: bool = False,
+    on_result=None,
+    **options,
+) -> list[dict]:
+    """Run `command` (compress, restore, decompress) over files and folders of images into `outdir`,
+    as `lottery batch` does (resumable: inputs already done are skipped; see `lotterycli.batch`).
+    `options`: the command's options by their field names (`jobs.CompressOptions`,
+    `jobs.RestoreOptions`: preset="fast", steps=..., task="denoise", checkpoint_every=...).
+    `on_result(row)`: called as each input finishes. Returns every input's manifest row, in input
+    order; skipped inputs have status "skipped", failed ones "failed" and an "error"."""
+    from . import batch as batch_module
+    from .jobs import CompressOptions, RestoreOptions
 
+    kinds = {"compress": CompressOptions, "restore": RestoreOptions, "decompress": batch_module.DecompressOptions}
+    if command not in kinds:
+        raise LotteryError(f"unknown batch command '{command}' (choose from {', '.join(kinds)})")
+    try:
+        opts = kinds[command](**options)
+    except TypeError as exc:
+        raise LotteryError(f"batch {command}: {exc}") from None
+    if isinstance(inputs, (str, Path)):
+        inputs = [inputs]
+    spec = batch_module.BatchSpec(command=command, inputs=[str(i) for i in inputs], outdir=str(outdir), options=opts,
+                                  recursive=recursive, jobs=jobs, threads=threads, ray=ray, force=force)
 
-@dataclass
-class Degraded:
-    observation: torch.Tensor  # float (3, h, w), noise neither clipped nor rounded
-    operator: Operator  # what made it (for inpainting: its mask)
+    class Listener(batch_module.Events):
+        def finished(self, job, row, summary) -> None:
+            if on_result is not None:
+                on_result(row)
 
-
-def degrade(x: torch.Tensor, task: str, *, sigma: float = 0.0, scale: int | None = None,
-            missing_ratio: float | None = None, seed: int = 0) -> Degraded:
-    """A simulated observation of clean image `x`: noise of level `sigma` (0-255 scale) after
-    downsampling by `scale` (sr) or removing `missing_ratio` of the pixels at random (inpaint)."""
-    if task == "inpaint":
-        if missing_ratio is None:
-            raise LotteryError("inpainting needs a missing ratio (e.g. 0.5)")
-        operator: Operator = Inpaint.random(x.shape[1], x.shape[2], missing_ratio, seed, sigma=sigma / 255.0)
-    else:
-        operator = make_operator(task, sigma=sigma / 255.0, scale=scale)
-    operator.check_image(tuple(x.shape))
-    return Degraded(operator.simulate(x, seed), operator)
+    return batch_module.run(spec, Listener()).rows

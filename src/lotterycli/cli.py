@@ -123,35 +123,52 @@ def _preset_opt(task: str):
     return typer.Option(None, "--preset", help=f"Step budget: fast, balanced or best (default: {_default(task, 'preset')}).")
 
 
+_checkpoint_opt = typer.Option(None, "--checkpoint-every", min=0.0, metavar="SECONDS", help="Save the fit's state every SECONDS beside the output (OUTPUT.ckpt): a run of the same command after a crash or kill resumes from it and writes the same bytes (a checkpoint left there is always resumed from; it is removed once the output is written).")
+
+# compress's options, shared with `batch compress`
+_c_preset_opt = _preset_opt("compress")
+_c_steps_opt = typer.Option(None, "--steps", min=1, max=1_000_000, help="Fitting steps (default: the preset's: fast 1600, balanced 5000, best 10000).")
+_c_lambda_opt = typer.Option(None, "--lambda", min=0.0, max=10.0, help=f"Rate weight: larger gives smaller files, typically 1e-4 (large, sharp) to 2e-2 (small) (default: {_default('compress', 'lambda')}).")
+_c_mask_ratio_opt = typer.Option(None, "--mask-ratio", min=0.0, max=0.99, help=f"Fraction of the random synthesis weights removed (default: {_default('compress', 'mask_ratio')}).")
+_c_seed_opt = typer.Option(None, "--seed", min=0, max=(1 << 64) - 1, help=f"Seed of the random synthesis network, 0 to 2**64-1 (default: {_default('compress', 'seed')}).")
+
+
 # -- compress / decompress / info ------------------------------------------------------------------
 @app.command()
 def compress(
     image: str = typer.Argument(..., help="Image to compress (PNG, JPEG, ...; - reads standard input)."),
     output: Optional[str] = typer.Option(None, "-o", "--output", help="Output file (default: IMAGE with the .lottery suffix; - writes standard output)."),
-    preset: Optional[Preset] = _preset_opt("compress"),
-    steps: Optional[int] = typer.Option(None, "--steps", min=1, max=1_000_000, help="Fitting steps (default: the preset's: fast 1600, balanced 5000, best 10000)."),
-    lam: Optional[float] = typer.Option(None, "--lambda", min=0.0, max=10.0, help=f"Rate weight: larger gives smaller files, typically 1e-4 (large, sharp) to 2e-2 (small) (default: {_default('compress', 'lambda')})."),
-    mask_ratio: Optional[float] = typer.Option(None, "--mask-ratio", min=0.0, max=0.99, help=f"Fraction of the random synthesis weights removed (default: {_default('compress', 'mask_ratio')})."),
-    seed: Optional[int] = typer.Option(None, "--seed", min=0, max=(1 << 64) - 1, help=f"Seed of the random synthesis network, 0 to 2**64-1 (default: {_default('compress', 'seed')})."),
+    preset: Optional[Preset] = _c_preset_opt,
+    steps: Optional[int] = _c_steps_opt,
+    lam: Optional[float] = _c_lambda_opt,
+    mask_ratio: Optional[float] = _c_mask_ratio_opt,
+    seed: Optional[int] = _c_seed_opt,
     config: Optional[Path] = _config_opt,
     device: Device = _device_opt,
     max_pixels: int = _max_pixels_opt,
+    checkpoint_every: Optional[float] = _checkpoint_opt,
     quiet: bool = _quiet_opt,
     as_json: bool = _json_opt,
     verbose: bool = _verbose_opt,
     force: bool = _force_opt,
 ) -> None:
     """Compress an image into a .lottery file, then decode it back and report the real numbers."""
-    from .jobs import CompressOptions, compress_file, compress_text, plan_compress
+    from .jobs import compress_file, compress_text, plan_compress
 
     out = Output(quiet, as_json, verbose, data_on_stdout=_stdout(output))
-    opts = CompressOptions(preset=preset.value if preset else None, lam=lam, steps=steps, seed=seed,
-                           mask_ratio=mask_ratio, config=str(config) if config else None, device=device.value,
-                           max_pixels=max_pixels)
+    opts = _compress_options(preset, steps, lam, mask_ratio, seed, config, device, max_pixels, checkpoint_every)
     plan = plan_compress(image, output, opts, force)
     with _progress(out, "compress") as progress:
-        summary = compress_file(image, output, opts, force=force, progress=progress, plan=plan)
+        summary = compress_file(image, output, opts, force=force, progress=progress, plan=plan, notify=out.note)
     out.result(summary, compress_text(summary))
+
+
+def _compress_options(preset, steps, lam, mask_ratio, seed, config, device, max_pixels, checkpoint_every):
+    from .jobs import CompressOptions
+
+    return CompressOptions(preset=preset.value if preset else None, lam=lam, steps=steps, seed=seed,
+                           mask_ratio=mask_ratio, config=str(config) if config else None, device=device.value,
+                           max_pixels=max_pixels, checkpoint_every=checkpoint_every)
 
 
 @app.command()
@@ -222,27 +239,43 @@ def info(
 
 
 # -- restore / degrade -----------------------------------------------------------------------------
+# restore's options, shared with `batch restore`
+_r_task_opt = typer.Option(..., "--task", help="denoise, sr (super-resolution) or inpaint.")
+_r_sigma_opt = typer.Option(None, "--sigma", min=0.0, max=255.0, help="Noise level on the 0-255 scale (default: denoise estimates it from the image; sr and inpaint 0).")
+_r_scale_opt = typer.Option(None, "--scale", help="Super-resolution factor: 2, 3 or 4.")
+_r_preset_opt = typer.Option(None, "--preset", help="Budget: fast, balanced or best (default: balanced).")
+_r_steps_opt = typer.Option(None, "--steps", min=1, max=1_000_000, help="Fitting steps per member (default: the preset's, configs/TASK.yaml).")
+_r_ensemble_opt = typer.Option(None, "--ensemble", "-k", min=1, max=64, help="Members (seeds) combined (default: the preset's: fast 1, balanced 4, best 6).")
+_r_candidates_opt = typer.Option(None, "--candidates", min=0, max=64, help="Seeds started; the --ensemble with the lowest loss after screening go on (default: the preset's; inpaint balanced 6).")
+_r_workers_opt = typer.Option(None, "--workers", min=1, max=64, help="Members fitted at once on the CPU, one torch thread each (default: one per core).")
+_r_lambda_opt = typer.Option(None, "--lambda", min=0.0, max=10.0, help="Rate weight, the prior's strength, typically 1e-4 to 1e-1 (default: follows the noise level, configs/TASK.yaml).")
+_r_mask_ratio_opt = typer.Option(None, "--mask-ratio", min=0.0, max=0.99, help=f"Fraction of the random synthesis weights removed (default: {_default('denoise', 'mask_ratio')}).")
+_r_seed_opt = typer.Option(None, "--seed", min=0, max=(1 << 64) - 1, help="Seed of the first member; member k uses seed + k (default: 0).")
+_r_bitstream_opt = typer.Option(True, "--bitstream/--no-bitstream", help="Also write the best member's model as OUTPUT.lottery (it decodes to that member's render).")
+
+
 @app.command()
 def restore(
     image: str = typer.Argument(..., help="Degraded observation: PNG/JPEG, or .npy float (0-1 scale, from `lottery degrade --float`); - reads standard input."),
-    task: Task = typer.Option(..., "--task", help="denoise, sr (super-resolution) or inpaint."),
+    task: Task = _r_task_opt,
     output: Optional[str] = typer.Option(None, "-o", "--output", help="Output PNG (default: IMAGE.restored.png; - writes standard output)."),
-    sigma: Optional[float] = typer.Option(None, "--sigma", min=0.0, max=255.0, help="Noise level on the 0-255 scale (default: denoise estimates it from the image; sr and inpaint 0)."),
-    scale: Optional[int] = typer.Option(None, "--scale", help="Super-resolution factor: 2, 3 or 4."),
+    sigma: Optional[float] = _r_sigma_opt,
+    scale: Optional[int] = _r_scale_opt,
     mask: Optional[Path] = typer.Option(None, "--mask", help="Inpainting mask PNG: white (>=128) = known pixel, black = missing."),
-    preset: Optional[Preset] = typer.Option(None, "--preset", help="Budget: fast, balanced or best (default: balanced)."),
-    steps: Optional[int] = typer.Option(None, "--steps", min=1, max=1_000_000, help="Fitting steps per member (default: the preset's, configs/TASK.yaml)."),
-    ensemble: Optional[int] = typer.Option(None, "--ensemble", "-k", min=1, max=64, help="Members (seeds) combined (default: the preset's: fast 1, balanced 4, best 6)."),
-    candidates: Optional[int] = typer.Option(None, "--candidates", min=0, max=64, help="Seeds started; the --ensemble with the lowest loss after screening go on (default: the preset's; inpaint balanced 6)."),
-    workers: Optional[int] = typer.Option(None, "--workers", min=1, max=64, help="Members fitted at once on the CPU, one torch thread each (default: one per core)."),
-    lam: Optional[float] = typer.Option(None, "--lambda", min=0.0, max=10.0, help="Rate weight, the prior's strength, typically 1e-4 to 1e-1 (default: follows the noise level, configs/TASK.yaml)."),
-    mask_ratio: Optional[float] = typer.Option(None, "--mask-ratio", min=0.0, max=0.99, help=f"Fraction of the random synthesis weights removed (default: {_default('denoise', 'mask_ratio')})."),
-    seed: Optional[int] = typer.Option(None, "--seed", min=0, max=(1 << 64) - 1, help="Seed of the first member; member k uses seed + k (default: 0)."),
+    preset: Optional[Preset] = _r_preset_opt,
+    steps: Optional[int] = _r_steps_opt,
+    ensemble: Optional[int] = _r_ensemble_opt,
+    candidates: Optional[int] = _r_candidates_opt,
+    workers: Optional[int] = _r_workers_opt,
+    lam: Optional[float] = _r_lambda_opt,
+    mask_ratio: Optional[float] = _r_mask_ratio_opt,
+    seed: Optional[int] = _r_seed_opt,
     reference: Optional[Path] = typer.Option(None, "--reference", help="Clean image: report PSNR and SSIM of the result and of each member."),
-    bitstream: bool = typer.Option(True, "--bitstream/--no-bitstream", help="Also write the best member's model as OUTPUT.lottery (it decodes to that member's render)."),
+    bitstream: bool = _r_bitstream_opt,
     config: Optional[Path] = _config_opt,
     device: Device = _device_opt,
     max_pixels: int = _max_pixels_opt,
+    checkpoint_every: Optional[float] = _checkpoint_opt,
     quiet: bool = _quiet_opt,
     as_json: bool = _json_opt,
     verbose: bool = _verbose_opt,
@@ -257,6 +290,7 @@ def restore(
         preset=preset.value if preset else None, steps=steps, ensemble=ensemble, candidates=candidates,
         workers=workers, lam=lam, mask_ratio=mask_ratio, seed=seed, reference=str(reference) if reference else None,
         bitstream=bitstream, config=str(config) if config else None, device=device.value, max_pixels=max_pixels,
+        checkpoint_every=checkpoint_every,
     )
     plan = plan_restore(image, output, opts, force)
     with _progress(out, "restore") as progress:
@@ -289,7 +323,243 @@ def degrade(
     out.result(summary, degrade_text(summary))
 
 
+# -- batch -----------------------------------------------------------------------------------------
+batch_app = typer.Typer(
+    no_args_is_help=True,
+    help="Run compress, restore or decompress over many images: resumable, in parallel, or on a Ray cluster.",
+)
+app.add_typer(batch_app, name="batch")
+
+_b_inputs_arg = typer.Argument(..., help="Files, folders (their images, sorted) or - (a list of paths on standard input, one a line).")
+_b_outdir_opt = typer.Option(..., "-o", "--output", help="Output folder: a folder's images keep their path relative to that folder there, a file its path as given (its name when that is absolute or leaves the current folder); OUTDIR/manifest.jsonl records each input. A re-run skips the inputs done with the same input and config.")
+_b_recursive_opt = typer.Option(False, "--recursive", "-r", help="Also take the images of the folders' subfolders.")
+_b_jobs_opt = typer.Option(None, "--jobs", "-j", min=1, max=1024, help="Fits at once, each in a worker process (default: one per GPU, else one per 2 cores; 1 runs in this process).")
+_b_threads_opt = typer.Option(None, "--threads", min=1, max=1024, help="torch threads per fit (default: the cores shared among the jobs; 2 with --ray). Give the same number to compare runs.")
+_b_ray_opt = typer.Option(None, "--ray", metavar="[ADDRESS]", help="Run the fits as Ray tasks: --ray alone (last, or before another option) uses a Ray instance of this machine, --ray auto the cluster of RAY_ADDRESS, --ray HOST:PORT that one (pip install 'lotterycli[ray]').")
+_b_checkpoint_opt = typer.Option(None, "--checkpoint-every", min=0.0, metavar="SECONDS", help="Save each fit's state every SECONDS beside its output (OUTPUT.ckpt): a re-run after a crash resumes it and writes the same bytes.")
+_b_force_opt = typer.Option(False, "--force", "-f", help="Redo every input, and overwrite files in OUTDIR that no batch wrote (never an input).")
+_b_json_opt = typer.Option(False, "--json", help="Print one JSON line per finished input (its manifest line).")
+
+
+class _BatchOutput:
+    """The command line's side of a batch (`batch.Events`): the images bar above each running
+    fit's bar, a result line per input (stdout), an error line per failed one (stderr)."""
+
+    def __init__(self, out: Output, command: str):
+        from .batch import Events
+        from .progress import BatchProgress
+
+        self.out, self.command = out, command
+        self.display = BatchProgress(enabled=out.show_progress, label=f"batch {command}")
+        self.fits: dict[int, object] = {}  # worker slot -> its fit's bars (entered)
+        self.members: dict[tuple[int, int], object] = {}
+        self.slots: dict[int, int] = {}  # job index -> slot
+        self.counts = {"done": 0, "failed": 0}
+        outer = self
+
+        class Sink(Events):
+            def planned(self, todo: int, skipped: int) -> None:
+                outer.display.start(todo, skipped)
+                if skipped:
+                    outer.out.note(f"{skipped} input(s) already done (see the manifest): skipped")
+
+            def started(self, job, slot: int):
+                return outer.started(job, slot)
+
+            def remote(self, slot: int, event: tuple) -> None:
+                outer.remote(slot, event)
+
+            def finished(self, job, row: dict, summary) -> None:
+                outer.finished(job, row, summary)
+
+        self.events = Sink()
+
+    def started(self, job, slot: int):
+        from .batch import Reporter
+
+        self._close(slot)
+        fit = self.display.fit(job.input).__enter__()
+        self.fits[slot], self.slots[job.index] = fit, slot
+        note = self.out.note
+
+        class Local(Reporter):
+            def progress(self):
+                return fit
+
+            def note(self, text: str) -> None:
+                note(text)
+
+        return Local()
+
+    def remote(self, slot: int, event: tuple) -> None:
+        from .fitting.loop import StepInfo
+
+        kind, fit = event[0], self.fits.get(slot)
+        if kind == "note":
+            self.out.note(event[1])
+        elif fit is None:
+            return
+        elif kind == "step":
+            fit(StepInfo(**event[1]))
+        elif kind == "member":
+            self.members[(slot, event[1])] = fit.member(*event[1:])
+        elif kind == "mstep" and (slot, event[1]) in self.members:
+            self.members[(slot, event[1])](StepInfo(**event[2]))
+
+    def _close(self, slot: int) -> None:
+        fit = self.fits.pop(slot, None)
+        if fit is not None:
+            fit.close()
+        for key in [k for k in self.members if k[0] == slot]:
+            del self.members[key]
+
+    def finished(self, job, row: dict, summary) -> None:
+        from .jobs import compress_text, decompress_text, restore_text
+
+        slot = self.slots.pop(job.index, None)
+        if slot is not None:
+            self._close(slot)
+        self.counts[row["status"]] = self.counts.get(row["status"], 0) + 1
+        self.display.finished(row["status"])
+        if row["status"] != "done":
+            print(f"error: {row['error']}", file=sys.stderr)
+        if self.out.as_json:
+            print(json.dumps(row, sort_keys=True), flush=True)
+        elif row["status"] == "done" and summary is not None and not self.out.quiet:
+            text = {"compress": compress_text, "restore": restore_text, "decompress": decompress_text}[self.command]
+            print(text(summary), flush=True)
+
+
+def _run_batch(command: str, inputs: list[str], outdir: str, options, *, recursive: bool, jobs, threads, ray,
+               quiet: bool, as_json: bool, verbose: bool, force: bool) -> None:
+    import time
+
+    from .batch import BatchSpec, run
+
+    out = Output(quiet, as_json, verbose)
+    show = _BatchOutput(out, command)
+    spec = BatchSpec(command=command, inputs=inputs, outdir=outdir, options=options, recursive=recursive, jobs=jobs,
+                     threads=threads, ray=ray, force=force)
+    start = time.perf_counter()
+
+    def summary(extra: str = "") -> str:
+        c = show.counts
+        return (f"batch {command}: {c['done']} done, {show.display.counts['skipped']} skipped, {c['failed']} failed "
+                f"in {time.perf_counter() - start:.1f} s{extra}")
+
+    try:
+        with show.display:
+            outcome = run(spec, show.events)
+    except (KeyboardInterrupt, Terminated) as exc:
+        name, code = ("SIGTERM", 143) if isinstance(exc, Terminated) else ("SIGINT", 130)
+        print(f"error: interrupted ({name}): {summary()}; finished outputs are kept: "
+              "run the same command again to go on", file=sys.stderr)
+        sys.exit(code)
+    if not quiet:
+        print(summary(f"; manifest {outcome.manifest}"), file=sys.stderr)
+    if outcome.failed:
+        sys.exit(1)
+
+
+@batch_app.command("compress")
+def batch_compress(
+    inputs: list[str] = _b_inputs_arg,
+    outdir: str = _b_outdir_opt,
+    preset: Optional[Preset] = _c_preset_opt,
+    steps: Optional[int] = _c_steps_opt,
+    lam: Optional[float] = _c_lambda_opt,
+    mask_ratio: Optional[float] = _c_mask_ratio_opt,
+    seed: Optional[int] = _c_seed_opt,
+    config: Optional[Path] = _config_opt,
+    device: Device = _device_opt,
+    max_pixels: int = _max_pixels_opt,
+    recursive: bool = _b_recursive_opt,
+    jobs: Optional[int] = _b_jobs_opt,
+    threads: Optional[int] = _b_threads_opt,
+    checkpoint_every: Optional[float] = _b_checkpoint_opt,
+    ray: Optional[str] = _b_ray_opt,
+    quiet: bool = _quiet_opt,
+    as_json: bool = _b_json_opt,
+    verbose: bool = _verbose_opt,
+    force: bool = _b_force_opt,
+) -> None:
+    """Compress many images: OUTDIR/NAME.lottery for each."""
+    opts = _compress_options(preset, steps, lam, mask_ratio, seed, config, device, max_pixels, checkpoint_every)
+    _run_batch("compress", inputs, outdir, opts, recursive=recursive, jobs=jobs, threads=threads, ray=ray,
+               quiet=quiet, as_json=as_json, verbose=verbose, force=force)
+
+
+@batch_app.command("restore")
+def batch_restore(
+    inputs: list[str] = _b_inputs_arg,
+    outdir: str = _b_outdir_opt,
+    task: Task = _r_task_opt,
+    sigma: Optional[float] = _r_sigma_opt,
+    scale: Optional[int] = _r_scale_opt,
+    mask: Optional[Path] = typer.Option(None, "--mask", help="Inpainting mask PNG for every image (default: each image's own IMAGE.mask.png, as `lottery degrade` writes)."),
+    preset: Optional[Preset] = _r_preset_opt,
+    steps: Optional[int] = _r_steps_opt,
+    ensemble: Optional[int] = _r_ensemble_opt,
+    candidates: Optional[int] = _r_candidates_opt,
+    workers: Optional[int] = _r_workers_opt,
+    lam: Optional[float] = _r_lambda_opt,
+    mask_ratio: Optional[float] = _r_mask_ratio_opt,
+    seed: Optional[int] = _r_seed_opt,
+    bitstream: bool = _r_bitstream_opt,
+    config: Optional[Path] = _config_opt,
+    device: Device = _device_opt,
+    max_pixels: int = _max_pixels_opt,
+    recursive: bool = _b_recursive_opt,
+    jobs: Optional[int] = _b_jobs_opt,
+    threads: Optional[int] = _b_threads_opt,
+    checkpoint_every: Optional[float] = _b_checkpoint_opt,
+    ray: Optional[str] = _b_ray_opt,
+    quiet: bool = _quiet_opt,
+    as_json: bool = _b_json_opt,
+    verbose: bool = _verbose_opt,
+    force: bool = _b_force_opt,
+) -> None:
+    """Restore many observations: OUTDIR/NAME.restored.png (+ NAME.restored.lottery) for each."""
+    from .jobs import RestoreOptions
+
+    opts = RestoreOptions(
+        task=task.value, sigma=sigma, scale=scale, mask=str(mask) if mask else None,
+        preset=preset.value if preset else None, steps=steps, ensemble=ensemble, candidates=candidates,
+        workers=workers, lam=lam, mask_ratio=mask_ratio, seed=seed, bitstream=bitstream,
+        config=str(config) if config else None, device=device.value, max_pixels=max_pixels,
+        checkpoint_every=checkpoint_every,
+    )
+    _run_batch("restore", inputs, outdir, opts, recursive=recursive, jobs=jobs, threads=threads, ray=ray,
+               quiet=quiet, as_json=as_json, verbose=verbose, force=force)
+
+
+@batch_app.command("decompress")
+def batch_decompress(
+    inputs: list[str] = _b_inputs_arg,
+    outdir: str = _b_outdir_opt,
+    max_pixels: int = _max_pixels_opt,
+    recursive: bool = _b_recursive_opt,
+    jobs: Optional[int] = _b_jobs_opt,
+    ray: Optional[str] = _b_ray_opt,
+    quiet: bool = _quiet_opt,
+    as_json: bool = _b_json_opt,
+    force: bool = _b_force_opt,
+) -> None:
+    """Decode many .lottery files: OUTDIR/NAME.png for each."""
+    from .batch import DecompressOptions
+
+    _run_batch("decompress", inputs, outdir, DecompressOptions(max_pixels=max_pixels), recursive=recursive, jobs=jobs,
+               threads=None, ray=ray, quiet=quiet, as_json=as_json, verbose=False, force=force)
+
+
 # -- entry point ------------------------------------------------------------------------------------
+def _bare_ray(argv: list[str]) -> list[str]:
+    """`--ray` with no address (last, or before another option) means --ray=local: click options
+    cannot take an optional value."""
+    if "batch" not in argv[:1]:
+        return argv
+    return [("--ray=local" if a == "--ray" and (i + 1 == len(argv) or argv[i + 1].startswith("-")) else a)
+            for i, a in enumerate(argv)]
 class Terminated(BaseException):
     """SIGTERM, raised in the main thread like KeyboardInterrupt for SIGINT."""
 
@@ -315,7 +585,7 @@ def main() -> None:
     except ValueError:  # not the main thread (tests calling main from a thread)
         pass
     try:
-        code = app(standalone_mode=False)
+        code = app(args=_bare_ray(sys.argv[1:]), standalone_mode=False)
     except LotteryError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)

@@ -13,8 +13,9 @@ import torch
 
 from ..bitstream.container import encode_file
 from ..config import TaskConfig
+from ..fitting.checkpoint import Checkpoint
 from ..fitting.device import resolve_device
-from ..fitting.loop import FitResult, ProgressCallback, fit, rate_thread_pays
+from ..fitting.loop import FitResult, Fitter, ProgressCallback, rate_thread_pays
 from ..fitting.losses import Distortion, fit_distortion, squared_error
 from ..fitting.schedule import Schedule
 from ..metrics import psnr
@@ -67,16 +68,31 @@ def compress_image(
     *,
     device: str = "auto",
     progress: ProgressCallback | None = None,
+    checkpoint: Checkpoint | None = None,
+    resume: dict | None = None,
 ) -> CompressResult:
-    """Fit, quantize, write and re-decode. `image` is (3, H, W) float in [0, 1]."""
+    """Fit, quantize, write and re-decode. `image` is (3, H, W) float in [0, 1].
+
+    `checkpoint`: saves the fit's state as part "fit" now and then, and once more when the fit ends
+    (what follows it, the ARM refit and quantization, then starts from there). `resume`: the parts
+    of a checkpoint of this image and config: the fit goes on from its state, and the file is the
+    one an uninterrupted run writes."""
     start = time.perf_counter()
     dev = resolve_device(device)
     _, height, width = image.shape
     torch.manual_seed(cfg.seed)
     model = LotteryModel(height, width, cfg.architecture, cfg.seed, cfg.mask_ratio).to(dev)
     schedule = cfg.schedule
-    fit_result = fit(model, fit_distortion(image.to(dev), schedule.pixel_fraction), cfg.lam, schedule, progress,
-                     rate_thread=rate_thread_pays(dev, height * width))
+    fitter = Fitter(model, fit_distortion(image.to(dev), schedule.pixel_fraction), cfg.lam, schedule, progress,
+                    rate_thread=rate_thread_pays(dev, height * width),
+                    checkpoint=checkpoint.hook("fit") if checkpoint is not None else None)
+    if resume is not None and "fit" in resume:
+        fitter.load_state_dict(resume["fit"])
+    if checkpoint is not None and checkpoint.saving:
+        fitter.advance()
+        checkpoint.put("fit", fitter.state_dict())
+        checkpoint.save()
+    fit_result = fitter.finish()
     payload = quantized_payload(model, squared_error(image), cfg.lam, schedule, cfg.seed, progress)
     data = encode_file(payload)
     decoded = decode_bytes(data)

@@ -12,6 +12,7 @@ import copy
 import math
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -95,8 +96,12 @@ class Fitter:
         progress: ProgressCallback | None = None,
         report_every: int = 10,
         rate_thread: bool = False,
+        checkpoint: Callable[[Fitter], None] | None = None,
     ):
-        """`rate_thread` (CPU): each step computes the rate (the ARM over every latent, forward and
+        """`checkpoint(fitter)`: called after every step (it decides when to save `state_dict()`:
+        `fitting.checkpoint`), so a killed fit can resume; None, the default, costs nothing.
+
+        `rate_thread` (CPU): each step computes the rate (the ARM over every latent, forward and
         backward) on a second thread while this one renders and scores the image, each branch
         with half of torch's threads, then joins their gradients at the quantization proxies.
         The same gradients as the plain step, bit for bit (the same sums in the same order; tested),
@@ -111,6 +116,7 @@ class Fitter:
         self.pixel_loss = distortion if isinstance(distortion, PixelMSE) else None
         self.model, self.distortion, self.lam, self.schedule = model, distortion, lam, schedule
         self.rate_thread = rate_thread
+        self.checkpoint = checkpoint
         # The pixel draws have their own generator (concurrent fits must not share torch's global one).
         self.pixel_generator = torch.Generator().manual_seed(0x5EED ^ model.seed)
         self.progress, self.report_every = progress, report_every
@@ -213,6 +219,11 @@ class Fitter:
                                 "soft" if soft else "hard")
                 self.history.append(info)
                 self.progress(info)
+            if self.checkpoint is not None:
+                now = time.perf_counter()  # the state saved carries the seconds spent so far
+                self.seconds += now - start
+                start = now
+                self.checkpoint(self)
         self.seconds += time.perf_counter() - start
 
     def _step_loss(self) -> PixelMSE:

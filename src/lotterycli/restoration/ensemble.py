@@ -24,6 +24,7 @@ import torch
 
 from ..compression.encoder import quantized_payload
 from ..config import TaskConfig
+from ..fitting.checkpoint import Checkpoint
 from ..fitting.device import resolve_device
 from ..fitting.loop import FitResult, Fitter, ProgressCallback
 from ..fitting.losses import PixelMSE
@@ -103,6 +104,8 @@ def restore_image(
     on_member: Callable[[int, int], ProgressCallback | None] | None = None,
     bitstream: bool = False,
     workers: int | None = None,
+    checkpoint: Checkpoint | None = None,
+    resume: dict | None = None,
 ) -> RestoreResult:
     """Fit `cfg.restoration.ensemble` members to observation `y` (3, h, w) through `operator`.
 
@@ -117,6 +120,10 @@ def restore_image(
     `workers`: fits run concurrently in threads (default: `default_workers`). Candidate k always
     uses seed + k and its own noise generator, so concurrent fits compute exactly what they
     would one after another on one thread (float sums may differ in the last bit with more threads).
+    `checkpoint`: saves each candidate's fit now and then (part "member K"), the screening's
+    outcome ("screen") and each member's state when its fit ends. `resume`: such parts from an
+    earlier run of this observation and config; the members go on from them, screening is not run
+    again once decided, and the result is the one an uninterrupted run gives.
     """
     start = time.perf_counter()
     settings = cfg.restoration
@@ -163,11 +170,15 @@ def restore_image(
 
     fitters: list[Fitter | None] = [None] * n_candidates
     screen_until = max(1, int(round(settings.screen_fraction * schedule.steps)))
+    resume = resume or {}
 
     def start_fit(k: int) -> Fitter:
         member_progress = on_member(k, n_candidates) if on_member is not None else None
         distortion = pixel_loss(frames[k]) if loss_map is not None else loss_in_frame(frames[k], y_dev)
-        fitters[k] = Fitter(models[k], distortion, lam, schedule, member_progress or progress)
+        hook = checkpoint.hook(f"member {k}") if checkpoint is not None else None
+        fitters[k] = Fitter(models[k], distortion, lam, schedule, member_progress or progress, checkpoint=hook)
+        if f"member {k}" in resume:
+            fitters[k].load_state_dict(resume[f"member {k}"])
         return fitters[k]
 
     def screen_candidate(k: int) -> float:
@@ -180,6 +191,10 @@ def restore_image(
         if fitters[k] is None:  # no screening: the member starts here
             start_fit(k)
         with _member_stream(dev, workers):
+            if checkpoint is not None and checkpoint.saving:  # a finished member is kept whole: a resumed run only renders it
+                fitters[k].advance()
+                checkpoint.put(f"member {k}", fitters[k].state_dict())
+                checkpoint.save(only_if_due=True)
             result = fitters[k].finish()
         fitters[k] = None
         if result.average_render is not None:
@@ -204,13 +219,22 @@ def restore_image(
     try:
         screen_losses: list[float] = []
         kept = list(range(n))
-        if n_candidates > n:
+        if n_candidates > n and "screen" in resume:  # decided before the run stopped
+            screen_losses, kept = list(resume["screen"]["losses"]), list(resume["screen"]["kept"])
+            for k in range(n_candidates):
+                if k not in kept:
+                    models[k] = None
+        elif n_candidates > n:
             screen_losses = run_all(screen_candidate, list(range(n_candidates)))
             kept = sorted(sorted(range(n_candidates), key=lambda k: (screen_losses[k], k))[:n])
+            if checkpoint is not None:
+                checkpoint.put("screen", {"losses": screen_losses, "kept": kept})
             for k in range(n_candidates):
                 if k not in kept:
                     fitters[k].drop()
                     fitters[k] = models[k] = None
+                    if checkpoint is not None:
+                        checkpoint.drop(f"member {k}")
         outputs = run_all(finish_member, kept)
         fits = [o[1] for o in outputs]
         best = min(range(len(fits)), key=lambda i: fits[i].best_loss)
