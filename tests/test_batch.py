@@ -181,6 +181,17 @@ def test_a_file_no_batch_wrote_is_not_replaced_without_force(tmp_path, lottery_f
     assert png_pixels(out / "one.png").shape == (24, 24, 3)
 
 
+def test_threads_per_fit_follow_the_jobs_asked_for_not_the_inputs_left(tmp_path, lottery_file):
+    """A fit's bytes can depend on its thread count: a resumed batch with one input left must give
+    it the threads an uninterrupted run would have."""
+    from lotterycli import batch
+
+    spec = batch.BatchSpec("decompress", [str(lottery_file)], str(tmp_path / "out"), batch.DecompressOptions(), jobs=2)
+    p = batch.plan(spec)
+    batch._size_workers(p)
+    assert (p.jobs, p.settings.threads) == (1, max(1, batch._cores() // 2))
+
+
 # -- skip and redo ----------------------------------------------------------------------------------------
 def test_rerun_skips_done_inputs_and_redoes_changed_inputs_and_configs(tmp_path):
     src = tmp_path / "in"

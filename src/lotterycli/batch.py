@@ -359,8 +359,10 @@ def _size_workers(p: Plan) -> None:
         p.settings.threads = spec.threads or FIT_THREADS
         return
     auto, p.gpus = default_jobs(device)
+    # From the jobs asked for, not those left to run: a fit's bytes can depend on its thread count
+    # (float sums), and a resumed batch must write what an uninterrupted one would have.
+    p.settings.threads = spec.threads or max(1, _cores() // (spec.jobs or auto))
     p.jobs = max(1, min(spec.jobs or auto, len(p.todo)))
-    p.settings.threads = spec.threads or max(1, _cores() // p.jobs)
 
 
 def _check_outputs_are_not_inputs(todo: list[Job], opts: Options) -> None:

@@ -85,6 +85,12 @@ def _checkpoint(out, where, command: str, input_sha256: str, cfg, opts):
     return Checkpoint(path, identity, opts.checkpoint_every)
 
 
+def _thread_note(ckpt, notify: Callable[[str], None]) -> None:
+    note = ckpt.thread_note()
+    if note is not None:
+        notify(note)
+
+
 def _check_checkpointing(out, opts, inputs: list) -> None:
     """--checkpoint-every needs a file to put its checkpoint beside, which must not be an input."""
     if opts.checkpoint_every is None:
@@ -158,6 +164,7 @@ def compress_file(image: str | Path, output: str | Path | None, opts: CompressOp
     resume = ckpt.load(force if discard_checkpoint is None else discard_checkpoint) if ckpt is not None else None
     if resume and "fit" in resume and notify is not None:
         notify(f"{ckpt.path}: resuming the fit at step {resume['fit']['step']} of {resume['fit']['total']}")
+        _thread_note(ckpt, notify)
     result = compress_image(x, cfg, device=opts.device, progress=progress, checkpoint=ckpt, resume=resume)
     atomic_write_bytes(out, result.data)
     if ckpt is not None:
@@ -305,6 +312,7 @@ def restore_file(image: str | Path, output: str | Path | None, opts: RestoreOpti
     if resume and notify is not None:
         steps = [v["step"] for k, v in resume.items() if k.startswith("member ")]
         notify(f"{ckpt.path}: resuming {len(steps)} member fit(s) at steps {', '.join(map(str, steps))} of {cfg.steps}")
+        _thread_note(ckpt, notify)
     result = restore_image(y, operator, cfg, lam=lam, device=opts.device, progress=progress, on_member=on_member,
                            bitstream=bits_out is not None, workers=opts.workers, checkpoint=ckpt, resume=resume)
     write_png(out, result.image)

@@ -72,6 +72,8 @@ class Checkpoint:
         self.identity = dict(identity)
         self.every = every
         self.parts: dict[str, Any] = {}
+        self.threads = torch.get_num_threads()  # the run's (its members may each use fewer)
+        self.saved_threads: int | None = None  # the threads of the run that saved the loaded checkpoint
         self._lock = threading.Lock()
         self._last_save = time.monotonic()
         self.saves = 0
@@ -100,6 +102,7 @@ class Checkpoint:
             problem = f"is the checkpoint of another {' and '.join(which) or 'run'}"
         else:
             self.parts = dict(data["parts"])
+            self.saved_threads = data.get("threads")
             return dict(data["parts"])
         if discard_other:
             self.remove()
@@ -110,6 +113,14 @@ class Checkpoint:
     def saving(self) -> bool:
         """Whether this checkpoint is ever written (--checkpoint-every given)."""
         return self.every is not None
+
+    def thread_note(self) -> str | None:
+        """Why a resumed file may differ from an uninterrupted run's: float sums can depend on the
+        thread count, and the loaded checkpoint was saved by a run on another one."""
+        if self.saved_threads is None or self.saved_threads == self.threads:
+            return None
+        return (f"{self.path}: saved by a run on {self.saved_threads} torch thread(s), resumed on {self.threads}: the file "
+                "may differ in its last bits from an uninterrupted run's")
 
     def put(self, name: str, value: Any) -> None:
         """Set part `name` (saved with the next save)."""
@@ -148,7 +159,8 @@ class Checkpoint:
             if only_if_due and now - self._last_save < self.every:
                 return
             buf = io.BytesIO()
-            torch.save({"format": FORMAT, "identity": self.identity, "parts": dict(self.parts)}, buf)
+            torch.save({"format": FORMAT, "identity": self.identity, "parts": dict(self.parts),
+                        "threads": self.threads}, buf)
             _atomic_write(self.path, buf.getvalue())
             self._last_save = now
             self.saves += 1
