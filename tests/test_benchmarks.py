@@ -433,3 +433,25 @@ def test_profile_step_reports_each_part_and_the_step_rates():
     from benchmarks.profile_step import measure_step_rate
 
     assert measure_step_rate(16, 24, steps=2) > 0
+
+
+def test_engine_probe_reports_a_step_of_this_checkout():
+    """benchmarks.engine's probe on this tree at a tiny size: rate, dispatched operations, FLOPs."""
+    from benchmarks import engine
+
+    row = engine.probe(Path(_ROOT) / "src", 24, 32, steps=2, threads=1)
+    assert row["steps_per_second"] > 0 and row["ops_per_step"] > 100 and row["flops_per_step"] > 0
+    assert 0 < row["achieved_fraction_of_peak"] < 1
+
+
+def test_load_part_times_solo_pairs_and_busy_runs(monkeypatch, tmp_path):
+    """benchmarks.load.measure: four whole `lottery compress` commands (3 steps, 16x16), each file
+    the same."""
+    from conftest import save_png, scene
+
+    from benchmarks import load
+
+    png = save_png(tmp_path / "x.png", scene(16, 16))
+    env = dict(__import__("os").environ, OMP_NUM_THREADS="1")
+    r = load.measure(png, tmp_path, 3, env)
+    assert r["solo_s"] > 0 and len(r["pair_s"]) == 2 and r["beside_busy_s"] > 0 and r["same_file"]

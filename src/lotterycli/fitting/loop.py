@@ -130,6 +130,8 @@ class Fitter:
         )
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
         self.params = [p for g in groups.values() for p in g]
+        # multi-tensor clipping where torch has it (not on the meta device the tests use)
+        self.foreach = self.params[0].device.type in ("cpu", "cuda") if self.params else False
         self.total = max(1, schedule.steps)
         self.soft_steps = int(round(self.total * (1.0 - schedule.hard_fraction)))
         self.step = 0  # next step to run
@@ -189,7 +191,7 @@ class Fitter:
             bpp = bits / model.n_pixels
             loss = d + self.lam * bpp
             if sched.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(self.params, sched.grad_clip, foreach=True)
+                torch.nn.utils.clip_grad_norm_(self.params, sched.grad_clip, foreach=self.foreach)
             optimizer.step()
             self.losses.append(loss.detach())
             if averaged:
