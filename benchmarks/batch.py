@@ -154,6 +154,50 @@ def resume_cost(png: Path, tmp: Path, fit: list[str], every: float, repeats: int
             "checkpoint_bytes": saved.stat().st_size, "repeats": repeats}
 
 
+def measure(steps: int | None = None, size: int = 256, n_images: int = 8, ray: bool = True,
+            checkpoint_every: float = 2.0, log=print) -> dict:
+    """The runs above, their throughput, bytes and the resume cost, as one dict."""
+    fit = ["--preset", "fast", "--device", "cpu"] + (["--steps", str(steps)] if steps else [])
+    results: dict = {"size": size, "steps": steps or "fast preset", "images": n_images,
+                     "cpu_count": os.cpu_count(), "runs": {}}
+    with tempfile.TemporaryDirectory(prefix="lottery-batch-bench-") as d:
+        tmp = Path(d)
+        folder = tmp / "crops"
+        folder.mkdir()
+        from lotterycli.images import write_png
+
+        for name in PROTOCOL_IMAGES[:n_images]:
+            write_png(folder / f"{name}.png", center_crop(load_image(name), size))
+        pngs = sorted(folder.glob("*.png"))
+        runs = {
+            "loop": lambda out: shell_loop(pngs, out, fit),
+            "batch --jobs 1": lambda out: batch(folder, out, fit, ["--jobs", "1"]),
+            "batch --jobs 2": lambda out: batch(folder, out, fit, ["--jobs", "2"]),
+        }
+        if ray:
+            runs["batch --ray (2 CPUs)"] = lambda out: ray_batch(folder, out, steps)
+        files = {}
+        for label, go in runs.items():
+            out = tmp / label.replace(" ", "_").replace("-", "")
+            r = go(out)
+            r["images_per_hour"] = round(len(pngs) * 3600 / r["seconds"], 1)
+            r["seconds"] = round(r["seconds"], 1)
+            results["runs"][label] = r
+            files[label] = {f.name: f.read_bytes() for f in sorted(out.glob("*.lottery"))}
+            log(f"{label:24s} {r['seconds']:8.1f} s  {r['images_per_hour']:7.1f} images/h  "
+                f"peak {r['peak_rss_mb_per_worker']:.0f} MiB per worker  threads/fit {r['threads_per_fit']}")
+        # float sums can depend on the thread count: runs are compared with those of equal threads
+        groups: dict = {}
+        for label, r in results["runs"].items():
+            groups.setdefault(str(r["threads_per_fit"]), []).append(label)
+        results["same_bytes"] = {", ".join(labels): all(files[x] == files[labels[0]] for x in labels)
+                                 for labels in groups.values()}
+        results["same_bytes_across_thread_counts"] = all(f == files["loop"] for f in files.values())
+        results["resume"] = resume_cost(pngs[0], tmp, fit, checkpoint_every)
+        shutil.rmtree(folder)
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.batch", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -164,46 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint-every", type=float, default=2.0, help="seconds between checkpoints (resume part)")
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args(argv)
-    fit = ["--preset", "fast", "--device", "cpu"] + (["--steps", str(args.steps)] if args.steps else [])
-    results: dict = {"size": args.size, "steps": args.steps or "fast preset", "images": args.images,
-                     "cpu_count": os.cpu_count(), "runs": {}}
-    with tempfile.TemporaryDirectory(prefix="lottery-batch-bench-") as d:
-        tmp = Path(d)
-        folder = tmp / "crops"
-        folder.mkdir()
-        from lotterycli.images import write_png
-
-        names = PROTOCOL_IMAGES[: args.images]
-        for name in names:
-            write_png(folder / f"{name}.png", center_crop(load_image(name), args.size))
-        pngs = sorted(folder.glob("*.png"))
-        runs = {
-            "loop": lambda out: shell_loop(pngs, out, fit),
-            "batch --jobs 1": lambda out: batch(folder, out, fit, ["--jobs", "1"]),
-            "batch --jobs 2": lambda out: batch(folder, out, fit, ["--jobs", "2"]),
-        }
-        if not args.no_ray:
-            runs["batch --ray (2 CPUs)"] = lambda out: ray_batch(folder, out, args.steps)
-        files = {}
-        for label, go in runs.items():
-            out = tmp / label.replace(" ", "_").replace("-", "")
-            r = go(out)
-            r["images_per_hour"] = round(len(pngs) * 3600 / r["seconds"], 1)
-            r["seconds"] = round(r["seconds"], 1)
-            results["runs"][label] = r
-            files[label] = {f.name: f.read_bytes() for f in sorted(out.glob("*.lottery"))}
-            print(f"{label:24s} {r['seconds']:8.1f} s  {r['images_per_hour']:7.1f} images/h  "
-                  f"peak {r['peak_rss_mb_per_worker']:.0f} MiB per worker  threads/fit {r['threads_per_fit']}",
-                  flush=True)
-        # float sums can depend on the thread count: runs are compared with those of equal threads
-        groups: dict = {}
-        for label, r in results["runs"].items():
-            groups.setdefault(str(r["threads_per_fit"]), []).append(label)
-        results["same_bytes"] = {", ".join(labels): all(files[x] == files[labels[0]] for x in labels)
-                                 for labels in groups.values()}
-        results["same_bytes_across_thread_counts"] = all(f == files["loop"] for f in files.values())
-        results["resume"] = resume_cost(pngs[0], tmp, fit, args.checkpoint_every)
-        shutil.rmtree(folder)
+    results = measure(args.steps, args.size, args.images, not args.no_ray, args.checkpoint_every,
+                      log=lambda m: print(m, flush=True))
     rs = results["resume"]
     print(f"same bytes (runs with equal threads per fit): {results['same_bytes']}; across thread counts: "
           f"{results['same_bytes_across_thread_counts']}")

@@ -28,13 +28,15 @@ from .data import REPO_ROOT
 
 PROBE = r'''
 import json, resource, sys, time
+if LAYOUT != "current":  # only the baseline tree: an editable install's finder would fill in what it lacks
+    sys.meta_path = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
 import torch
 torch.set_num_threads(THREADS)
 from collections import Counter
 from dataclasses import replace
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
-try:  # this layout
+if LAYOUT == "current":
     from lotterycli.config import load_task_config
     from lotterycli.fitting.loop import Fitter, rate_thread_pays
     from lotterycli.fitting.losses import fit_distortion
@@ -42,7 +44,7 @@ try:  # this layout
     cfg = load_task_config("compress")
     schedule = lambda steps: replace(cfg.schedule, steps=steps)
     distortion = lambda target: fit_distortion(target, cfg.schedule.pixel_fraction)
-except ImportError:  # the layout before it (lotterycli.fit, lotterycli.codec)
+else:  # the layout before it (lotterycli.fit, lotterycli.codec)
     from lotterycli.config import load_task_config
     from lotterycli.fit import Fitter, rate_thread_pays
     from lotterycli.compress import fit_distortion
@@ -81,14 +83,16 @@ t = time.perf_counter(); reps = 5
 for _ in range(reps):
     a @ b
 peak = reps * 2 * 2048 ** 3 / (time.perf_counter() - t)
-print(json.dumps({"steps_per_second": 1 / seconds, "ops_per_step": count.n, "flops_per_step": flops.get_total_flops(),
+import lotterycli
+print(json.dumps({"source": lotterycli.__file__, "steps_per_second": 1 / seconds, "ops_per_step": count.n, "flops_per_step": flops.get_total_flops(),
                   "matmul_peak_flops": peak, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 '''
 
 
 def probe(src: Path, height: int, width: int, steps: int, threads: int) -> dict:
+    layout = "before" if (Path(src) / "lotterycli" / "fit.py").exists() else "current"
     code = (PROBE.replace("THREADS", str(threads)).replace("HEIGHT", str(height)).replace("WIDTH", str(width))
-            .replace("STEPS", str(steps)))
+            .replace("STEPS", str(steps)).replace("LAYOUT", repr(layout)))
     env_path = str(src)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=3600,
                          env={**__import__("os").environ, "PYTHONPATH": env_path})

@@ -106,6 +106,8 @@ def render_markdown(d: dict, images: dict[str, str] | None = None, results_path:
         L += _md_engine(parts["engine"])
     if "load" in parts:
         L += _md_load(parts["load"])
+    if "batch" in parts:
+        L += _md_batch(parts["batch"])
     if d.get("skipped"):
         L += ["## Skipped or failed items", ""]
         L += [f"- **{s['part']}**: {s['reason']}" for s in d["skipped"]]
@@ -114,11 +116,18 @@ def render_markdown(d: dict, images: dict[str, str] | None = None, results_path:
 
 
 def _status(p: dict) -> list[str]:
+    """The part's status, and the machine it ran on (parts of one page may come from different runs)."""
+    lines = []
+    m = p.get("machine")
+    if m:
+        lines += [f"*Measured on {m.get('cpu_model')}, {m.get('cores')} cores available, torch {m.get('torch_version')} "
+                  f"({m.get('torch_threads')} threads), {str(m.get('date', ''))[:10]}, code "
+                  f"{_short_commit(m.get('git_commit'))}.*", ""]
     if p.get("status") == "skipped":
-        return [f"*Skipped: {p.get('reason')}*", ""]
+        return lines + [f"*Skipped: {p.get('reason')}*", ""]
     if p.get("status") == "partial":
-        return ["*Partial: some items were skipped or failed (listed at the end).*", ""]
-    return []
+        return lines + ["*Partial: some items were skipped or failed (listed at the end).*", ""]
+    return lines
 
 
 def _md_compress(p: dict, images: dict) -> list[str]:
@@ -260,7 +269,8 @@ def _md_engine(p: dict) -> list[str]:
          "pixels per step, the rate on a second thread where it pays) of this code beside the baseline commit, "
          "each in a fresh process, in the same sitting. Operations: ATen calls dispatched per step (on a GPU, each "
          "is a kernel launch); GFLOP: matrix products and convolutions only; achieved / peak: those FLOPs per "
-         "second against one large float32 matrix product on the same threads.", ""]
+         "second against one large float32 matrix product on the same threads. Steps/s: the median of the rounds "
+         "(alternating the two codes).", ""]
     rows = [[r["tree"], f"{r['width']}x{r['height']}", str(r["threads"]), _f(r["steps_per_second"]),
              str(r["ops_per_step"]), _f(r.get("flops_per_step", 0) / 1e9, ".3f"),
              _f(100 * r.get("achieved_fraction_of_peak", 0), ".1f") + " %", _f(r.get("peak_rss_mb"), ".0f")]
@@ -280,6 +290,26 @@ def _md_load(p: dict) -> list[str]:
          f"- two side by side: {_f(p['pair_ratio'])}x the time alone (the slower of the two)",
          f"- beside a busy process: {_f(p['beside_busy_ratio'])}x",
          f"- the same file in every run: {'yes' if p.get('same_file') else 'no'}", ""]
+    return L
+
+
+def _md_batch(p: dict) -> list[str]:
+    steps = p.get("steps")
+    L = ["## Many images", "", *_status(p),
+         f"The protocol's {p.get('images')} Kodak crops ({p.get('size')}x{p.get('size')}), `fast` preset"
+         + (f" shortened to {steps} steps" if isinstance(steps, int) else "")
+         + ", each run a whole command (`benchmarks.batch`).", ""]
+    rows = [[label, _f(r["seconds"], ".1f"), _f(r["images_per_hour"], ".1f"), _f(r["peak_rss_mb_per_worker"], ".0f"),
+             str(r["threads_per_fit"])] for label, r in p.get("runs", {}).items()]
+    L += _table(["run", "seconds", "images per hour", "peak MiB per worker", "threads per fit"], rows).splitlines()
+    rs = p.get("resume") or {}
+    same = "; ".join(f"{k}: {'yes' if v else 'no'}" for k, v in (p.get("same_bytes") or {}).items())
+    L += ["", f"- Same bytes between runs with the same threads per fit: {same}; across thread counts: "
+          f"{'yes' if p.get('same_bytes_across_thread_counts') else 'no'} (a fit's float sums may depend on its "
+          "thread count).",
+          f"- Resuming a fit from its checkpoint: {_f(rs.get('fresh_s'))} s from process start to the first fitting "
+          f"step fresh, {_f(rs.get('resumed_s'))} s resumed (at step {rs.get('resumed_at_step')}, a "
+          f"{(rs.get('checkpoint_bytes') or 0) / 1e6:.1f} MB checkpoint), plus the steps since the last checkpoint.", ""]
     return L
 
 

@@ -18,6 +18,7 @@ Parts:
 - engine: steps/s, operations per step, arithmetic against the matmul peak and peak memory of this
   checkout beside the baseline commit (`benchmarks.engine`).
 - load: one `lottery compress` alone, two side by side, one beside a busy process (`benchmarks.load`).
+- batch: images per hour of a shell loop, `lottery batch --jobs 1/2` and `--ray` (`benchmarks.batch`).
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ ALL_TASKS = [
 ]
 TASKS_BY_NAME = {t["name"]: t for t in ALL_TASKS}
 
-# Seconds per fitting step at 256x256 on 2 CPU cores (CALIBRATION.md), scaled with pixel count; used
+# Seconds per fitting step at 256x256 on 2 CPU cores (a slow machine), scaled with pixel count; used
 # only for the up-front budget estimate. Steps assumed for a preset when the library does not say.
 STEP_SECONDS_256 = 0.115
 ASSUMED_PRESET_STEPS = {"fast": 1600, "balanced": 5000, "best": 10000}
@@ -113,9 +114,11 @@ class Config:
     engine_baseline: str = "b9769d4"
     engine_sizes: list[tuple[int, int]] = field(default_factory=lambda: [(256, 256), (768, 512)])
     engine_steps: int = 30
+    engine_rounds: int = 3
     load_crop: int = 256
     load_steps: int = 300
     load_repeats: int = 2
+    batch_steps: int | None = None  # None: the fast preset's
     # run control
     time_limit_s: float | None = None
     keep_files: str | None = None  # write each compression point's .lottery file here
@@ -251,7 +254,7 @@ def _step_s(h: int, w: int) -> float:
 
 
 def estimate_budget(cfg: Config, parts: list[str]) -> dict:
-    """Seconds per part on 2 CPU cores (CALIBRATION.md timings scaled by pixels); a rough plan."""
+    """Seconds per part on 2 CPU cores (step times scaled by pixels); a rough plan."""
     c = cfg.crop or 512
     side_h, side_w = (c, c) if cfg.crop else (512, 768)
     n_img = len(cfg.images)
@@ -300,6 +303,9 @@ def estimate_budget(cfg: Config, parts: list[str]) -> dict:
         est["engine"] = sum(2 * (cfg.engine_steps + 20) * _step_s(h, w) + 20 for w, h in cfg.engine_sizes)
     if "load" in parts:
         est["load"] = cfg.load_repeats * 5 * (cfg.load_steps * _step_s(cfg.load_crop, cfg.load_crop) + 15)
+    if "batch" in parts:
+        steps = cfg.batch_steps or preset_steps("fast")[0]
+        est["batch"] = 3.5 * len(cfg.images) * (steps * _step_s(cfg.crop or 256, cfg.crop or 256) + 15)
     total = sum(est.values())
     return {"estimated_seconds": total, "breakdown": est, "notes": notes,
             "limit_seconds": cfg.time_limit_s, "wall_seconds": None}
@@ -311,7 +317,7 @@ def format_budget(cfg: Config, budget: dict) -> str:
     for part, s in budget["breakdown"].items():
         lines.append(f"  {part:9s} ~{s / 60:6.1f} min")
     lines.append(f"  estimated total ~{budget['estimated_seconds'] / 60:.1f} min on 2 CPU cores "
-                 "(CALIBRATION.md step times; faster on a GPU, slower on a loaded machine)")
+                 "(rough step times; faster on a GPU, slower on a loaded machine)")
     if cfg.time_limit_s:
         lines.append(f"  hard budget: items still pending after {cfg.time_limit_s / 60:.0f} min are skipped and recorded")
     for n in budget["notes"]:
@@ -885,18 +891,24 @@ def run_engine(cfg: Config, deadline: Deadline) -> dict:
             part["status"] = "partial"
             part["notes"].append(f"baseline {cfg.engine_baseline} not measured: {_err(exc)}")
         for width, height in cfg.engine_sizes:
-            for name, src in trees.items():
-                if deadline.passed():
-                    part["status"] = "partial"
-                    break
-                log(f"engine: {name} at {width}x{height}")
-                try:
-                    row = engine.probe(src, height, width, cfg.engine_steps, torch.get_num_threads())
-                    part["rows"].append({"tree": name, "width": width, "height": height,
-                                         "threads": torch.get_num_threads(), **row})
-                except Exception as exc:
-                    part["status"] = "partial"
-                    part["notes"].append(f"{name} {width}x{height}: {_err(exc)}")
+            runs: dict[str, list[dict]] = {name: [] for name in trees}
+            for _ in range(cfg.engine_rounds):  # alternate the trees: ratios of one sitting
+                for name, src in trees.items():
+                    if deadline.passed():
+                        part["status"] = "partial"
+                        break
+                    log(f"engine: {name} at {width}x{height}")
+                    try:
+                        runs[name].append(engine.probe(src, height, width, cfg.engine_steps, torch.get_num_threads()))
+                    except Exception as exc:
+                        part["status"] = "partial"
+                        part["notes"].append(f"{name} {width}x{height}: {_err(exc)}")
+            for name, rows in runs.items():
+                if rows:
+                    median = sorted(rows, key=lambda r: r["steps_per_second"])[len(rows) // 2]
+                    part["rows"].append({"tree": name, "width": width, "height": height, "threads": torch.get_num_threads(),
+                                         "rounds": len(rows), "all_steps_per_second": [r["steps_per_second"] for r in rows],
+                                         **median})
     return part
 
 
@@ -917,8 +929,23 @@ def run_load(cfg: Config, deadline: Deadline) -> dict:
             "same_file": all(r["same_file"] for r in runs)}
 
 
+def run_batch(cfg: Config, deadline: Deadline) -> dict:
+    """benchmarks.batch: a shell loop, `batch --jobs 1/2` and `batch --ray` on the protocol's crops."""
+    from . import batch
+
+    try:
+        import ray  # noqa: F401
+
+        has_ray = True
+    except ImportError:
+        has_ray = False
+    result = batch.measure(cfg.batch_steps, cfg.crop or 256, len(cfg.images), has_ray, log=lambda m: log(f"batch: {m}"))
+    notes = [] if has_ray else ["the Ray run was skipped: ray is not installed (pip install 'lotterycli[ray]')"]
+    return {"status": "ok", "reason": None, "notes": notes, **result}
+
+
 PART_RUNNERS = {"compress": run_compress, "restore": run_restore, "speed": run_speed, "engine": run_engine,
-                "load": run_load}
+                "load": run_load, "batch": run_batch}
 
 
 def _two_sittings(new: dict, old: dict, **merged_fields) -> dict:
@@ -1067,7 +1094,7 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--quick", action="store_true", help="smoke scale, designed for < 20 min on 2 CPU cores")
     mode.add_argument("--full", action="store_true", help="the full protocol (8 images, 256x256, all tasks)")
     p.add_argument("--only", action="append", choices=list(PART_RUNNERS), metavar="PART",
-                   help="run only this part (compress, restore, speed, engine, load); repeatable; other parts of an existing "
+                   help="run only this part (compress, restore, speed, engine, load, batch); repeatable; other parts of an existing "
                         "results file of the same mode are kept")
     p.add_argument("--results", type=Path, metavar="FILE", help="re-render the docs from this results JSON, no computing")
     p.add_argument("--out", type=Path, metavar="FILE", help="results JSON (default benchmarks/results/<mode>.json)")

@@ -45,7 +45,7 @@ from typing import Any
 
 SCHEMA = "lottery-bench/1"
 MODES = ("quick", "full")
-PARTS = ("compress", "restore", "speed", "engine", "load")
+PARTS = ("compress", "restore", "speed", "engine", "load", "batch")
 STATUSES = ("ok", "partial", "skipped")
 MACHINE_KEYS = ("cpu_model", "cores", "torch_version", "torch_threads", "device", "date", "git_commit", "python", "platform")
 
@@ -248,6 +248,13 @@ def _load(c: _Checker, p, where) -> None:
             c.num(p, key, where)
 
 
+def _batch(c: _Checker, p, where) -> None:
+    if c.keys(p, ("runs", "resume"), where) and c.dict_(p["runs"], f"{where}.runs"):
+        for label, r in p["runs"].items():
+            if c.keys(r, ("seconds", "images_per_hour", "peak_rss_mb_per_worker", "threads_per_fit"), f"{where}.runs.{label}"):
+                c.num(r, "images_per_hour", f"{where}.runs.{label}")
+
+
 def validate_results(d: Any) -> dict:
     """Return `d` unchanged if it follows the schema, else raise SchemaError listing the problems."""
     c = _Checker()
@@ -280,7 +287,8 @@ def validate_results(d: Any) -> dict:
                 continue
             if "machine" in part:
                 _machine(c, part["machine"], f"{where}.machine")
-            {"compress": _compress, "restore": _restore, "speed": _speed, "engine": _engine, "load": _load}[name](c, part, where)
+            {"compress": _compress, "restore": _restore, "speed": _speed, "engine": _engine, "load": _load,
+             "batch": _batch}[name](c, part, where)
     if c.problems:
         raise SchemaError(c.problems)
     return d

@@ -10,5 +10,5 @@ __version__ = "0.2.0"
 # on the cores, spinning threads burn the time slices the working ones need: two compressions side
 # by side took 13x their solo time instead of 2.2x (`python -m benchmarks.load`). It must be set
 # before torch loads its OpenMP runtime; an explicit OMP_WAIT_POLICY is left as it is.
-if "torch" not in _sys.modules:
+if "torch" not in _sys.modules and "GOMP_SPINCOUNT" not in _os.environ:
     _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
