@@ -130,6 +130,37 @@ def _status(p: dict) -> list[str]:
     return lines
 
 
+_FIXED_PARTS = ("header", "mask", "arm", "upsampling", "modnet")
+
+
+def _md_fixed_cost(points: list[dict]) -> list[str]:
+    """Mean bytes per part of the lottery files at each lambda: what a small file spends its bytes on."""
+    by_lam: dict[float, list[dict]] = {}
+    for pt in points:
+        if pt.get("sizes"):
+            by_lam.setdefault(pt["lam"], []).append(pt["sizes"])
+    if not by_lam:
+        return []
+    parts = _FIXED_PARTS + ("latents",)
+    rows = []
+    for lam, sizes in sorted(by_lam.items()):
+        means = [sum(s[k] for s in sizes) / len(sizes) for k in parts]
+        fixed = sum(means[: len(_FIXED_PARTS)])
+        rows.append([format(lam, "g"), *(f"{m:.0f}" for m in means), f"{fixed:.0f}", f"{sum(means):.0f}", str(len(sizes))])
+    return ["### Where the bytes go", "",
+            "Mean bytes per part of the lottery files (`lottery info`); fixed = header (with its checksum) + mask + "
+            "networks, the cost a file pays whatever its latents.", "",
+            _table(["lambda", *parts, "fixed", "total", "images"], rows), ""]
+
+
+def _worst_image(per_image: dict | None) -> str:
+    values = {k: v for k, v in (per_image or {}).items() if v is not None}
+    if not values:
+        return "–"
+    name = max(values, key=values.get)
+    return f"{values[name]:+.1f} % ({name})"
+
+
 def _md_compress(p: dict, images: dict) -> list[str]:
     L = ["## Compression", ""] + _status(p)
     if p.get("status") == "skipped":
@@ -157,6 +188,7 @@ def _md_compress(p: dict, images: dict) -> list[str]:
                        {True: "yes", False: "**NO**"}.get(pt.get("decode_matches_encoder"), "–"),
                        _f(pt.get("macs_per_pixel"), ".0f"), str(pt.get("steps", "–"))]
                       for pt in sorted(lot, key=lambda q: (q["image"], _setting_key(q["setting"])))]), ""]
+    L += _md_fixed_cost(lot)
     rows = []
     for method, curve in p["curves"].items():
         for r in curve:
@@ -169,11 +201,12 @@ def _md_compress(p: dict, images: dict) -> list[str]:
               "Negative BD-rate = lottery needs fewer bits for the same PSNR (PCHIP Bjontegaard, on the mean "
               "curves over the PSNR range both cover); BD-PSNR positive = lottery is better at equal rate. "
               "The per-image column is the mean of per-image BD-rates (images without overlap left out).", "",
-              _table(["anchor", "BD-rate", "BD-PSNR", "PSNR range (dB)", "mean per-image BD-rate"],
+              _table(["anchor", "BD-rate", "BD-PSNR", "PSNR range (dB)", "mean per-image BD-rate", "worst image"],
                      [[r["anchor"], _f(r["bd_rate_percent"], "+.1f") + (" %" if r["bd_rate_percent"] is not None else ""),
                        _f(r["bd_psnr_db"], "+.2f") + (" dB" if r["bd_psnr_db"] is not None else ""),
                        ("–" if not r.get("psnr_range") else f"{r['psnr_range'][0]:.2f}–{r['psnr_range'][1]:.2f}"),
-                       _f(r.get("per_image_mean"), "+.1f") + (" %" if r.get("per_image_mean") is not None else "")]
+                       _f(r.get("per_image_mean"), "+.1f") + (" %" if r.get("per_image_mean") is not None else ""),
+                       _worst_image(r.get("per_image"))]
                       for r in p["bd_rate"]]), ""]
     if p.get("reference"):
         L += ["Published reference points (Kodak, 24 full 768x512 images; **published, not measured here**, and "

@@ -377,6 +377,14 @@ def _bd_table(points: list[dict], curves: dict, test: str = "lottery") -> list[d
     return rows
 
 
+def _file_sizes(data: bytes) -> dict[str, int]:
+    """Bytes per part of a .lottery file: header (with its CRC), mask, arm, upsampling, modnet, latents."""
+    from lotterycli.bitstream.header import describe
+
+    sizes = describe(data)["sizes"]
+    return {"header": sizes["header"], "mask": sizes["mask"], **sizes["networks"], "latents": sizes["latents"]}
+
+
 def run_compress(cfg: Config, deadline: Deadline) -> dict:
     part: dict[str, Any] = {"status": "ok", "reason": None, "notes": [], "images": cfg.images, "crop": cfg.crop,
                             "points": [], "curves": {}, "bd_rate": [], "reference": REFERENCE,
@@ -434,6 +442,7 @@ def run_compress(cfg: Config, deadline: Deadline) -> dict:
                         "decode_matches_encoder": bool(torch.equal(dec.cpu(), res.decoded.cpu())),
                         "reported_bpp": float(res.bpp), "reported_psnr": float(res.psnr),
                         "macs_per_pixel": float(res.macs_per_pixel), "steps": int(res.steps),
+                        "sizes": _file_sizes(data),
                     }
                     part["points"].append(pt)
                     log(f"compress:   -> {pt['bpp']:.3f} bpp, {pt['psnr']:.2f} dB, {pt['seconds']:.1f} s, "

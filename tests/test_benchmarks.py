@@ -116,7 +116,9 @@ def synthetic_results() -> dict:
         for lam, (bpp, p) in zip((0.008, 0.001), ((0.25, 28.5), (0.9, 34.0))):
             comp_points.append({"method": "lottery", "image": img, "setting": f"lam={lam:g}", "bpp": bpp, "psnr": p,
                                 "seconds": 12.0, "n_bytes": int(bpp * 128 * 128 / 8), "decode_seconds": 0.2,
-                                "decode_matches_encoder": True, "macs_per_pixel": 3569.0, "steps": 300})
+                                "decode_matches_encoder": True, "macs_per_pixel": 3569.0, "steps": 300, "lam": lam,
+                                "sizes": {"header": 30, "mask": 100, "arm": 50, "upsampling": 10, "modnet": 60,
+                                          "latents": int(bpp * 128 * 128 / 8) - 250}})
     from benchmarks.runner import REFERENCE, _bd_table, _curves, summarize_restore
 
     curves = _curves(comp_points)
@@ -214,6 +216,10 @@ def test_render_markdown_tables():
     assert "steps/s" in text and "peak RSS" in text and "4.20 s" in text
     assert "published, not measured here" in text
     assert "![rate-distortion curves](img/rd.png)" in text
+    # where the bytes go: mean bytes per part at each lambda, fixed = header + mask + networks
+    assert "| lambda | header | mask | arm | upsampling | modnet | latents | fixed | total | images |" in text
+    assert "| 0.008 | 30 | 100 | 50 | 10 | 60 | 262 | 250 | 512 | 2 |" in text
+    assert "worst image" in text and "(kodim0" in text
 
 
 def test_render_docs_writes_page(tmp_path):
@@ -351,7 +357,7 @@ def test_compress_part_keeps_each_lottery_file(monkeypatch, tmp_path):
     assert len(points) == 2
     for p in points:
         data = (keep / f"kodim01-{p['setting']}.lottery").read_bytes()
-        assert len(data) == p["n_bytes"]
+        assert len(data) == p["n_bytes"] == sum(p["sizes"].values())
         assert api.decompress(data).shape == (3, 16, 16)
 
 
