@@ -520,10 +520,11 @@ def test_preset_architecture_takes_no_header_bytes():
     assert back.architecture == a
     assert_payload_equal(back, p)
     assert_payload_equal(decode_file(encode_file(q, latent_coder=CODER), latent_coder=CODER), q)
-    for preset, a in ((3, replace(ARCH_PRESETS[1], arm_hidden=8)), (2, arch())):
+    for preset, a in ((3, replace(ARCH_PRESETS[1], arm_hidden=8)), (2, arch()), (4, replace(ARCH_PRESETS[1], arm_hidden=4))):
         p = make_payload(arch=a, height=20, width=16)
         data = encode_file(p, latent_coder=CODER)
-        assert data[header_fields(data)["layout"][0]] & 0x03 == preset
+        layout = data[header_fields(data)["layout"][0]]
+        assert (layout & 0x03) | (layout >> 7) << 2 == preset
         assert describe(data)["architecture_preset"] == preset
         assert_payload_equal(decode_file(data, latent_coder=CODER), p)
 
@@ -550,19 +551,20 @@ def test_shift_padding_nibble_must_be_zero():
         read_header(resign(bytes(b)))
 
 
-def test_layout_byte_unknown_flag_is_refused():
+def test_layout_byte_unknown_preset_is_refused():
+    """Bit 7 of the layout byte is the preset's third bit: presets 5-7 have no entry yet."""
     data = encode_file(make_payload(), latent_coder=CODER)
     pos = header_fields(data)["layout"][0]
     assert pos == 15 and data[pos] == 0x04
     b = bytearray(data)
-    b[pos] |= 0x80
+    b[pos] |= 0x81
     bad = resign(bytes(b))
-    with pytest.raises(LotteryError, match=r"^corrupted \.lottery file: unknown header layout flags 0x84$") as exc:
+    with pytest.raises(LotteryError, match=r"^corrupted \.lottery file: unknown architecture preset 5$") as exc:
         read_header(bad)
     one_line(exc)
-    with pytest.raises(LotteryError, match="layout flags"):
+    with pytest.raises(LotteryError, match="preset 5"):
         decode_file(bad, latent_coder=CODER)
-    with pytest.raises(LotteryError, match="layout flags"):
+    with pytest.raises(LotteryError, match="preset 5"):
         describe(bad)
 
 
@@ -893,7 +895,8 @@ def test_architecture_limits_are_refused_on_read(field, value, message, monkeypa
         ("len_latents", b"\xc8\x80\x00", "latents section length is not in its shortest form"),
         ("len_latents", encode_varint(5000), "truncated .lottery file .*header says"),
         ("len_latents", encode_varint(5), "unexpected bytes after the end"),
-        ("layout", u8(0x84), "unknown header layout flags 0x84"),
+        ("layout", u8(0x85), "unknown architecture preset 5"),
+        ("layout", u8(0x87), "unknown architecture preset 7"),
     ],
 )
 def test_header_fields_are_checked(field, value, message, monkeypatch):

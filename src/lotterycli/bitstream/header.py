@@ -34,7 +34,8 @@ GAIN = struct.Struct("<f")
 
 # Architectures named by one number (part of the format: never edit an entry, only append).
 # 1 = the shipped task configs' sizes (configs/*.yaml), 2 = the reference sizes of the method
-# (docs/method.md), 3 = 1 with the 8-wide ARM compression may pick (schedule.arm_scratch_widths).
+# (docs/method.md), 3 and 4 = 1 with the 8- and 4-wide ARMs compression may pick
+# (schedule.arm_scratch_widths).
 # arm_band_rows is stored on its own, since it follows the image height.
 ARCH_PRESETS: dict[int, Architecture] = {
     1: Architecture(n_levels=7, latent_gain=16.0, upsample_kernel=8, modnet_hidden=16, modnet_out=3,
@@ -43,15 +44,20 @@ ARCH_PRESETS: dict[int, Architecture] = {
                     synth_hidden=(32, 24, 16), arm_hidden=24, arm_band_rows=0),
     3: Architecture(n_levels=7, latent_gain=16.0, upsample_kernel=8, modnet_hidden=16, modnet_out=3,
                     synth_hidden=(32, 24, 16), arm_hidden=8, arm_band_rows=0),
+    4: Architecture(n_levels=7, latent_gain=16.0, upsample_kernel=8, modnet_hidden=16, modnet_out=3,
+                    synth_hidden=(32, 24, 16), arm_hidden=4, arm_band_rows=0),
 }
 # The layout byte after the mask ratio.
-LAYOUT_PRESET = 0x03  # architecture preset (0 = the architecture fields follow)
+LAYOUT_PRESET = 0x03  # architecture preset, low two bits (0 with LAYOUT_PRESET_HIGH clear = the fields follow)
+LAYOUT_PRESET_HIGH = 0x80  # the preset's third bit (presets 4-7)
 LAYOUT_NIBBLE_SHIFTS = 0x04  # every shift is 0..15, two per byte
 LAYOUT_FRAME = 0x38  # the symmetry of the square the model was fitted in (0-7), undone after rendering
 LAYOUT_FRAME_SHIFT = 3
 LAYOUT_RESTORATION = 0x40  # the model is one member of a restoration ensemble
 _ARCH_FIELDS = ("n_levels", "latent_gain", "upsample_kernel", "modnet_hidden", "modnet_out", "synth_hidden",
                 "arm_hidden", "arm_band_rows")
+assert max(ARCH_PRESETS) <= 7, "the layout byte holds presets 1..7"
+assert LAYOUT_PRESET | LAYOUT_PRESET_HIGH | LAYOUT_NIBBLE_SHIFTS | LAYOUT_FRAME | LAYOUT_RESTORATION == 0xFF
 assert tuple(f.name for f in fields(Architecture)) == _ARCH_FIELDS, "the header stores these fields in this order"
 
 
@@ -138,7 +144,8 @@ def pack_header(header: Header) -> bytes:
         shift_bytes = bytes(padded[i] | padded[i + 1] << 4 for i in range(0, len(padded), 2))
     else:
         shift_bytes = bytes(sh & 0xFF for sh in all_shifts)
-    layout = (preset | (LAYOUT_NIBBLE_SHIFTS if nibbles else 0) | header.frame << LAYOUT_FRAME_SHIFT
+    layout = ((preset & LAYOUT_PRESET) | (LAYOUT_PRESET_HIGH if preset & 4 else 0)
+              | (LAYOUT_NIBBLE_SHIFTS if nibbles else 0) | header.frame << LAYOUT_FRAME_SHIFT
               | (LAYOUT_RESTORATION if header.restoration else 0))
     v = encode_varint
     for name in SECTION_NAMES:
@@ -171,6 +178,11 @@ class _Cursor:
     def varint(self, what: str, limit: int) -> int:
         value, self.pos = decode_varint(self.data, self.pos, what, limit)
         return value
+
+
+def layout_preset(layout: int) -> int:
+    """The architecture preset a layout byte names (0: the architecture fields follow)."""
+    return layout & LAYOUT_PRESET | (4 if layout & LAYOUT_PRESET_HIGH else 0)
 
 
 def _read_architecture(c: _Cursor, preset: int) -> Architecture:
@@ -219,9 +231,8 @@ def read_header(data: bytes, check_crc: bool = True) -> Header:
     seed = c.varint("seed", (1 << 64) - 1)
     ratio = c.varint("mask ratio", RATIO_SCALE)
     layout = c.byte()
-    if layout & ~(LAYOUT_PRESET | LAYOUT_NIBBLE_SHIFTS | LAYOUT_FRAME | LAYOUT_RESTORATION):
-        raise corrupt(f"unknown header layout flags 0x{layout:02x}")
-    arch = _read_architecture(c, layout & LAYOUT_PRESET)
+    # every bit of the layout byte has a meaning; a preset number with no entry is refused below
+    arch = _read_architecture(c, layout_preset(layout))
     names = [(name, t) for name in MODULE_NAMES for t, _ in module_layout(name, arch)]
     if layout & LAYOUT_NIBBLE_SHIFTS:
         packed = c.take((len(names) + 1) // 2)
