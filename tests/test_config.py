@@ -178,7 +178,7 @@ def test_compress_config_refits_the_arm_and_zero_turns_it_off(tmp_path):
     assert load_task_config("denoise").schedule.arm_refit_steps == 0  # restoration: no refit by default
     user = write(tmp_path, "schedule:\n  arm_refit_steps: 0\n")
     assert load_task_config("compress", config_file=user).schedule.arm_refit_steps == 0
-    assert load_task_config("compress").schedule.arm_scratch_widths == (8,)
+    assert load_task_config("compress").schedule.arm_scratch_widths == (8, 4)
     assert load_task_config("denoise").schedule.arm_scratch_widths == ()
     user = write(tmp_path, "schedule:\n  arm_scratch_widths: []\n")
     assert load_task_config("compress", config_file=user).schedule.arm_scratch_widths == ()

@@ -623,10 +623,10 @@ def test_compress_refits_the_arm_for_at_most_the_fit_steps(monkeypatch):
     monkeypatch.setattr(arm_refit, "refit_arm", recorded)
     torch.set_num_threads(1)
     cfg = load_task_config("compress", overrides={"steps": 8})
-    assert cfg.schedule.arm_scratch_widths == (8,)
+    assert cfg.schedule.arm_scratch_widths == (8, 4)
     result = encoder.compress_image(scene(20, 24), cfg, device="cpu")
-    # the refit, then the 8-wide ARM from scratch: both capped at the fit's 8 steps
-    assert calls == [(8, cfg.schedule.arm_refit_lr), (8, cfg.schedule.arm_scratch_lr)]
+    # the refit, then the 8- and 4-wide ARMs from scratch: all capped at the fit's 8 steps
+    assert calls == [(8, cfg.schedule.arm_refit_lr), (8, cfg.schedule.arm_scratch_lr), (8, cfg.schedule.arm_scratch_lr)]
     assert result.bpp == pytest.approx(len(result.data) * 8 / (20 * 24))  # the image's own pixel count
     assert torch.equal(decode_bytes(result.data), result.decoded)
 
@@ -659,7 +659,7 @@ def test_narrower_arms_are_tried_only_above_the_parameter_share(monkeypatch, min
     cfg = replace(cfg, schedule=replace(cfg.schedule, arm_scratch_min_share=min_share))
     result = encoder.compress_image(scene(20, 24), cfg, device="cpu")
     assert len(shares) == 1 and 0.0 < shares[0] < 1.0
-    assert scratched == ([8] if tried else [])
+    assert scratched == ([8, 4] if tried else [])
     assert torch.equal(decode_bytes(result.data), result.decoded)
 
 
