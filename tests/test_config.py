@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import textwrap
 
 import pytest
@@ -659,3 +660,38 @@ def test_numbers_with_an_exponent_and_no_dot_are_numbers(tmp_path):
     cfg_file.write_text("lambda: 2e-3\nschedule:\n  lr: 1E-2\n  grad_clip: 1e1\n")
     cfg = load_task_config("compress", config_file=cfg_file)
     assert cfg.lam == 0.002 and cfg.schedule.lr == 0.01 and cfg.schedule.grad_clip == 10.0
+
+
+def test_compress_screens_mask_ratios_unless_one_is_asked_for(tmp_path):
+    """`mask_ratio_candidates` are screened beside `mask_ratio`; --mask-ratio (an option) fixes the
+    ratio; a candidate equal to the ratio, or given twice, is screened once."""
+    cfg = load_task_config("compress")
+    assert cfg.compression.mask_ratio_candidates == (0.0,) and cfg.compression.screen_fraction == 0.1
+    assert load_task_config("denoise").compression is None
+    assert load_task_config("compress", overrides={"mask_ratio": 0.3}).compression.mask_ratio_candidates == ()
+    user = write(tmp_path, "mask_ratio: 0.2\nmask_ratio_candidates: [0.2, 0.5, 0.5, 0.0]\n")
+    assert load_task_config("compress", config_file=user).compression.mask_ratio_candidates == (0.5, 0.0)
+    user = write(tmp_path, "mask_ratio_candidates: []\n")
+    assert load_task_config("compress", config_file=user).compression.mask_ratio_candidates == ()
+
+
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("mask_ratio_candidates: 0.0\n", "mask_ratio_candidates"),
+        ("mask_ratio_candidates: [1.0]\n", "mask_ratio_candidates"),
+        ("mask_ratio_candidates: [nan]\n", "mask_ratio_candidates"),
+        ("screen_fraction: 0\n", "screen_fraction"),
+        ("screen_fraction: 1.5\n", "screen_fraction"),
+    ],
+)
+def test_bad_screening_values_are_refused_naming_key_and_file(tmp_path, text, key):
+    user = write(tmp_path, text)
+    with pytest.raises(LotteryError, match=rf"^{re.escape(str(user))}: .*'{key}'"):
+        load_task_config("compress", config_file=user)
+
+
+def test_restoration_configs_know_no_compression_keys(tmp_path):
+    user = write(tmp_path, "mask_ratio_candidates: [0.0]\n")
+    with pytest.raises(LotteryError, match="unknown config key 'mask_ratio_candidates'"):
+        load_task_config("denoise", config_file=user)

@@ -700,3 +700,64 @@ def test_a_narrower_arm_is_installed_when_its_search_says_cheaper(fitted, monkey
     assert torch.equal(render_payload(back), render_payload(decode_file(base)))
     # the header's share: a preset costs nothing, the same sizes with a 2-wide ARM 12 bytes
     assert architecture_bytes(model.arch) == 0 and architecture_bytes(m.arch) == 12
+
+
+class _StubFit:
+    """What `screen_mask_ratios` reads of a Fitter: a fixed recent loss after `advance`."""
+
+    def __init__(self, ratio: float, loss: float):
+        from types import SimpleNamespace
+
+        self.ratio, self.loss, self.total, self.progress, self.ran = ratio, loss, 200, None, None
+        self.model = SimpleNamespace(arch=SimpleNamespace(n_synth_weights=1627), n_pixels=256 * 256)
+
+    def advance(self, until: int) -> None:
+        self.ran = until
+
+    def recent_loss(self) -> float:
+        return self.loss
+
+
+@pytest.mark.parametrize("loss_without_mask, chosen", [(1.0e-3, 0.0), (1.2e-3, 0.0), (1.4e-3, 0.3)])
+def test_mask_ratio_screening_prices_the_mask_bits(loss_without_mask, chosen):
+    """Each ratio fits `fraction` of the steps; the lowest recent loss plus lambda x the mask's
+    bits per pixel goes on. At lambda 0.016 a 30 % mask of 1,627 weights costs ~3.5e-4."""
+    from lotterycli.compression.encoder import mask_cost_bpp, screen_mask_ratios
+
+    lam = 0.016
+    assert mask_cost_bpp(1627, 0.0, 256 * 256) == 0.0
+    assert lam * mask_cost_bpp(1627, 0.3, 256 * 256) == pytest.approx(3.5e-4, rel=0.01)
+    losses = {0.3: 1.0e-3, 0.0: loss_without_mask}
+    started = []
+
+    def start(ratio):
+        started.append(_StubFit(ratio, losses[ratio]))
+        return started[-1]
+
+    best = screen_mask_ratios(start, (0.3, 0.0), 0.1, lam)
+    assert best.ratio == chosen
+    assert [f.ran for f in started] == [20, 20]
+
+
+def test_compression_screens_the_mask_ratio_and_the_file_says_which(monkeypatch):
+    """With candidates, the file's header and the result carry the chosen ratio; with none, the
+    config's ratio; either way the file decodes to the encoder's pixels."""
+    from dataclasses import replace
+
+    from lotterycli.bitstream.header import read_header
+    from lotterycli.compression import encoder
+    from lotterycli.compression.decoder import decode_bytes
+    from lotterycli.config import load_task_config
+
+    torch.set_num_threads(1)
+    cfg = load_task_config("compress", overrides={"steps": 20})
+    screened = []
+    real = encoder.screen_mask_ratios
+    monkeypatch.setattr(encoder, "screen_mask_ratios", lambda *a: screened.append(a[1]) or real(*a))
+    result = encoder.compress_image(scene(20, 24), cfg, device="cpu")
+    assert screened == [(0.3, 0.0)]
+    assert read_header(result.data).mask_ratio == result.mask_ratio in (0.3, 0.0)
+    assert torch.equal(decode_bytes(result.data), result.decoded)
+    fixed = replace(cfg, compression=replace(cfg.compression, mask_ratio_candidates=()))
+    result = encoder.compress_image(scene(20, 24), fixed, device="cpu")
+    assert len(screened) == 1 and result.mask_ratio == 0.3 and read_header(result.data).mask_ratio == 0.3

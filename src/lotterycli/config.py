@@ -48,6 +48,14 @@ class RestorationSettings:
 
 
 @dataclass(frozen=True)
+class CompressionSettings:
+    """Per-image choices of the compression encoder."""
+
+    mask_ratio_candidates: tuple[float, ...]  # other mask ratios screened beside mask_ratio (0: no mask)
+    screen_fraction: float  # ... each fitted for this fraction of the steps; the cheapest goes on
+
+
+@dataclass(frozen=True)
 class TaskConfig:
     task: str
     preset: str
@@ -57,6 +65,7 @@ class TaskConfig:
     schedule: Schedule
     architecture: Architecture
     restoration: RestorationSettings | None  # None for compression
+    compression: CompressionSettings | None  # None for restoration
 
     @property
     def steps(self) -> int:
@@ -142,7 +151,7 @@ def pair(item: Check) -> Check:
     return check
 
 
-def int_list(item: Check) -> Check:
+def list_of(item: Check) -> Check:
     def check(value: Any, key: str, source: str) -> tuple:
         if not isinstance(value, (list, tuple)):
             raise _fail(source, key, f"must be a list, got {value!r}")
@@ -210,7 +219,7 @@ SCHEDULE_CHECKS: dict[str, Check] = {
     "pixel_fraction": number(0, 1, lo_open=True),
     "arm_refit_steps": integer(0, 100_000),
     "arm_refit_lr": number(0, 1, lo_open=True),
-    "arm_scratch_widths": int_list(integer(1, MAX_ARM_HIDDEN)),
+    "arm_scratch_widths": list_of(integer(1, MAX_ARM_HIDDEN)),
     "arm_scratch_steps": integer(0, 100_000),
     "arm_scratch_lr": number(0, 1, lo_open=True),
     "arm_scratch_min_share": number(0, 1),
@@ -241,6 +250,10 @@ RESTORATION_CHECKS: dict[str, Check] = {
     "classical_blend": number(0, 1),
     "lambda_by_sigma": sigma_table,
     "lambda_reference_scale": optional(number(1, 16)),
+}
+COMPRESSION_CHECKS: dict[str, Check] = {
+    "mask_ratio_candidates": list_of(number(0, 0.99)),
+    "screen_fraction": number(0, 1, lo_open=True),
 }
 PRESET_KEYS = {"steps", "lambda", "mask_ratio", "ensemble", "candidates"}
 assert {f.name for f in fields(Schedule)} == set(SCHEDULE_CHECKS) | {"steps"}
@@ -306,7 +319,7 @@ def read_config_file(path: str | Path) -> dict:
 
 def _allowed_keys(task: str) -> set[str]:
     keys = {"task", "preset", "presets", "schedule", "architecture"} | set(COMMON_CHECKS)
-    return keys | set(RESTORATION_CHECKS) if task in RESTORATION_TASKS else keys
+    return keys | set(RESTORATION_CHECKS) if task in RESTORATION_TASKS else keys | set(COMPRESSION_CHECKS)
 
 
 def _check_shape(d: dict, task: str, source: str) -> None:
@@ -406,8 +419,17 @@ def load_task_config(
         if common["seed"] + max(r["ensemble"], r["candidates"]) - 1 > MAX_SEED:
             raise LotteryError(f"{sources.get('seed', base_source)}: 'seed' = {common['seed']} leaves no room for the "
                                f"members' seeds seed + k (at most {MAX_SEED} in all)")
+    compression = None
+    if task == "compress":
+        c = checked(COMPRESSION_CHECKS, top, lambda k: sources.get(k, base_source))
+        if sources.get("mask_ratio") == "option":  # --mask-ratio fixes the ratio: nothing else is screened
+            c["mask_ratio_candidates"] = ()
+        c["mask_ratio_candidates"] = tuple(r for r in dict.fromkeys(c["mask_ratio_candidates"])
+                                           if r != common["mask_ratio"])
+        compression = CompressionSettings(**c)
     return TaskConfig(task=task, preset=preset, lam=common["lambda"], mask_ratio=common["mask_ratio"],
-                      seed=common["seed"], schedule=schedule, architecture=arch, restoration=restoration)
+                      seed=common["seed"], schedule=schedule, architecture=arch, restoration=restoration,
+                      compression=compression)
 
 
 def with_changes(cfg: TaskConfig, **schedule_changes: Any) -> TaskConfig:

@@ -174,7 +174,7 @@ def compress_file(image: str | Path, output: str | Path | None, opts: CompressOp
         "input": str(image), "output": str(out), "width": w, "height": h, "bytes": result.n_bytes,
         "bpp": round(result.bpp, 5), "psnr": round(result.psnr, 3), "macs_per_pixel": round(result.macs_per_pixel, 1),
         "seconds": round(result.seconds, 2), "steps": result.steps, "lambda": cfg.lam, "preset": cfg.preset,
-        "mask_ratio": cfg.mask_ratio, "seed": cfg.seed, "threads": _threads(),
+        "mask_ratio": result.mask_ratio, "seed": cfg.seed, "threads": _threads(),
     }
 
 

@@ -29,7 +29,7 @@ class FitProgress:
         self._display = display
         self._progress: Progress | None = None
         self._task = None
-        self._refit_tasks: dict[str, object] = {}  # stage -> bar of each ARM refit, below the fit's
+        self._refit_tasks: dict[str, object] = {}  # stage -> bar of each ARM refit or screened fit
         self._member_tasks: list = []
         self._started = False
         self._lock = threading.Lock()  # members may add their bars from worker threads
@@ -95,9 +95,9 @@ class FitProgress:
     def __call__(self, info: StepInfo) -> None:
         if self._progress is None:
             return
-        if info.stage.startswith("arm refit"):  # each refit on its own bar, below the fit's
+        if info.stage.startswith(("arm refit", "screen")):  # each refit or screened fit on its own bar
             if info.stage not in self._refit_tasks:
-                label = "ARM refit" + info.stage[len("arm refit"):]
+                label = "ARM refit" + info.stage[len("arm refit"):] if info.stage.startswith("arm refit") else info.stage
                 self._refit_tasks[info.stage] = self._add_task(label, info.total)
             self._update(self._refit_tasks[info.stage], info)
             return

@@ -7,11 +7,14 @@ that `decompress` will produce (the encoder decodes its own output before return
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import torch
 
 from ..bitstream.container import encode_file
+from ..bitstream.header import RATIO_SCALE
+from ..bitstream.mask_coding import binary_entropy_bits, expected_ones
 from ..config import TaskConfig
 from ..fitting.checkpoint import Checkpoint
 from ..fitting.device import resolve_device
@@ -37,6 +40,7 @@ class CompressResult:
     macs_per_pixel: float
     seconds: float
     steps: int
+    mask_ratio: float  # the ratio of the file's mask (the screened choice, when several were screened)
     fit: FitResult | None = None
 
 
@@ -62,6 +66,36 @@ def quantized_payload(model: LotteryModel, distortion: Distortion, lam: float, s
     return model.to_payload(modules)
 
 
+def mask_cost_bpp(n_weights: int, mask_ratio: float, n_pixels: int) -> float:
+    """The mask's ideal code length at `mask_ratio`, in bits per pixel (`bitstream.mask_coding`)."""
+    return binary_entropy_bits(n_weights, expected_ones(n_weights, round(mask_ratio * RATIO_SCALE))) / n_pixels
+
+
+def screen_mask_ratios(start_fit: Callable[[float], Fitter], ratios: tuple[float, ...], fraction: float,
+                       lam: float) -> Fitter:
+    """Fit each mask ratio for `fraction` of the steps; the one with the lowest recent training
+    loss plus lambda times its mask's bits goes on (the first on a tie), the others stop.
+
+    Why: the mask costs ~180 bytes at ratio 0.3, whatever the image. On some images it buys more
+    than it costs, on others a file without a mask is cheaper for the same quality
+    (docs/design.md); a tenth of the steps ranks them as their full fits do on the images measured.
+    """
+    fitters, costs = [], []
+    for ratio in ratios:
+        fitter = start_fit(ratio)
+        until = max(1, round(fraction * fitter.total))
+        shown = fitter.progress
+        if shown is not None:  # its own bar, "screen: mask ratio R", ending at the screening step
+            fitter.progress = lambda info, r=ratio, n=until, show=shown: show(
+                replace(info, stage=f"screen: mask ratio {r:g}", total=n))
+        fitter.advance(until)
+        fitter.progress = shown
+        n = fitter.model.arch.n_synth_weights
+        costs.append(fitter.recent_loss() + lam * mask_cost_bpp(n, ratio, fitter.model.n_pixels))
+        fitters.append(fitter)
+    return fitters[min(range(len(ratios)), key=lambda i: (costs[i], i))]
+
+
 def compress_image(
     image: torch.Tensor,
     cfg: TaskConfig,
@@ -80,12 +114,26 @@ def compress_image(
     start = time.perf_counter()
     dev = resolve_device(device)
     _, height, width = image.shape
-    torch.manual_seed(cfg.seed)
-    model = LotteryModel(height, width, cfg.architecture, cfg.seed, cfg.mask_ratio).to(dev)
     schedule = cfg.schedule
-    fitter = Fitter(model, fit_distortion(image.to(dev), schedule.pixel_fraction), cfg.lam, schedule, progress,
-                    rate_thread=rate_thread_pays(dev, height * width),
-                    checkpoint=checkpoint.hook("fit") if checkpoint is not None else None)
+    target = image.to(dev)
+
+    def start_fit(mask_ratio: float) -> Fitter:
+        torch.manual_seed(cfg.seed)
+        model = LotteryModel(height, width, cfg.architecture, cfg.seed, mask_ratio).to(dev)
+        return Fitter(model, fit_distortion(target, schedule.pixel_fraction), cfg.lam, schedule, progress,
+                      rate_thread=rate_thread_pays(dev, height * width))
+
+    candidates = cfg.compression.mask_ratio_candidates if cfg.compression is not None else ()
+    if resume is not None and "mask ratio" in resume:  # screened before the run stopped
+        fitter = start_fit(float(resume["mask ratio"]))
+    elif candidates and not (resume is not None and "fit" in resume):
+        fitter = screen_mask_ratios(start_fit, (cfg.mask_ratio, *candidates), cfg.compression.screen_fraction, cfg.lam)
+    else:
+        fitter = start_fit(cfg.mask_ratio)
+    model = fitter.model
+    if checkpoint is not None:
+        fitter.checkpoint = checkpoint.hook("fit")
+        checkpoint.put("mask ratio", model.mask_ratio)
     if resume is not None and "fit" in resume:
         fitter.load_state_dict(resume["fit"])
     if checkpoint is not None and checkpoint.saving:
@@ -106,5 +154,6 @@ def compress_image(
         macs_per_pixel=macs_per_pixel(payload.architecture, int(payload.mask.sum()), height, width),
         seconds=time.perf_counter() - start,
         steps=fit_result.steps,
+        mask_ratio=model.mask_ratio,
         fit=fit_result,
     )
