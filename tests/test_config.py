@@ -663,8 +663,9 @@ def test_numbers_with_an_exponent_and_no_dot_are_numbers(tmp_path):
 
 
 def test_compress_screens_mask_ratios_unless_one_is_asked_for(tmp_path):
-    """`mask_ratio_candidates` are screened beside `mask_ratio`; --mask-ratio (an option) fixes the
-    ratio; a candidate equal to the ratio, or given twice, is screened once."""
+    """`mask_ratio_candidates` are screened beside `mask_ratio`; a ratio the user sets (--mask-ratio,
+    or in their file without candidates of their own) is kept; a candidate equal to the ratio, or
+    given twice, is screened once."""
     cfg = load_task_config("compress")
     assert cfg.compression.mask_ratio_candidates == (0.0,) and cfg.compression.screen_fraction == 0.1
     assert load_task_config("denoise").compression is None
@@ -673,6 +674,10 @@ def test_compress_screens_mask_ratios_unless_one_is_asked_for(tmp_path):
     assert load_task_config("compress", config_file=user).compression.mask_ratio_candidates == (0.5, 0.0)
     user = write(tmp_path, "mask_ratio_candidates: []\n")
     assert load_task_config("compress", config_file=user).compression.mask_ratio_candidates == ()
+    user = write(tmp_path, "mask_ratio: 0.4\n")  # the user's own ratio, no candidates of theirs: kept
+    assert load_task_config("compress", config_file=user).compression.mask_ratio_candidates == ()
+    user = write(tmp_path, "steps: 5\n")  # the shipped ratio and candidates
+    assert load_task_config("compress", config_file=user).compression.mask_ratio_candidates == (0.0,)
 
 
 @pytest.mark.parametrize(

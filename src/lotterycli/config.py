@@ -422,7 +422,8 @@ def load_task_config(
     compression = None
     if task == "compress":
         c = checked(COMPRESSION_CHECKS, top, lambda k: sources.get(k, base_source))
-        if sources.get("mask_ratio") == "option":  # --mask-ratio fixes the ratio: nothing else is screened
+        # a ratio the user asks for (--mask-ratio, or their file without candidates of its own) is kept as it is
+        if sources.get("mask_ratio", base_source) != base_source and sources.get("mask_ratio_candidates") == base_source:
             c["mask_ratio_candidates"] = ()
         c["mask_ratio_candidates"] = tuple(r for r in dict.fromkeys(c["mask_ratio_candidates"])
                                            if r != common["mask_ratio"])
