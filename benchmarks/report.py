@@ -56,9 +56,11 @@ def _setting_key(s: str) -> float:
 
 # --------------------------------------------------------------------------- markdown
 
-def render_markdown(d: dict, images: dict[str, str] | None = None, results_path: str | None = None) -> str:
+def render_markdown(d: dict, images: dict[str, str] | None = None, results_path: str | None = None,
+                    other_pages: dict[str, str] | None = None) -> str:
     """The benchmark page. `images` maps plot keys ("rd", "psnr_time", "grid:<task>") to links;
-    `results_path` is the JSON file named on the page (default benchmarks/results/<mode>.json)."""
+    `results_path` is the JSON file named on the page (default benchmarks/results/<mode>.json);
+    `other_pages` maps links to the other benchmark pages beside it to what they cover."""
     images = images or {}
     m = d["machine"]
     b = d.get("budget", {})
@@ -83,6 +85,7 @@ def render_markdown(d: dict, images: dict[str, str] | None = None, results_path:
            if len({p["machine"].get("git_commit") for p in d["parts"].values()
                    if isinstance(p, dict) and isinstance(p.get("machine"), dict)}) > 1 else ""),
         f"- Raw results: `{results_path or ('benchmarks/results/protocol.json' if mode == 'full' else 'benchmarks/results/quick.json')}` (schema in `benchmarks/schema.py`)",
+        *[f"- Also: [{link}]({link}): {what}" for link, what in sorted((other_pages or {}).items())],
         "",
     ]
     if b.get("breakdown"):
@@ -447,6 +450,18 @@ def _rel(target: Path, start: Path) -> str:
     return Path(os.path.relpath(target, start)).as_posix()
 
 
+def _other_pages(docs_path: Path) -> dict[str, str]:
+    """The other benchmark pages in the same folder (benchmarks*.md), each with the images its
+    compression section names: one page per image set."""
+    pages = {}
+    for page in sorted(docs_path.parent.glob("benchmarks*.md")):
+        if page.resolve() == docs_path.resolve():
+            continue
+        line = next((x for x in page.read_text().splitlines() if x.startswith("Images: ")), None)
+        pages[page.name] = line.split(". ")[0].removeprefix("Images: ") if line else "benchmark results"
+    return pages
+
+
 def render_docs(d: dict, docs_path: Path, img_dir: Path, *, plots: bool = True, results_path: Path | None = None) -> list[Path]:
     """Draw the plots (if matplotlib is available) and write the markdown page; returns written paths."""
     docs_path, img_dir = Path(docs_path), Path(img_dir)
@@ -492,7 +507,7 @@ def render_docs(d: dict, docs_path: Path, img_dir: Path, *, plots: bool = True, 
             shown = rp.relative_to(REPO_ROOT).as_posix()
         except ValueError:
             shown = str(rp)
-    text = render_markdown(d, images, shown)
+    text = render_markdown(d, images, shown, _other_pages(docs_path))
     if note:
         text += f"\n*{note}*\n"
     tmp = docs_path.with_suffix(docs_path.suffix + ".tmp")
