@@ -211,6 +211,18 @@ def test_info(work):
     assert json.loads(out) == js
 
 
+def test_a_file_without_a_mask_says_so(work, tmp_path):
+    """--mask-ratio 0: the JSON line, the header and `info` say there is no mask; it costs one byte."""
+    out = tmp_path / "nomask.lottery"
+    res = run("compress", work["src"], "-o", out, "--mask-ratio", "0", "--json", *FIT)
+    assert res.returncode == 0, res.stderr
+    assert res.json["mask_ratio"] == 0.0
+    info = run("info", out)
+    assert "no mask, every random weight kept" in info.stdout
+    js = run("info", out, "--json").json
+    assert js["mask_ratio"] == 0.0 and js["sizes"]["mask"] == 1
+
+
 def test_info_on_a_file_that_is_not_a_lottery_file_names_it(work, tmp_path):
     empty = tmp_path / "empty.lottery"
     empty.write_bytes(b"")

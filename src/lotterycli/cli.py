@@ -218,7 +218,8 @@ def info(
     table.add_row("image", f"{d['width']} x {d['height']} pixels, RGB: {content}")
     table.add_row("format", f".lottery version {d['format_version']}")
     table.add_row("seed", str(d["seed"]))
-    table.add_row("mask ratio", f"{d['mask_ratio']:.2%} of the random weights removed")
+    table.add_row("mask ratio", f"{d['mask_ratio']:.2%} of the random weights removed" if d["mask_ratio"] > 0
+                  else "0: no mask, every random weight kept")
     preset = f"preset {d['architecture_preset']}: " if d["architecture_preset"] else ""
     bands = f", bands of {a['arm_band_rows']} rows" if a["arm_band_rows"] else ""
     table.add_row("architecture", f"{preset}{a['n_levels']} latent grids (gain {a['latent_gain']:g}), "
