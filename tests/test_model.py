@@ -761,3 +761,20 @@ def test_compression_screens_the_mask_ratio_and_the_file_says_which(monkeypatch)
     fixed = replace(cfg, compression=replace(cfg.compression, mask_ratio_candidates=()))
     result = encoder.compress_image(scene(20, 24), fixed, device="cpu")
     assert len(screened) == 1 and result.mask_ratio == 0.3 and read_header(result.data).mask_ratio == 0.3
+
+
+def test_mask_ratio_screening_bars_end_full():
+    """Each screened ratio's progress ends at its screening step (the fit reports every 10 steps,
+    the screening step of a 150-step fit is 15), so its bar on the display ends full."""
+    from lotterycli.compression import encoder
+    from lotterycli.config import load_task_config
+
+    torch.set_num_threads(1)
+    cfg = load_task_config("compress", overrides={"steps": 150})
+    seen: dict[str, list] = {}
+    encoder.compress_image(scene(16, 16), cfg, device="cpu",
+                           progress=lambda info: seen.setdefault(info.stage, []).append(info))
+    screens = {stage: infos for stage, infos in seen.items() if stage.startswith("screen")}
+    assert set(screens) == {"screen: mask ratio 0.3", "screen: mask ratio 0"}
+    for infos in screens.values():
+        assert [(i.step, i.total) for i in infos] == [(1, 15), (11, 15), (15, 15)]

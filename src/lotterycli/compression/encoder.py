@@ -88,6 +88,9 @@ def screen_mask_ratios(start_fit: Callable[[float], Fitter], ratios: tuple[float
             fitter.progress = lambda info, r=ratio, n=until, show=shown: show(
                 replace(info, stage=f"screen: mask ratio {r:g}", total=n))
         fitter.advance(until)
+        if shown is not None and fitter.history and fitter.history[-1].step < until:
+            # the bar ends full: the fit reports every few steps, the screening step may fall between
+            fitter.progress(replace(fitter.history[-1], step=until, elapsed=fitter.seconds))
         fitter.progress = shown
         n = fitter.model.arch.n_synth_weights
         costs.append(fitter.recent_loss() + lam * mask_cost_bpp(n, ratio, fitter.model.n_pixels))
