@@ -2,6 +2,7 @@
 
     python -m benchmarks.profile_step [--size 256] [--threads 1] [--observed 0.5] [--config inpaint]
                                       [--pixel-fraction 0.5]
+    python -m benchmarks.profile_step --members 1,2,4,8 [--threads 2] [--size 256]
 
 Times forward + backward of each part of the model on random latents (quantization proxies,
 upsampling, ARM rate, ModNet, synthesis of all pixels and of the observed fraction), then the
@@ -57,6 +58,40 @@ def _median_ms(fn, repeats: int = 20) -> float:
     return 1000 * statistics.median(times)
 
 
+def batched_synthesis_ms(arch, size: int, members: int) -> float:
+    """Median ms per member of the synthesis forward + backward of `members` fits as one batched
+    product (their masked random weights stacked, one `bmm` per layer for all of them).
+
+    Why: a batched fit (many members per kernel) pays where a step is launch-bound, on a GPU; on
+    a CPU it pays only if a batched product costs no more per member than a single one. Every
+    member count runs the same batched code, so the ratios compare like with like.
+    """
+    import torch
+    from torch.nn import functional as F
+
+    from lotterycli.model.synthesis import random_weights
+
+    n = size * size
+    gen = torch.Generator().manual_seed(0)
+    stacked = [torch.stack(ws) for ws in zip(*(random_weights(arch, seed) for seed in range(members)))]
+    w1, w2, w3, w4 = (w.requires_grad_() for w in stacked)
+    coords = torch.rand(2, n, generator=gen) * 2 - 1
+    m1, m2, m3 = arch.modulation_channels  # the three layers see [h, M_k], M_k the first m_k rows
+    mods = torch.rand(members, m3, n, generator=gen)
+    h1, h2, h3 = arch.synth_hidden
+
+    def run() -> None:
+        m = mods.clone().requires_grad_()
+        h = F.gelu(torch.matmul(w1, coords))
+        h = F.gelu(torch.bmm(w2, torch.cat([h, m[:, :m1]], 1)))
+        h = F.gelu(torch.bmm(w3, torch.cat([h, m[:, :m2]], 1)))
+        v = torch.bmm(w4, torch.cat([h, m], 1))
+        ((torch.tanh(v) + 1) * 0.5).sum().backward()
+
+    assert w2.shape[-1] == h1 + m1 and w3.shape[-1] == h2 + m2 and w4.shape[-1] == h3 + m3
+    return _median_ms(run, repeats=10) / members
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", type=int, default=256)
@@ -66,7 +101,23 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=60, help="steps timed per step-rate measurement")
     p.add_argument("--pixel-fraction", type=float, default=0.5,
                    help="last line: a loss over every pixel, this fraction drawn afresh each step")
+    p.add_argument("--members", default="",
+                   help="only this: the synthesis of B members batched, ms per member, for each B given (1,2,4,8)")
     args = p.parse_args()
+    if args.members:
+        import torch
+
+        from lotterycli.config import load_task_config
+
+        torch.set_num_threads(args.threads)
+        arch = load_task_config(args.config).architecture
+        counts = [int(b) for b in args.members.split(",")]
+        per_member = {b: batched_synthesis_ms(arch, args.size, b) for b in counts}
+        print(f"{args.size}x{args.size}, {args.threads} thread(s): synthesis forward + backward of B members as one "
+              "batched product, ms per member (x the first count's):")
+        for b, ms in per_member.items():
+            print(f"  B = {b:3d}  {ms:7.2f}  x{ms / per_member[counts[0]]:.2f}")
+        return
 
     import torch
 

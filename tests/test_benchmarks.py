@@ -450,6 +450,12 @@ def test_profile_step_reports_each_part_and_the_step_rates():
     assert measure_step_rate(16, 24, steps=2) > 0
 
 
+def test_profile_step_times_batched_members_per_member():
+    out = _run_module("profile_step", "--size", "16", "--members", "1,3")
+    rows = [line.split() for line in out.splitlines() if line.strip().startswith("B =")]
+    assert [r[2] for r in rows] == ["1", "3"] and rows[0][-1] == "x1.00" and float(rows[1][3]) > 0
+
+
 def test_engine_probe_reports_a_step_of_this_checkout():
     """benchmarks.engine's probe on this tree at a tiny size: rate, dispatched operations, FLOPs."""
     from benchmarks import engine

@@ -235,11 +235,11 @@ def test_latent_lr_scale_moves_only_the_latents_learning_rate():
         assert torch.equal(a, b)  # scale 1 is the plain schedule, bit for bit
 
 
-def _step_gradients(rate_thread, distortion_of, mode_steps, average_fraction=0.0, network_rate=0.0):
+def _step_gradients(rate_thread, distortion_of, mode_steps, average_fraction=0.0):
     """Gradients of every parameter after the last of `mode_steps` steps (the fit's stages)."""
     model, target = _model_and_target(7)
     sched = schedule(steps=mode_steps[1], hard_fraction=1 - mode_steps[0] / mode_steps[1],
-                     pixel_fraction=0.5, average_fraction=average_fraction, network_rate=network_rate)
+                     pixel_fraction=0.5, average_fraction=average_fraction)
     fitter = Fitter(model, distortion_of(target), 2e-3, sched, rate_thread=rate_thread)
     fitter.advance()
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, fitter
@@ -247,45 +247,24 @@ def _step_gradients(rate_thread, distortion_of, mode_steps, average_fraction=0.0
 
 def test_rate_thread_step_has_the_plain_steps_gradients():
     """rate_thread: the rate's forward and backward on a second thread give every parameter the
-    gradient of the plain step (soft and hard stages, whole and partial renders, averaged steps,
-    networks priced or not), and the fit leaves torch's thread count as it was."""
+    gradient of the plain step (soft and hard stages, whole and partial renders, averaged steps),
+    and the fit leaves torch's thread count as it was."""
     cases = [
-        (lambda t: squared_error(t), (3, 3), 0.0, 0.0),  # soft stage, plain distortion
-        (lambda t: squared_error(t), (2, 4), 0.0, 0.0),  # hard steps, plain distortion
-        (lambda t: squared_error(t), (2, 4), 0.0, 1.0),  # ... with the networks' bits priced
-        (lambda t: PixelMSE(torch.arange(480), t.reshape(3, -1), 480), (3, 3), 0.0, 0.0),  # random half
-        (lambda t: PixelMSE(torch.arange(480), t.reshape(3, -1), 480), (2, 4), 0.0, 0.5),  # hard, priced
-        (lambda t: PixelMSE(torch.arange(0, 480, 3), t.reshape(3, -1)[:, ::3], 480), (2, 4), 0.5, 0.0),
+        (lambda t: squared_error(t), (3, 3), 0.0),  # soft stage, plain distortion
+        (lambda t: squared_error(t), (2, 4), 0.0),  # hard steps, plain distortion
+        (lambda t: PixelMSE(torch.arange(480), t.reshape(3, -1), 480), (3, 3), 0.0),  # random half
+        (lambda t: PixelMSE(torch.arange(480), t.reshape(3, -1), 480), (2, 4), 0.0),  # random half, hard steps
+        (lambda t: PixelMSE(torch.arange(0, 480, 3), t.reshape(3, -1)[:, ::3], 480), (2, 4), 0.5),
     ]
     threads = torch.get_num_threads()
-    for distortion_of, stages, average, network_rate in cases:
-        plain, _ = _step_gradients(False, distortion_of, stages, average, network_rate)
-        split, fitter = _step_gradients(True, distortion_of, stages, average, network_rate)
+    for distortion_of, stages, average in cases:
+        plain, _ = _step_gradients(False, distortion_of, stages, average)
+        split, fitter = _step_gradients(True, distortion_of, stages, average)
         assert plain.keys() == split.keys() and {"latents.grids.0", "arm.fc1.weight", "synthesis.scores"} <= plain.keys()
         for name in plain:
             assert torch.equal(split[name], plain[name]), name  # same sums, same order
         assert torch.get_num_threads() == threads
     assert fitter.n_averaged == 2  # the averaged renders are taken on split steps too (the last case)
-
-
-def test_priced_networks_fit_to_fewer_estimated_bits_and_leave_the_step_otherwise_alone():
-    """schedule.network_rate: the networks' estimated parameter bits join the rate, so a fit that
-    prices them ends with cheaper ARM and ModNet estimates; the latents' bits reported and the
-    distortion are still the image's alone."""
-    def fitted(network_rate):
-        model, target = _model_and_target(11)
-        result = fit(model, squared_error(target), 5e-2, schedule(steps=20, hard_fraction=0.0, network_rate=network_rate),
-                     progress=lambda info: None)
-        with torch.no_grad():
-            return (float(model.arm.parameter_bits()), float(model.modnet.parameter_bits()),
-                    float(model.upsampling.parameter_bits()), result)
-    with torch.no_grad():  # the kernel starts at bicubic: free
-        assert float(LotteryModel(8, 8, arch(), seed=0, mask_ratio=0.3).upsampling.parameter_bits()) == 0.0
-    arm0, mod0, up0, r0 = fitted(0.0)
-    arm1, mod1, up1, r1 = fitted(1.0)
-    assert arm1 < 0.8 * arm0 and mod1 < mod0 and up1 < up0
-    last = r1.history[-1]
-    assert last.loss == pytest.approx(last.distortion + 5e-2 * last.bpp, rel=1e-5)  # no network term in the report
 
 
 def test_rate_thread_fit_is_repeatable_and_reports_an_error_of_either_branch(monkeypatch):

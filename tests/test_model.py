@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -625,8 +624,6 @@ def test_compress_refits_the_arm_for_at_most_the_fit_steps(monkeypatch):
     torch.set_num_threads(1)
     cfg = load_task_config("compress", overrides={"steps": 8})
     assert cfg.schedule.arm_scratch_widths == (8, 4)
-    # whatever share of its cost the ARM's parameters are (their own test gates on it)
-    cfg = replace(cfg, schedule=replace(cfg.schedule, arm_scratch_min_share=0.0))
     result = encoder.compress_image(scene(20, 24), cfg, device="cpu")
     # the refit, then the 8- and 4-wide ARMs from scratch: all capped at the fit's 8 steps
     assert calls == [(8, cfg.schedule.arm_refit_lr), (8, cfg.schedule.arm_scratch_lr), (8, cfg.schedule.arm_scratch_lr)]

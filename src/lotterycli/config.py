@@ -223,7 +223,6 @@ SCHEDULE_CHECKS: dict[str, Check] = {
     "arm_scratch_steps": integer(0, 100_000),
     "arm_scratch_lr": number(0, 1, lo_open=True),
     "arm_scratch_min_share": number(0, 1),
-    "network_rate": number(0, 10),
 }
 ARCHITECTURE_CHECKS: dict[str, Check] = {
     "n_levels": integer(1, 8),

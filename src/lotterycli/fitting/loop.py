@@ -249,24 +249,8 @@ class Fitter:
             loss = self._step_loss()
             image, bits, seen = loss.render(self.model, mode, temperature, noise_a, whole)
             d = loss(seen)
-        rate = bits
-        if self.schedule.network_rate > 0:
-            rate = rate + self._network_bits("arm") + self._network_bits("render")
-        (d + self.lam * (rate / self.model.n_pixels)).backward()
+        (d + self.lam * (bits / self.model.n_pixels)).backward()
         return image.detach(), bits.detach(), d.detach()
-
-    def _network_bits(self, part: str) -> torch.Tensor:
-        """`schedule.network_rate` x the estimated parameter bits of the model's ARM (`part`
-        "arm") or of the networks of the render, upsampling and ModNet ("render"): their
-        `parameter_bits`. Two parts because the split step prices each in its own branch. Why: the file stores these networks, and at low rates they cost as much as
-        the latents; priced like the latents' bits, weights that do not pay for themselves go to
-        zero, where the parameter coder stores them in a fraction of a bit."""
-        model = self.model
-        if part == "arm":
-            bits = model.arm.parameter_bits()
-        else:
-            bits = model.upsampling.parameter_bits() + model.modnet.parameter_bits()
-        return self.schedule.network_rate * bits
 
     def _split_step(self, pool: ThreadPoolExecutor, mode: str, temperature: float, noise_a: float,
                     whole: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -283,8 +267,7 @@ class Fitter:
 
         def rate_branch() -> torch.Tensor:
             bits = model.arm.rate_bits(rate_leaves, model.arch.arm_band_rows)
-            priced = bits + self._network_bits("arm") if self.schedule.network_rate > 0 else bits
-            (priced * weight).backward()
+            (bits * weight).backward()
             return bits.detach()
 
         future = pool.submit(rate_branch)
@@ -296,10 +279,7 @@ class Fitter:
                 loss = self._step_loss()
                 image = model.render_from(synth_leaves, loss.pixels_to_render(whole))
                 d = loss(loss.seen(image, whole))
-            objective = d  # the ARM's parameter bits, when priced, are in the rate branch's
-            if self.schedule.network_rate > 0:
-                objective = d + self._network_bits("render") * weight
-            objective.backward()
+            d.backward()
         finally:
             bits = future.result()  # waits for the rate branch (and raises its error) either way
         leaves = rate_leaves + synth_leaves

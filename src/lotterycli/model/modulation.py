@@ -50,14 +50,6 @@ class ModNet(nn.Module):
         u3 = gelu(conv3x3_unfolded(u2, self.u3.weight, self.u3.bias, height, width) + u2)
         return torch.cat([u3, u2]), u1, u0
 
-    def parameter_bits(self) -> torch.Tensor:
-        """A smooth estimate of the bits the quantized parameters will cost in the file: log2(1 +
-        |w| / s) per parameter with s = 2**-4, about the step the quantizer picks for most of the
-        ModNet's tensors (as `Arm.parameter_bits`). Priced in the fitting loss
-        (`schedule.network_rate`), its gradient pulls weights that do not pay for themselves to zero.
-        """
-        return sum(torch.log2(1.0 + p.abs() * 16.0).sum() for p in self.parameters())
-
 
 
 def modnet_exact_pointwise(params: dict[str, torch.Tensor], features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

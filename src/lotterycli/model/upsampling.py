@@ -188,15 +188,6 @@ class Upsampling(nn.Module):
 
         return _upsample_levels(grids, self.kernel, up_fn=up)
 
-    def parameter_bits(self) -> torch.Tensor:
-        """A smooth estimate of the kernel's bits in the file, which codes it as its difference
-        from bicubic (`bitstream.param_coding`): log2(1 + |k - bicubic| / s) per tap with s = 2**-6,
-        about the step the quantizer picks. Priced in the fitting loss (`schedule.network_rate`), it
-        keeps taps that do not pay for themselves at bicubic."""
-        size = self.kernel.shape[-1]
-        k1 = bicubic_kernel_1d(size).to(self.kernel)
-        return torch.log2(1.0 + (self.kernel - torch.outer(k1, k1)).abs() * 64.0).sum()
-
 
 def upsampling_exact(grids: list[torch.Tensor], kernel: torch.Tensor) -> torch.Tensor:
     """Fixed-point version for the decoder: integer grids, dyadic kernel, rounding each level."""
