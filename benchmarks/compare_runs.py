@@ -4,7 +4,8 @@
 
 For each (image, lambda) that both runs have: bytes, PSNR and the cost J = MSE + lambda * bpp of
 each (the fitting objective, on the real file and decoded pixels), then the change of J from OLD
-to NEW, its mean per lambda, and the BD-rate of each run's lottery curve against NEW's codec
+to NEW, its mean per lambda, NEW's bits at equal PSNR against OLD's per image (the BD-rate of
+NEW's curve against OLD's), and the BD-rate of each run's lottery curve against NEW's codec
 anchors (JPEG, WebP, AVIF) over the images both runs cover.
 """
 
@@ -16,6 +17,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from .bdrate import bd_rate
 from .runner import _bd_table, _curves
 
 
@@ -56,6 +58,16 @@ def main() -> None:
               f"(min {100 * min(changes):+.2f}, max {100 * max(changes):+.2f})")
     lams = sorted(by_lam)
     images = sorted({img for img, _ in common if all((img, lam) in old and (img, lam) in new for lam in lams)})
+    per_image = {}
+    for img in images:
+        a = sorted((old[(img, lam)] for lam in lams), key=lambda q: q["bpp"])
+        b = sorted((new[(img, lam)] for lam in lams), key=lambda q: q["bpp"])
+        per_image[img] = bd_rate([q["bpp"] for q in a], [q["psnr"] for q in a],
+                                 [q["bpp"] for q in b], [q["psnr"] for q in b])
+    known = [v for v in per_image.values() if v is not None]
+    print("bits at equal PSNR, new vs old, per image: "
+          + ", ".join(f"{img} {'-' if v is None else f'{v:+.1f} %'}" for img, v in per_image.items())
+          + (f"; mean {sum(known) / len(known):+.1f} %" if known else ""))
     base = [q for q in anchors if q["image"] in images]
     for label, run in (("old", old), ("new", new)):
         pts = base + [q for (img, lam), q in run.items() if img in images and lam in lams]

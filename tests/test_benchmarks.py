@@ -400,6 +400,8 @@ def test_compare_runs_reports_cost_changes_and_bd_rates(tmp_path):
     assert all(float(line.split("change ")[1].split(" %")[0]) > 0 for line in means)
     bd = {line.split(":")[0]: float(line.split("webp ")[1].split(" %")[0]) for line in lines if "BD-rate" in line}
     assert bd["new"] == pytest.approx(100 * (1.02 * (1 + bd["old"] / 100) - 1), abs=0.2)  # 2 % more bits throughout
+    (paired,) = [line for line in lines if line.startswith("bits at equal PSNR")]
+    assert float(paired.split("kodim01 ")[1].split(" %")[0]) == pytest.approx(2.0, abs=0.1)
 
 
 def test_tune_assignments_and_report():
