@@ -92,6 +92,17 @@ def batched_synthesis_ms(arch, size: int, members: int) -> float:
     return _median_ms(run, repeats=10) / members
 
 
+def _member_counts(text: str) -> list[int]:
+    """--members: positive integers, comma separated."""
+    try:
+        counts = [int(b) for b in text.split(",")]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, got {text!r}")
+    return counts
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", type=int, default=256)
@@ -101,7 +112,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=60, help="steps timed per step-rate measurement")
     p.add_argument("--pixel-fraction", type=float, default=0.5,
                    help="last line: a loss over every pixel, this fraction drawn afresh each step")
-    p.add_argument("--members", default="",
+    p.add_argument("--members", default=None, type=_member_counts,
                    help="only this: the synthesis of B members batched, ms per member, for each B given (1,2,4,8)")
     args = p.parse_args()
     if args.members:
@@ -111,7 +122,7 @@ def main() -> None:
 
         torch.set_num_threads(args.threads)
         arch = load_task_config(args.config).architecture
-        counts = [int(b) for b in args.members.split(",")]
+        counts = args.members
         per_member = {b: batched_synthesis_ms(arch, args.size, b) for b in counts}
         print(f"{args.size}x{args.size}, {args.threads} thread(s): synthesis forward + backward of B members as one "
               "batched product, ms per member (x the first count's):")
