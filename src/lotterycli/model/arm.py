@@ -35,6 +35,7 @@ from torch import nn
 from ..errors import LotteryError
 from . import fixedpoint
 from .architecture import ARM_CONTEXT_SIZE, MAX_ARM_HIDDEN
+from .overlap_add import overlap_add
 from .payload import QuantizedModule
 
 CONTEXT_OFFSETS: tuple[tuple[int, int], ...] = (
@@ -58,7 +59,8 @@ PARAM_NAMES = ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "fc3.weight",
 # Kernel geometry of the fused convolution: rows dy in [-4, 0] -> kernel row dy + 4,
 # columns dx in [-4, 4] -> kernel column dx + 4. Input is padded 4 rows on top, 4 columns each side.
 _KH, _KW = 5, 9
-_TAP_INDEX = torch.tensor([(dy + 4) * _KW + (dx + 4) for dy, dx in CONTEXT_OFFSETS], dtype=torch.long)
+_TAP_POSITIONS = tuple((dy + 4) * _KW + (dx + 4) for dy, dx in CONTEXT_OFFSETS)
+_TAP_INDEX = torch.tensor(_TAP_POSITIONS, dtype=torch.long)
 _LN2 = math.log(2.0)
 
 
@@ -167,7 +169,7 @@ class _CausalConv(torch.autograd.Function):
 
     Forward is one conv2d (1 -> 24 channels, 5x9 kernel with 24 nonzero taps). The backward is
     hand-written because oneDNN's input gradient of a 1-channel convolution is ~5x slower than
-    the forward: grad_input = 24 shifted adds of (W^T @ grad), grad_weight = one conv2d that
+    the forward: grad_input = the 24 shifted planes of (W^T @ grad) added up (`overlap_add`), grad_weight = one conv2d that
     correlates the input with the output gradient on a CPU, a small matrix product elsewhere
     (`_weight_grad`).
     """
@@ -188,11 +190,8 @@ class _CausalConv(torch.autograd.Function):
         grad = grad.contiguous()
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:
-            g_taps = (w1res.t() @ grad).reshape(CONTEXT_SIZE, h, w)
-            gx = xpad.new_zeros(hp, wp)
-            for k, (dy, dx) in enumerate(CONTEXT_OFFSETS):
-                # .add_ on the view: `gx[...] += t` would also copy the sum back onto itself
-                gx[4 + dy: 4 + dy + h, 4 + dx: 4 + dx + w].add_(g_taps[k])
+            g_taps = (w1res.t() @ grad).reshape(CONTEXT_SIZE, 1, h, w)
+            gx = overlap_add(g_taps, _KH, _KW, _TAP_POSITIONS)[0]
         if ctx.needs_input_grad[1]:
             gw = _weight_grad(xpad, grad, h, w)
         if ctx.needs_input_grad[2]:
@@ -256,21 +255,24 @@ class Arm(nn.Module):
         """Total bits of all grids under the model (scalar, differentiable).
 
         Each grid's values serve both as the context and as the coded symbols. Grids are
-        processed one by one with one fused convolution each; equal-sized grids never occur,
+        processed one by one with one fused convolution each, their symbols' costs in one pass; equal-sized grids never occur,
         and measured packing of the small grids did not pay off on CPU. With `band_rows` B > 0
         each grid is cut into bands of B rows whose contexts see zeros above them, exactly as
         the coder codes them (`entropy`, format v3).
         """
         w1res = self._w1res()
-        total = None
+        values, mus, log_scales = [], [], []
         for g in _bands(latents, band_rows):
             h, w = g.shape
             mu, ls = self._maps(_pad(g), w1res, h, w)
-            bits = laplace_bits(g, mu, ls).sum()
-            total = bits if total is None else total + bits
-        if total is None:
+            values.append(g.reshape(-1))
+            mus.append(mu.reshape(-1))
+            log_scales.append(ls.reshape(-1))
+        if not values:
             return self.fc3.bias.sum() * 0.0
-        return total
+        # one elementwise pass over every grid's symbols: ~30 operations forward and ~40 backward,
+        # once instead of once per grid
+        return laplace_bits(torch.cat(values), torch.cat(mus), torch.cat(log_scales)).sum()
 
     @staticmethod
     def fixed_contexts(latents: list[torch.Tensor], band_rows: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

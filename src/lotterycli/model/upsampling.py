@@ -14,6 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from . import fixedpoint
+from .overlap_add import overlap_add
 
 
 def bicubic_kernel_1d(size: int, a: float = -0.75) -> torch.Tensor:
@@ -119,7 +120,7 @@ class _PolyphaseX2(torch.autograd.Function):
     Why: oneDNN's backward of a one-channel convolution was several times slower than its forward on
     a 2-core AVX2 EPYC (the upsampling part of a 256x256 step: 43 -> 17 ms on one thread with this
     backward). The input gradient is one small matmul (taps x phases)
-    plus T*T shifted adds; the weight gradient is one correlation of the input with the output
+    whose T*T shifted planes are added up (`overlap_add`); the weight gradient is one correlation of the input with the output
     gradient, the case oneDNN handles well (as in the ARM). Same sums as conv_transpose2d.
     """
 
@@ -145,11 +146,7 @@ class _PolyphaseX2(torch.autograd.Function):
             # One (T*T, 4) x (4, N*h*w) product, phases first so that each tap's rows are one
             # contiguous (N, h, w) block (a batched matmul here was computed transposed and copied).
             per_tap = (w.t() @ gy.transpose(0, 1).reshape(4, -1)).view(taps * taps, n, h, wd)
-            gxp = xp.new_zeros(n, hp, wp)
-            for j in range(taps):
-                for k in range(taps):
-                    # .add_ on the view: `view[...] += t` would also copy the sum back onto itself
-                    gxp[:, j : j + h, k : k + wd].add_(per_tap[j * taps + k])
+            gxp = overlap_add(per_tap, taps, taps)
             gx = gxp[:, before : before + h, before : before + wd]
         if ctx.needs_input_grad[1]:
             if xp.device.type == "cpu":
