@@ -71,18 +71,20 @@ class LatentGrids(nn.Module):
         mode "soft": soft-round + noise (rate), soft-round again (synthesis);
         mode "hard": round with straight-through gradients (both).
         """
-        rate_in, synth_in = [], []
-        for y in self.scaled():
-            if mode == "hard":
-                q = y + (torch.round(y) - y).detach()
-                rate_in.append(q)
-                synth_in.append(q)
-            else:
-                noise = kumaraswamy_noise(y.shape, noise_a, generator=self._noise_generator(y.device), device=y.device)
-                noisy = soft_round(y, temperature) + noise
-                rate_in.append(noisy)
-                synth_in.append(soft_round(noisy, temperature))
-        return rate_in, synth_in
+        # every grid in one flat tensor: each operation below runs once per step, not once per
+        # grid (the same values: all are elementwise, and one draw of the noise generator for
+        # the whole tensor gives the numbers the per-grid draws gave, in the same order)
+        y = torch.cat([g.reshape(-1) for g in self.grids]) * self.gain
+        if mode == "hard":
+            q = self._split(y + (torch.round(y) - y).detach())
+            return q, list(q)
+        noise = kumaraswamy_noise(y.shape, noise_a, generator=self._noise_generator(y.device), device=y.device)
+        noisy = soft_round(y, temperature) + noise
+        return self._split(noisy), self._split(soft_round(noisy, temperature))
+
+    def _split(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """A flat tensor of every grid's values (level 0 first) -> views shaped as the grids."""
+        return [v.view(h, w) for v, (h, w) in zip(flat.split([h * w for h, w in self.shapes]), self.shapes)]
 
     def set_from_integers(self, values: list[torch.Tensor]) -> None:
         with torch.no_grad():
