@@ -16,17 +16,49 @@ from . import fixedpoint
 from .architecture import Architecture
 
 
-def conv3x3_unfolded(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """3x3 'same' convolution of a (C, H*W) map as one matmul over its nine shifted copies.
+class _Conv3x3(torch.autograd.Function):
+    """3x3 'same' convolution of a (C, H*W) map: nine shifted copies and one matmul forward, one
+    small convolution for the input gradient.
 
-    Why: with 3 channels the work is tiny (81 MACs per pixel) and oneDNN's convolution backward
-    cost ~8 ms per call at 256x256 on one core; the stacked shifts and a (C, 9C) matmul cost about
-    half as much, forward and backward together. Same sums as F.conv2d.
+    Why: with 3 channels the work is tiny (81 MACs per pixel). oneDNN's convolution backward cost
+    ~8 ms per call at 256x256 on one core, so the forward multiplies the stacked shifts. Their
+    autograd backward was the next cost: a (27, 3) x (3, H*W) product, memory-bound at that
+    shape, then nine shifted copies summed. The input gradient is itself a 3x3 convolution (of
+    the output gradient with the transposed, flipped kernel), which oneDNN's forward does well:
+    a 256x256 layer's forward and backward together 6.4 -> 3.8 ms on one thread, 5.3 -> 2.5 ms
+    on two. The weight gradient multiplies the saved shifts. Same sums as F.conv2d up to float
+    order (tests/test_model.py).
     """
-    c = x.shape[0]
-    padded = F.pad(x.view(c, height, width), (1, 1, 1, 1))
-    shifts = torch.stack([padded[:, i : i + height, j : j + width] for i in range(3) for j in range(3)], 1)
-    return torch.addmm(bias[:, None], weight.reshape(weight.shape[0], -1), shifts.view(9 * c, -1))
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, height: int, width: int):
+        c = x.shape[0]
+        padded = F.pad(x.view(c, height, width), (1, 1, 1, 1))
+        shifts = torch.stack([padded[:, i : i + height, j : j + width] for i in range(3) for j in range(3)], 1)
+        shifts = shifts.view(9 * c, -1)
+        ctx.save_for_backward(shifts, weight)
+        ctx.size = (height, width)
+        return torch.addmm(bias[:, None], weight.reshape(weight.shape[0], -1), shifts)
+
+    @staticmethod
+    def backward(ctx, grad):
+        shifts, weight = ctx.saved_tensors
+        height, width = ctx.size
+        grad = grad.contiguous()
+        gx = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            flipped = weight.transpose(0, 1).flip(2, 3)
+            gx = F.conv2d(grad.view(1, -1, height, width), flipped, padding=1).view(weight.shape[1], -1)
+        if ctx.needs_input_grad[1]:
+            gw = (grad @ shifts.t()).view_as(weight)
+        if ctx.needs_input_grad[2]:
+            gb = grad.sum(1)
+        return gx, gw, gb, None, None
+
+
+def conv3x3_unfolded(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """3x3 'same' convolution of a (C, H*W) map -> (C_out, H*W), for fitting (`_Conv3x3`)."""
+    return _Conv3x3.apply(x, weight, bias, height, width)
 
 
 class ModNet(nn.Module):
