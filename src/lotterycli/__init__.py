@@ -12,3 +12,8 @@ __version__ = "0.2.0"
 # before torch loads its OpenMP runtime; an explicit OMP_WAIT_POLICY is left as it is.
 if "torch" not in _sys.modules and "GOMP_SPINCOUNT" not in _os.environ:
     _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+# Freed tensors stay in the C heap for the next step instead of going back to the OS (`heap`).
+from .heap import keep_freed_memory as _keep_freed_memory  # noqa: E402
+
+_keep_freed_memory()

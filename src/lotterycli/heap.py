@@ -1,0 +1,40 @@
+"""The C heap keeps the memory torch frees for the next step instead of returning it to the OS.
+
+Why: a fitting step allocates and frees the same large tensors thousands of times. glibc's
+malloc serves large blocks with fresh `mmap`s and trims the top of its heap when they are freed,
+so every step touches new pages again: a 256x256 compression on one thread took ~4,000 minor
+page faults per step, and ~10 % of its time (`lottery compress`, 200 steps, one thread,
+alternating: 33.6-34.4 s as glibc ships, 29.4-31.8 s with the heap kept, the same file). The
+memory kept is what the fit peaks at anyway. Only glibc is tuned (Linux); a user's own MALLOC_*
+or GLIBC_TUNABLES settings are left as they are.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+
+# mallopt parameters (glibc malloc.h)
+_M_TRIM_THRESHOLD = -1
+_M_TOP_PAD = -2
+_M_MMAP_THRESHOLD = -3
+
+MMAP_THRESHOLD = 32 << 20  # glibc's largest: blocks below it come from the heap
+TRIM_THRESHOLD = 1 << 30  # free memory at the heap's top is returned to the OS above this
+TOP_PAD = 64 << 20  # the heap grows in steps of at least this
+
+_USER_SETTINGS = ("GLIBC_TUNABLES", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_THRESHOLD_")
+
+
+def keep_freed_memory() -> bool:
+    """Tune glibc's malloc as the module docstring says; False where it does not apply."""
+    if not sys.platform.startswith("linux") or any(name in os.environ for name in _USER_SETTINGS):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    return all(mallopt(param, value) == 1 for param, value in (
+        (_M_MMAP_THRESHOLD, MMAP_THRESHOLD), (_M_TRIM_THRESHOLD, TRIM_THRESHOLD), (_M_TOP_PAD, TOP_PAD)))
