@@ -113,7 +113,7 @@ class Config:
     # engine (benchmarks.engine) and load (benchmarks.load)
     engine_baseline: str = "b9769d4"
     engine_sizes: list[tuple[int, int]] = field(default_factory=lambda: [(256, 256), (768, 512)])
-    engine_steps: int = 30
+    engine_steps: int = 80  # a 256x256 probe then times ~5 s: 30 steps (~2 s) swung 0.95-1.26x between runs
     engine_rounds: int = 3
     load_crop: int = 256
     load_steps: int = 300
