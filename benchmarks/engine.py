@@ -100,12 +100,18 @@ print(json.dumps({"source": lotterycli.__file__, "steps_per_second": 1 / seconds
 
 
 def probe(src: Path, height: int, width: int, steps: int, threads: int) -> dict:
+    """One tree's step rate, operations, FLOPs and peak RSS, in a fresh process.
+
+    Every tree runs with OMP_WAIT_POLICY=PASSIVE (unless the caller's environment sets it), the
+    policy that today's `import lotterycli` sets: older trees did not set it, and spinning threads
+    change a step's time by themselves, so the ratio would not be the code's alone.
+    """
     layout = "before" if (Path(src) / "lotterycli" / "fit.py").exists() else "current"
     code = (PROBE.replace("THREADS", str(threads)).replace("HEIGHT", str(height)).replace("WIDTH", str(width))
             .replace("STEPS", str(steps)).replace("LAYOUT", repr(layout)))
     env_path = str(src)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=3600,
-                         env={**__import__("os").environ, "PYTHONPATH": env_path})
+                         env={"OMP_WAIT_POLICY": "PASSIVE", **__import__("os").environ, "PYTHONPATH": env_path})
     if out.returncode != 0:
         raise RuntimeError(f"probe failed for {src}: {out.stderr.strip().splitlines()[-1:]}")
     row = json.loads(out.stdout.strip().splitlines()[-1])
