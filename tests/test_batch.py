@@ -254,9 +254,15 @@ def test_a_batch_stopped_or_killed_mid_run_ends_as_an_uninterrupted_one(tmp_path
     # SIGKILL of the driver as soon as the next run's first job has started: its workers die with it
     lines = len(manifest(out))
     proc = start_lottery(*args)
-    wait_for(lambda: len(manifest(out)) > lines, proc)
-    workers = children(proc.pid)
-    assert workers
+    workers: list[int] = []
+
+    def started_with_workers() -> bool:
+        # both in one poll: a test process starved of CPU for a moment could otherwise look for
+        # the workers after a fast run had already finished its few jobs and ended
+        workers[:] = children(proc.pid) if len(manifest(out)) > lines else []
+        return bool(workers)
+
+    wait_for(started_with_workers, proc)
     proc.kill()
     proc.communicate()
     assert gone(workers)
