@@ -4,7 +4,8 @@ Why: a fitting step allocates and frees the same large tensors thousands of time
 malloc serves large blocks with fresh `mmap`s and trims the top of its heap when they are freed,
 so every step touches new pages again: a 256x256 compression on one thread took ~4,000 minor
 page faults per step, and ~10 % of its time (`lottery compress`, 200 steps, one thread,
-alternating: 33.6-34.4 s as glibc ships, 29.4-31.8 s with the heap kept, the same file). The
+alternating with `GLIBC_TUNABLES= lottery compress ...`, which leaves malloc as shipped:
+29.1-30.5 s with the heap kept against 32.3-32.8 s, the same file). The
 memory kept is what the fit peaks at anyway. Only glibc is tuned (Linux); a user's own MALLOC_*
 or GLIBC_TUNABLES settings are left as they are.
 """

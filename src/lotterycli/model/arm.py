@@ -169,9 +169,9 @@ class _CausalConv(torch.autograd.Function):
 
     Forward is one conv2d (1 -> 24 channels, 5x9 kernel with 24 nonzero taps). The backward is
     hand-written because oneDNN's input gradient of a 1-channel convolution is ~5x slower than
-    the forward: grad_input = the 24 shifted planes of (W^T @ grad) added up (`overlap_add`), grad_weight = one conv2d that
-    correlates the input with the output gradient on a CPU, a small matrix product elsewhere
-    (`_weight_grad`).
+    the forward: grad_input = the 24 shifted planes of (W^T @ grad) added up (`overlap_add`),
+    grad_weight = one conv2d that correlates the input with the output gradient on a CPU, a small
+    matrix product elsewhere (`_weight_grad`).
     """
 
     @staticmethod
@@ -255,8 +255,9 @@ class Arm(nn.Module):
         """Total bits of all grids under the model (scalar, differentiable).
 
         Each grid's values serve both as the context and as the coded symbols. Grids are
-        processed one by one with one fused convolution each, their symbols' costs in one pass; equal-sized grids never occur,
-        and measured packing of the small grids did not pay off on CPU. With `band_rows` B > 0
+        processed one by one with one fused convolution each, their symbols' costs in one pass;
+        equal-sized grids never occur, and measured packing of the small grids did not pay off on
+        CPU. With `band_rows` B > 0
         each grid is cut into bands of B rows whose contexts see zeros above them, exactly as
         the coder codes them (`entropy`, format v3).
         """

@@ -9,7 +9,7 @@ bit (each output element sums its taps in kernel order, row by row, from zero):
   against 8.5 ms for col2im), but one dispatched operation per tap (the ARM's 24 taps, the
   upsampling's 25), which is what a small plane's time is made of, and one kernel launch per
   tap on a GPU;
-* `F.fold` (col2im): one operation whatever the taps: 5x cheaper on a CPU for a 16x16 or smaller
+* `F.fold` (col2im): one operation whatever the taps: 3-6x cheaper on a CPU for a 16x16 or smaller
   plane, and on a GPU the launch count is what a step's time is made of.
 
 `benchmarks.engine` counts the operations of a step; the crossover was measured on a 2-core

@@ -119,8 +119,8 @@ class _PolyphaseX2(torch.autograd.Function):
 
     Why: oneDNN's backward of a one-channel convolution was several times slower than its forward on
     a 2-core AVX2 EPYC (the upsampling part of a 256x256 step: 43 -> 17 ms on one thread with this
-    backward). The input gradient is one small matmul (taps x phases)
-    whose T*T shifted planes are added up (`overlap_add`); the weight gradient is one correlation of the input with the output
+    backward). The input gradient is one small matmul (taps x phases) whose T*T shifted planes are
+    added up (`overlap_add`); the weight gradient is one correlation of the input with the output
     gradient, the case oneDNN handles well (as in the ARM). Same sums as conv_transpose2d.
     """
 
