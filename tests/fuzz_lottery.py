@@ -261,10 +261,13 @@ def seeds_digest(seeds: list[Seed]) -> str:
 # Header as fields (to edit any field, in or out of its limits) ----------------------------------
 _ARCH_KEYS = ("n_levels", "latent_gain", "upsample_kernel", "modnet_hidden", "modnet_out", "synth0", "synth1",
               "synth2", "arm_hidden")
-_SECTIONS = ("mask", "arm", "upsampling", "modnet", "latents")
+_SECTIONS = ("network", "latents")  # header.SECTION_NAMES: the header stores the network's length only
+_MIN_LATENTS = 3  # header.MIN_LATENT_SECTION: the latents' implied length below this is truncation
 
 
 def _varint(n: int) -> bytes:
+    if n < 0:  # a varint is unsigned: an edit must never ask for a negative one (it would never end)
+        raise ValueError(f"varint of a negative value {n}")
     out = bytearray()
     while True:
         b = n & 0x7F
@@ -288,14 +291,16 @@ class HeaderFields:
     """Every header field of a file, editable; `pack` writes them back whatever their values.
 
     Integers go out as varints (any size) or bytes (& 0xFF); a `bytes` value is written as is (e.g. a
-    varint not in its shortest form). `gain` is the raw 4 bytes of the f32."""
+    varint not in its shortest form). `gain` is the raw 4 bytes of the f32. The header's last field
+    is the network section's length; the latent section's is not stored (what the file leaves
+    between the network section and the 4-byte CRC)."""
 
     magic: bytes
     version: int
     values: dict  # height, width, seed, ratio, layout, band_rows, n_levels, ..., arm_hidden
     gain: bytes
     shifts: list[int]
-    lengths: list[int | bytes]
+    network_length: int | bytes
 
     @classmethod
     def parse(cls, data: bytes) -> HeaderFields:
@@ -309,8 +314,7 @@ class HeaderFields:
                  modnet_hidden=a.modnet_hidden, modnet_out=a.modnet_out, synth0=a.synth_hidden[0],
                  synth1=a.synth_hidden[1], synth2=a.synth_hidden[2], arm_hidden=a.arm_hidden)
         shifts = [s for name in ("arm", "upsampling", "modnet") for s in h.shifts[name].values()]
-        f = cls(bytes(data[:4]), data[4], v, GAIN.pack(a.latent_gain), shifts,
-                [h.section_sizes[s] for s in _SECTIONS])
+        f = cls(bytes(data[:4]), data[4], v, GAIN.pack(a.latent_gain), shifts, h.section_sizes["network"])
         assert f.pack()[0] == bytes(data[: h.header_size]), "HeaderFields must reproduce the writer's header"
         return f
 
@@ -347,8 +351,7 @@ class HeaderFields:
             put("shifts", bytes(s[i] | s[i + 1] << 4 for i in range(0, len(s), 2)))
         else:
             put("shifts", bytes(x & 0xFF for x in self.shifts))
-        for name, n in zip(_SECTIONS, self.lengths):
-            var(f"len_{name}", n)
+        var("len_network", self.network_length)
         return bytes(out), spans
 
 
@@ -371,7 +374,8 @@ def with_crc(body: bytes) -> bytes:
 
 @dataclass
 class SeedInfo:
-    """A seed file taken apart: header fields, sections, field and section byte ranges."""
+    """A seed file taken apart: header fields, sections (network, latents), field and section byte
+    ranges."""
 
     seed: Seed
     fields: HeaderFields
@@ -383,11 +387,10 @@ class SeedInfo:
     def of(cls, seed: Seed) -> SeedInfo:
         f = HeaderFields.parse(seed.data)
         header, spans = f.pack()
-        secs, off = [], len(header)
-        for n in f.lengths:
-            secs.append(seed.data[off : off + n])
-            off += n
-        assert off + 4 == len(seed.data)
+        start = len(header)
+        end = start + _as_int(f.network_length)
+        secs = [seed.data[start:end], seed.data[end:-4]]
+        assert len(secs[1]) >= _MIN_LATENTS
         return cls(seed, f, header, spans, secs)
 
     def section_spans(self) -> list[tuple[str, int, int]]:
@@ -557,7 +560,7 @@ def _field_value(rng: random.Random, name: str, current: int):
     if name == "seed":
         return _pick(rng, (0, 1, UINT64_MAX, 1 << 64, 1 << 63, rng.getrandbits(64), current ^ 1, current + 1))
     if name == "ratio":
-        return _pick(rng, (0, 1, 5000, 9999, 10000, 10001, 65535, rng.randrange(10001), current + 1, current - 1))
+        return _pick(rng, (0, 1, 5000, 9999, 10000, 10001, 65535, rng.randrange(10001), current + 1, max(0, current - 1)))
     if name in ("n_levels", "upsample_kernel"):
         return rng.randrange(256) if r < 0.3 else _pick(rng, (0, 1, 2, 3, 4, 6, 7, 8, 9, 15, 16, 17, 18, 255))
     if r < 0.4:
@@ -615,12 +618,12 @@ def _mut_header_field(rng, info, infos, cfg, seeds, k):
             edits.append(f"shift[{i}]={f.shifts[i]}")
             if rng.random() < 0.5:
                 f.values["layout"] &= ~0x04  # written as bytes (a nibble cannot hold it)
-        elif name == "lengths":
-            i = rng.randrange(5)
-            n = _as_int(f.lengths[i])
-            f.lengths[i] = _pick(rng, (0, 1, n + 1, max(0, n - 1), 1 << 32,
-                                       (1 << 32) - 1, 1 << 35))
-            edits.append(f"len_{_SECTIONS[i]}={f.lengths[i]}")
+        elif name == "lengths":  # the network's (the latents' is what is left: it moves the other way)
+            n = _as_int(f.network_length)
+            room = n + len(info.sections[1]) - _MIN_LATENTS  # the largest length that leaves the latents room
+            f.network_length = _pick(rng, (0, 1, n + 1, max(0, n - 1), room, room + 1, 1 << 32,
+                                           (1 << 32) - 1, 1 << 35))
+            edits.append(f"len_network={f.network_length}")
         elif name == "arch":
             f.values["layout"] &= ~0x03  # the architecture fields are written out
             key = _pick(rng, _ARCH_KEYS)
@@ -633,10 +636,9 @@ def _mut_header_field(rng, info, infos, cfg, seeds, k):
         else:  # a varint not in its shortest form
             key = _pick(rng, ("height", "width", "seed", "ratio", "band_rows", "lengths"))
             if key == "lengths":
-                i = rng.randrange(5)
-                raw = _varint(_as_int(f.lengths[i]))
-                f.lengths[i] = raw[:-1] + bytes([raw[-1] | 0x80, 0])
-                edits.append(f"len_{_SECTIONS[i]} not shortest")
+                raw = _varint(_as_int(f.network_length))
+                f.network_length = raw[:-1] + bytes([raw[-1] | 0x80, 0])
+                edits.append("len_network not shortest")
             elif isinstance(f.values[key], int):
                 raw = _varint(f.values[key])
                 f.values[key] = raw[:-1] + bytes([raw[-1] | 0x80]) + b"\0" * rng.randint(1, 3)
@@ -646,42 +648,48 @@ def _mut_header_field(rng, info, infos, cfg, seeds, k):
 
 
 def _mut_section_lengths(rng, info, infos, cfg, seeds, k):
-    """Move a boundary between two sections (the total stays right), or change one length and make
-    the file fit it (bytes added or removed), CRC recomputed."""
+    """Move the boundary between the network and latent sections (the header's network length
+    changes, the file does not), or resize one section and make the file fit it (bytes added or
+    removed; the network's length rewritten, the latents' implied), CRC recomputed."""
     import copy
 
     f = copy.deepcopy(info.fields)
     secs = list(info.sections)
     how = _pick(rng, ("move", "move", "fit"))
     if how == "move":
-        i, j = rng.sample(range(5), 2)
         d = _pick(rng, (1, 2, 3, 4, 5, 8, rng.randrange(1, 64)))
-        d = min(d, f.lengths[j])
-        f.lengths[i] += d
-        f.lengths[j] -= d
+        if rng.random() < 0.5:  # the network takes the latents' first bytes (down to none left)
+            d = min(d, len(secs[1]))
+            frm, to = "latents", "network"
+        else:  # the network's last bytes count as the latents' (down to an empty network section)
+            d = -min(d, len(secs[0]))
+            frm, to = "network", "latents"
+        f.network_length = len(secs[0]) + d
         header, _ = f.pack()
-        return f"{d} bytes moved from section {_SECTIONS[j]} to {_SECTIONS[i]}", with_crc(header + b"".join(secs))
-    i = rng.randrange(5)
+        return f"{abs(d)} bytes moved from section {frm} to {to}", with_crc(header + b"".join(secs))
+    i = rng.randrange(len(_SECTIONS))
     d = _pick(rng, (-4, -3, -2, -1, 1, 2, 3, 4, 7, 100))
     if d < 0:
         secs[i] = secs[i][: max(0, len(secs[i]) + d)]
     else:
         secs[i] = secs[i] + bytes(rng.randrange(256) if rng.random() < 0.5 else 0 for _ in range(d))
-    f.lengths[i] = len(secs[i])
+    f.network_length = len(secs[0])
     header, _ = f.pack()
-    return f"section {_SECTIONS[i]} resized by {d} (length fitted)", with_crc(header + b"".join(secs))
+    fitted = "length fitted" if i == 0 else "the rest of the file"
+    return f"section {_SECTIONS[i]} resized by {d} ({fitted})", with_crc(header + b"".join(secs))
 
 
 def _mut_section_edit(rng, info, infos, cfg, seeds, k):
-    """Corrupt one section's content with lengths kept consistent and the CRC recomputed."""
+    """Corrupt the network or the latent section's content with the network's length kept
+    consistent and the CRC recomputed."""
     import copy
 
     f = copy.deepcopy(info.fields)
     secs = list(info.sections)
-    i = rng.randrange(5)
+    i = rng.randrange(len(_SECTIONS))
     s = bytearray(secs[i])
     how = _pick(rng, ("flip", "flip", "zero", "ff", "random", "first_byte", "last_bytes", "swap_other_seed")
-                + (("empty_streams",) if _SECTIONS[i] == "latents" else ()))
+                + (("empty_streams",) if _SECTIONS[i] == "latents" else ("zero_tail",)))
     if how == "flip" and s:
         for _ in range(_pick(rng, (1, 1, 2, 3))):
             j = rng.randrange(len(s))
@@ -701,10 +709,15 @@ def _mut_section_edit(rng, info, infos, cfg, seeds, k):
         other = _pick(rng, infos)
         s = bytearray(other.sections[i])
     elif how == "empty_streams":
-        # flags kept, escape streams and main stream emptied, CRC of the values kept
-        s = bytearray(s[:1] + b"\0\0" + s[-4:]) if len(s) >= 5 else s
+        # flags kept, escape streams and main stream emptied (no check of the values: the streams
+        # must run out at the first symbol a coded grid needs)
+        s = bytearray(s[:1] + b"\0\0")
+    elif how == "zero_tail":
+        # zero bytes appended: the range decoder reads zeros past the end anyway, so the content
+        # decodes the same, but the encoder trims them (not canonical)
+        s += b"\0" * rng.randint(1, 5)
     secs[i] = bytes(s)
-    f.lengths[i] = len(secs[i])
+    f.network_length = len(secs[0])
     header, _ = f.pack()
     return f"section {_SECTIONS[i]}: {how}", with_crc(header + b"".join(secs))
 
@@ -781,12 +794,14 @@ def _mut_payload(rng, info, infos, cfg, seeds, k):
 
 
 def _mut_module_values(rng, info, infos, cfg, seeds, k):
-    """Re-code one network with other integers and shifts through `param_coding.encode_module`
-    (the section is canonical; values may be beyond what the encoder makes: the ARM beyond its
-    exactness bound, the others up to int64 with shifts -64..64), header shifts updated."""
+    """Re-code one network with other integers and shifts through `param_coding.module_code`, the
+    network section rebuilt by `network_section.encode_section` with the seed's own codes for the
+    mask and the other networks (the section is canonical; values may be beyond what the encoder
+    makes: the ARM beyond its exactness bound, the others up to int64 with shifts -64..64), header
+    shifts updated."""
     import torch
 
-    from lotterycli.bitstream import param_coding
+    from lotterycli.bitstream import network_section, param_coding
     from lotterycli.model.architecture import module_layout
 
     p = _payload(seeds, k)
@@ -821,14 +836,19 @@ def _mut_module_values(rng, info, infos, cfg, seeds, k):
 
     base = shifts[next(iter(tensors))]
     new = QuantizedModule(shift=base, tensors=tensors, shifts={a: s for a, s in shifts.items() if s != base})
+    layout = module_layout(name, p.architecture)
+    units = info.fields.values["ratio"]  # the header's mask ratio, in 1/10000 units
+    seed_section = network_section.decode_section(info.sections[0], p.architecture, units)
+    codes = dict(seed_section.modules)
     try:
-        if mode == "predicted":
-            coded = param_coding.encode_values(diffs, [len(diffs)])
-            section = bytes([coded[0] | param_coding.PREDICTED]) + coded[1:]
+        if mode == "predicted":  # the writer's order for these differences, flagged as predicted
+            order, _ = param_coding.best_order(diffs, param_coding.tensor_sizes(layout), True)
+            codes[name] = param_coding.ModuleCode(order, True, tuple(diffs))
         else:
-            section = param_coding.encode_module(new, name, module_layout(name, p.architecture))
+            codes[name] = param_coding.module_code(new, name, layout)[0]
+        section = network_section.encode_section(seed_section.mask, units, codes, p.architecture)
     except (ValueError, OverflowError) as exc:
-        return f"module {what}", info.seed.data, f"encode_module refused: {type(exc).__name__}: {exc}"
+        return f"module {what}", info.seed.data, f"module_code refused: {type(exc).__name__}: {exc}"
     import copy
 
     f = copy.deepcopy(info.fields)
@@ -841,18 +861,18 @@ def _mut_module_values(rng, info, infos, cfg, seeds, k):
         f.values["layout"] &= ~0x04
     else:
         f.values["layout"] |= 0x04
-    secs = list(info.sections)
-    i = _SECTIONS.index(name)
-    secs[i] = section
-    f.lengths[i] = len(section)
+    secs = [section, info.sections[1]]
+    f.network_length = len(section)
     header, _ = f.pack()
-    return f"module {what}, section re-coded", with_crc(header + b"".join(secs))
+    return f"module {what}, network section re-coded", with_crc(header + b"".join(secs))
 
 
 def _mut_after_magic(rng, info, infos, cfg, seeds, k):
+    from lotterycli.bitstream.header import FORMAT_VERSION
+
     n = _pick(rng, (0, 1, 2, 5, 10, 31, 64, 300))
     rest = bytes(rng.randrange(256) for _ in range(n))
-    head = b"LOTR" + (b"\x04" if rng.random() < 0.6 else b"")
+    head = b"LOTR" + (bytes([FORMAT_VERSION]) if rng.random() < 0.6 else b"")
     body = head + rest
     if rng.random() < 0.5:
         return f"{head!r} + {n} random bytes + CRC", with_crc(body)
@@ -867,7 +887,7 @@ def _mut_version(rng, info, infos, cfg, seeds, k):
 
 
 def _mut_splice(rng, info, infos, cfg, seeds, k):
-    """The header of one seed with sections of another (lengths and CRC fitted)."""
+    """The header of one seed with sections of another (the network's length and the CRC fitted)."""
     import copy
 
     other = _pick(rng, infos)
@@ -877,9 +897,9 @@ def _mut_splice(rng, info, infos, cfg, seeds, k):
     if mode == "all":
         secs = list(other.sections)
     else:
-        i = rng.randrange(5)
+        i = rng.randrange(len(_SECTIONS))
         secs[i] = other.sections[i]
-    f.lengths = [len(s) for s in secs]
+    f.network_length = len(secs[0])
     header, _ = f.pack()
     return f"sections ({mode}) of seed {other.seed.name}", with_crc(header + b"".join(secs))
 

@@ -189,12 +189,12 @@ def test_info(work):
     text = res.stdout
     # a readable table: no raw dict / list reprs
     assert "{" not in text and "}" not in text and "'" not in text, text
-    for word in ("32 x 32", "version 4", "compressed image", "seed", "5", "mask ratio", "architecture",
+    for word in ("32 x 32", "version 5", "compressed image", "seed", "5", "mask ratio", "architecture",
                  "header", "mask", "network: arm", "network: modnet", "network: upsampling", "latents"):
         assert word in text, word
     js = run("info", work["a"], "--json").json
     assert (js["height"], js["width"], js["seed"]) == (32, 32, 5)
-    assert (js["format_version"], js["content"], js["frame"]) == (4, "compressed image", 0)
+    assert (js["format_version"], js["content"], js["frame"]) == (5, "compressed image", 0)
     assert "architecture_preset" in js
     s = js["sizes"]
     assert s["total"] == size == s["header"] + s["mask"] + sum(s["networks"].values()) + s["latents"]
@@ -212,7 +212,8 @@ def test_info(work):
 
 
 def test_a_file_without_a_mask_says_so(work, tmp_path):
-    """--mask-ratio 0: the JSON line, the header and `info` say there is no mask; it costs one byte."""
+    """--mask-ratio 0: the JSON line, the header and `info` say there is no mask; it costs one bit
+    of the network section (its count), which `info` rounds to 0 or 1 byte."""
     out = tmp_path / "nomask.lottery"
     res = run("compress", work["src"], "-o", out, "--mask-ratio", "0", "--json", *FIT)
     assert res.returncode == 0, res.stderr
@@ -220,7 +221,7 @@ def test_a_file_without_a_mask_says_so(work, tmp_path):
     info = run("info", out)
     assert "no mask, every random weight kept" in info.stdout
     js = run("info", out, "--json").json
-    assert js["mask_ratio"] == 0.0 and js["sizes"]["mask"] == 1
+    assert js["mask_ratio"] == 0.0 and js["sizes"]["mask"] <= 1
 
 
 def test_info_on_a_file_that_is_not_a_lottery_file_names_it(work, tmp_path):

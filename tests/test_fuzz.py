@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fuzz_lottery as fuzz  # noqa: E402
 
 from lotterycli import api  # noqa: E402
-from lotterycli.bitstream.header import FORMAT_VERSION, read_header  # noqa: E402
+from lotterycli.bitstream.header import FORMAT_VERSION, MIN_LATENT_SECTION, SECTION_NAMES, read_header  # noqa: E402
+from lotterycli.bitstream.network_section import decode_section  # noqa: E402
 from lotterycli.errors import LotteryError  # noqa: E402
 from lotterycli.images import DEFAULT_MAX_PIXELS  # noqa: E402
 
@@ -45,6 +46,7 @@ def _refusal(data: bytes) -> str:
 
 def test_harness_matches_the_library(seeds):
     assert fuzz.DEFAULT_MAX_PIXELS == DEFAULT_MAX_PIXELS
+    assert fuzz._SECTIONS == SECTION_NAMES and fuzz._MIN_LATENTS == MIN_LATENT_SECTION
     for seed in seeds:
         info = fuzz.SeedInfo.of(seed)  # its header fields write the writer's header back exactly
         assert info.header + b"".join(info.sections) + seed.data[-4:] == seed.data
@@ -75,7 +77,7 @@ def test_fuzz_cases_have_no_unexpected_outcome(seeds):
 
 
 def test_zero_latent_bomb_is_refused_at_once(seeds):
-    """A 8192x8192 file of zero latents, written by encode_file (238 bytes), above the default
+    """A 8192x8192 file of zero latents, written by encode_file (45 bytes), above the default
     40-megapixel limit: refused from its header, before anything is decoded. (4096x4096, 16.8
     megapixels, is within the limit: it decodes, in about 20 s on one core.)"""
     data = fuzz.zero_latent_bomb(8192, 8192)
@@ -91,7 +93,7 @@ def test_zero_latent_bomb_is_refused_at_once(seeds):
 
 def test_every_other_version_byte_is_refused(seeds):
     data = seeds[0].data
-    assert data[4] == FORMAT_VERSION == 4
+    assert data[4] == FORMAT_VERSION == 5
     for version in range(256):
         body = data[:4] + bytes([version]) + data[5:-4]
         for candidate in (body + data[-4:], body + zlib.crc32(body).to_bytes(4, "little")):
@@ -116,7 +118,9 @@ def test_architecture_at_every_limit_decodes_quickly():
 def test_predicted_kernel_beyond_int64_is_refused(seeds):
     """The header allows shifts up to 64; at 64 the predicted upsampling kernel is beyond int64."""
     info = fuzz.SeedInfo.of(seeds[0])
-    assert info.sections[2][0] & 0x80  # the upsampling section codes the difference from the prediction
+    header = read_header(seeds[0].data)
+    section = decode_section(info.sections[0], header.architecture, header.mask_ratio_units)
+    assert section.modules["upsampling"].predicted  # the kernel is coded as its difference from the prediction
     fields = copy.deepcopy(info.fields)
     fields.shifts[6] = 64  # the upsampling kernel's shift (after the ARM's 6)
     fields.values["layout"] &= ~0x04  # shifts written as bytes
@@ -126,7 +130,7 @@ def test_predicted_kernel_beyond_int64_is_refused(seeds):
 
 
 def test_small_file_claiming_a_large_size_is_refused_within_memory(seeds):
-    """A file with coded latents (674 bytes) whose header claims 6324x6324 (within the default limit)
+    """A file with coded latents (660 bytes) whose header claims 6324x6324 (within the default limit)
     cannot hold that many latents: it must be refused, in an address space of 2 GiB."""
     data = fuzz.with_size(seeds[1].data, 6324, 6324)
     outcome = fuzz.decode_isolated(data, "fit-24x40-bands8 claiming 6324x6324", memory_limit_mb=2048)

@@ -1,5 +1,5 @@
-""".lottery file: header, sections, CRC32. Byte layout in docs/format.md; the header's parsing
-and `describe` live in `header` (no torch).
+""".lottery file: header, network section (mask and networks), latent section, CRC32. Byte layout
+in docs/format.md; the header's parsing and `describe` live in `header` (no torch).
 
     encode_file(payload) -> bytes          decode_file(data) -> Payload
 
@@ -19,8 +19,9 @@ import torch
 from ..errors import LotteryError
 from ..model.architecture import MODULE_NAMES, latent_shapes, module_layout
 from ..model.payload import Payload, QuantizedModule
-from . import mask_coding, param_coding
+from . import param_coding
 from .header import CRC, RATIO_SCALE, SECTION_NAMES, Header, corrupt, pack_header, read_header
+from .network_section import decode_section, encode_section
 
 
 class LatentCoder(Protocol):
@@ -73,16 +74,16 @@ def encode_file(payload: Payload, latent_coder: LatentCoder | None = None) -> by
     if got != shapes:
         raise ValueError(f"latent grid shapes {got} differ from the expected {shapes}")
     units = ratio_units(payload.mask_ratio)
-    shifts = {}
-    sections = [mask_coding.encode_mask(mask, units)]
+    shifts, codes = {}, {}
     for name in MODULE_NAMES:
         q = payload.modules[name]
         layout = module_layout(name, arch)
         if list(q.tensors) != [t for t, _ in layout]:
             raise ValueError(f"{name} tensors {list(q.tensors)} differ from the layout {layout}")
         shifts[name] = q.tensor_shifts()
-        sections.append(param_coding.encode_module(q, name, layout))
-    sections.append(bytes(coder.encode(payload.latents, payload.modules["arm"], band_rows=arch.arm_band_rows)))
+        codes[name] = param_coding.module_code(q, name, layout)[0]
+    sections = [encode_section(mask.to(torch.uint8).tolist(), units, codes, arch),
+                bytes(coder.encode(payload.latents, payload.modules["arm"], band_rows=arch.arm_band_rows))]
     header = Header(
         height=payload.height, width=payload.width, seed=int(payload.seed), mask_ratio_units=units,
         architecture=arch, shifts=shifts, section_sizes=dict(zip(SECTION_NAMES, (len(s) for s in sections))),
@@ -109,10 +110,10 @@ def decode_file(data: bytes, latent_coder: LatentCoder | None = None, header: He
     header = read_header(data) if header is None else header
     arch = header.architecture
     secs = _sections(data, header)
-    mask = mask_coding.decode_mask(secs["mask"], arch.n_synth_weights, header.mask_ratio_units)
-    modules = {}
-    for name in MODULE_NAMES:
-        modules[name] = param_coding.decode_module(secs[name], header.shifts[name], module_layout(name, arch), name)
+    section = decode_section(secs["network"], arch, header.mask_ratio_units)
+    mask = torch.tensor(section.mask, dtype=torch.bool)
+    modules = {name: param_coding.quantized_module(section.modules[name], header.shifts[name],
+                                                   module_layout(name, arch), name) for name in MODULE_NAMES}
     shapes = latent_shapes(header.height, header.width, arch.n_levels)
     try:
         latents = coder.decode(secs["latents"], shapes, modules["arm"], band_rows=arch.arm_band_rows)

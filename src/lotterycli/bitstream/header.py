@@ -19,7 +19,7 @@ from ..model.architecture import MODULE_NAMES, Architecture, check_architecture,
 from .varint import decode_varint, encode_varint
 
 MAGIC = b"LOTR"
-FORMAT_VERSION = 4  # the only version written and read
+FORMAT_VERSION = 5  # the only version written and read
 
 MAX_SIDE = 16384  # image side limit of the format (what a decoder accepts is set by its caller)
 MAX_PIXELS = 64 * 1024 * 1024
@@ -28,7 +28,8 @@ MAX_SECTION = 1 << 32
 CHANNELS = 3
 RATIO_SCALE = 10000  # the mask ratio is stored in 1/10000 units
 
-SECTION_NAMES = ("mask",) + tuple(MODULE_NAMES) + ("latents",)
+SECTION_NAMES = ("network", "latents")  # the network section: mask + networks (`network_section`)
+MIN_LATENT_SECTION = 3  # grid flags and two escape-stream lengths (`latent_coding`)
 CRC = struct.Struct("<I")
 GAIN = struct.Struct("<f")
 
@@ -69,7 +70,7 @@ class Header:
     mask_ratio_units: int  # mask ratio in 1/RATIO_SCALE
     architecture: Architecture
     shifts: dict[str, dict[str, int]]  # per module (keys MODULE_NAMES), per tensor in layout order
-    section_sizes: dict[str, int]  # bytes per section, keys SECTION_NAMES
+    section_sizes: dict[str, int]  # bytes per section, keys SECTION_NAMES (the latents': what is left)
     header_size: int  # header bytes (not counting the 4-byte CRC trailer)
     frame: int = 0
     restoration: bool = False
@@ -151,10 +152,11 @@ def pack_header(header: Header) -> bytes:
     for name in SECTION_NAMES:
         if header.section_sizes[name] >= MAX_SECTION:
             raise LotteryError(f"the {name} section exceeds 4 GiB")
+    # the latent section's length is not stored: it is what is left before the CRC
     return b"".join([
         MAGIC, bytes([FORMAT_VERSION]), v(header.height), v(header.width), v(header.seed), v(header.mask_ratio_units),
         bytes([layout]), b"" if preset else architecture_fields(arch), v(arch.arm_band_rows), shift_bytes,
-        *(v(header.section_sizes[name]) for name in SECTION_NAMES),  # the latents' too: a cut file is told from a corrupted one
+        v(header.section_sizes["network"]),
     ])
 
 
@@ -246,24 +248,20 @@ def read_header(data: bytes, check_crc: bool = True) -> Header:
         if abs(value) > MAX_ABS_SHIFT:
             raise corrupt(f"quantization shift {value} of {name}.{t} is out of range")
         shifts[name][t] = value
-    sizes = {name: c.varint(f"{name} section length", MAX_SECTION) for name in SECTION_NAMES}
-    if sizes["mask"] < 1:
-        raise corrupt("mask section is too short")
-    for name in MODULE_NAMES:
-        if sizes[name] < 1:
-            raise corrupt(f"{name} section is empty")
+    network = c.varint("network section length", MAX_SECTION)
+    if network < 1:
+        raise corrupt("the network section is empty")
+    latents = n - c.pos - network - CRC.size
+    if latents < MIN_LATENT_SECTION:
+        raise LotteryError(f"truncated .lottery file ({n} bytes, the header and network section take "
+                           f"{c.pos + network})")
     header = Header(height=height, width=width, seed=seed, mask_ratio_units=ratio, architecture=arch, shifts=shifts,
-                    section_sizes=sizes, header_size=c.pos, frame=(layout & LAYOUT_FRAME) >> LAYOUT_FRAME_SHIFT,
-                    restoration=bool(layout & LAYOUT_RESTORATION))
-    expected = header.total_size
-    if n < expected:
-        raise LotteryError(f"truncated .lottery file ({n} bytes, the header says {expected})")
-    if n > expected:
-        raise corrupt(f"{n - expected} unexpected bytes after the end (the header says {expected} bytes)")
+                    section_sizes={"network": network, "latents": latents}, header_size=c.pos,
+                    frame=(layout & LAYOUT_FRAME) >> LAYOUT_FRAME_SHIFT, restoration=bool(layout & LAYOUT_RESTORATION))
     if check_crc:
         (stored,) = CRC.unpack_from(data, n - CRC.size)
         if zlib.crc32(data[: n - CRC.size]) != stored:
-            raise corrupt("checksum mismatch (CRC32)")
+            raise corrupt("checksum mismatch (CRC32): the file is damaged or truncated")
     return header
 
 
@@ -276,10 +274,18 @@ def _compact_shifts(per_tensor: dict[str, int]) -> int | dict[str, int]:
 def describe(data: bytes) -> dict:
     """Header fields and a size breakdown in bytes (header includes the 4-byte CRC trailer).
 
-    header + mask + sum(networks.values()) + latents == total.
+    header + mask + sum(networks.values()) + latents == total. The mask and the networks share
+    one arithmetic-coded section, which is decoded here and shared out among them by their code
+    lengths (`network_section.part_bytes`). Only the header and this section are checked here;
+    decoding the whole file (`container.decode_file`) checks the rest.
     """
+    from .network_section import decode_section, part_bytes
+
     h = read_header(data)
     s = h.section_sizes
+    start = h.header_size
+    section = decode_section(data[start : start + s["network"]], h.architecture, h.mask_ratio_units)
+    parts = part_bytes(section, s["network"])
     height, width = h.image_size
     return {
         "format_version": FORMAT_VERSION,
@@ -295,17 +301,12 @@ def describe(data: bytes) -> dict:
         "shifts": {name: _compact_shifts(per_tensor) for name, per_tensor in h.shifts.items()},
         "sizes": {
             "header": h.header_size + CRC.size,
-            "mask": s["mask"],
-            "networks": {name: s[name] for name in MODULE_NAMES},
+            "mask": parts["mask"],
+            "networks": {name: parts[name] for name in MODULE_NAMES},
             "latents": s["latents"],
             "total": h.total_size,
         },
         "bpp": 8.0 * h.total_size / (height * width),
-        "decoder_macs_per_pixel": round(macs_per_pixel(h.architecture, kept_weights(h), h.height, h.width), 1),
+        "decoder_macs_per_pixel": round(macs_per_pixel(h.architecture, sum(section.mask), h.height, h.width), 1),
     }
 
-
-def kept_weights(h: Header) -> int:
-    """Synthesis weights the mask keeps at the header's mask ratio (the count the encoder writes)."""
-    n = h.architecture.n_synth_weights
-    return n - (h.mask_ratio_units * n + RATIO_SCALE // 2) // RATIO_SCALE

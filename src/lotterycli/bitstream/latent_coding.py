@@ -27,16 +27,18 @@ Layout of the bytes:
     1 byte   bit i set = grid i is coded (grids whose values are all zero are skipped)
     varint   byte length of escape stream 1, varint byte length of escape stream 2
     stream1, stream2, main stream (the rest)
-    4 bytes  CRC-32 of the decoded values (detects truncation and corruption)
 Every stream is a constriction range-coder output, written as big-endian 32-bit words with its
-trailing zero bytes removed (restored on reading).
+trailing zero bytes removed (restored on reading). The section has no checksum of its own: the
+file's CRC covers it, and its length is what the file leaves after the network section. A
+decoder that has read every symbol must find each stream exhausted, as far as constriction's
+`maybe_exhausted` tells: it cannot see up to one 32-bit word more, so up to 4 bytes appended to
+a stream (by an edit that also recomputes the file's CRC) decode to the same latents.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-import zlib
 from dataclasses import dataclass
 from functools import cache
 
@@ -296,10 +298,6 @@ def _bytes_to_words(b: bytes) -> np.ndarray:
     return np.frombuffer(b, dtype=">u4").astype(np.uint32)
 
 
-def _crc(vals: np.ndarray) -> bytes:
-    return zlib.crc32(vals.astype("<i4").tobytes()).to_bytes(4, "little")
-
-
 def _models():
     import constriction
 
@@ -314,7 +312,7 @@ def encode_latents(latents: list[torch.Tensor], arm: ArmExact, band_rows: int = 
 
     shapes, lat, active = _prepare(latents, arm)
     plan = _plan(shapes, active, band_rows)
-    syms, vals = _symbols(lat, arm, plan)
+    syms, _ = _symbols(lat, arm, plan)
     cat, unif_k, unif = _models()
     q = constriction.stream.queue
     main = q.RangeEncoder()
@@ -331,7 +329,7 @@ def encode_latents(latents: list[torch.Tensor], arm: ArmExact, band_rows: int = 
     s2 = _words_to_bytes(e2.get_compressed())
     flags = sum(1 << g for g in active)
     return b"".join([bytes([flags]), encode_varint(len(s1)), encode_varint(len(s2)), s1, s2,
-                     _words_to_bytes(main.get_compressed()), _crc(vals)])
+                     _words_to_bytes(main.get_compressed())])
 
 
 class _Wavefronts:
@@ -394,7 +392,7 @@ def decode_latents(data: bytes, shapes: list[tuple[int, int]], arm: ArmExact, ba
     """
     shapes = _check_shapes(shapes)
     data = bytes(data)
-    if len(data) < 7:
+    if len(data) < 3:
         raise LotteryError("latent data truncated")
     flags = data[0]
     if flags >> len(shapes):
@@ -402,13 +400,13 @@ def decode_latents(data: bytes, shapes: list[tuple[int, int]], arm: ArmExact, ba
     active = [g for g in range(len(shapes)) if flags >> g & 1 and shapes[g][0] * shapes[g][1] > 0]
     n1, i = decode_varint(data, 1, "latent escape stream length", len(data))
     n2, i = decode_varint(data, i, "latent escape stream length", len(data))
-    body_end = len(data) - 4
+    body_end = len(data)
     if i + n1 + n2 > body_end:
         raise LotteryError("latent data truncated")
     waves = _Wavefronts(shapes, active, band_rows)
     total = sum(h * w for h, w in shapes)
     try:
-        values, crc = _decode_values(waves, total, arm, data[i: i + n1], data[i + n1: i + n1 + n2],
+        values = _decode_values(waves, total, arm, data[i: i + n1], data[i + n1: i + n1 + n2],
                                      data[i + n1 + n2: body_end])
     except LotteryError:
         raise
@@ -416,23 +414,23 @@ def decode_latents(data: bytes, shapes: list[tuple[int, int]], arm: ArmExact, ba
         raise
     except Exception as exc:  # constriction reports invalid data with ValueError and friends
         raise LotteryError(f"corrupted latent data ({type(exc).__name__})") from None
-    if crc.to_bytes(4, "little") != data[body_end:]:
-        raise LotteryError("corrupted or truncated latent data (checksum mismatch)")
     flat = torch.from_numpy(values)
     return [part.reshape(h, w).to(torch.int64) for part, (h, w) in zip(flat.split([h * w for h, w in shapes]), shapes)]
 
 
 def _decode_values(waves: _Wavefronts, total: int, arm: ArmExact, s1: bytes, s2: bytes,
-                   s_main: bytes) -> tuple[np.ndarray, int]:
-    """(every latent, flat int32 in grid order; CRC-32 of the values in coding order)."""
+                   s_main: bytes) -> np.ndarray:
+    """Every latent, flat int32 in grid order; a stream with words left after the last latent is
+    refused (see the module docstring for what `maybe_exhausted` cannot see)."""
     import constriction
 
     q = constriction.stream.queue
     cat, unif_k, unif = _models()
     values = np.zeros(total, dtype=np.int32)
-    crc = 0
     if waves.n_waves <= 0:
-        return values, zlib.crc32(b"")
+        if s1 or s2 or s_main:
+            raise LotteryError("corrupted latent data (streams without latents)")
+        return values
     main = q.RangeDecoder(_bytes_to_words(s_main))
     d1 = q.RangeDecoder(_bytes_to_words(s1))
     d2 = q.RangeDecoder(_bytes_to_words(s2))
@@ -455,11 +453,11 @@ def _decode_values(waves: _Wavefronts, total: int, arm: ArmExact, s1: bytes, s2:
         v = m_int + r
         if np.abs(v).max() > LATENT_LIMIT:
             raise LotteryError("corrupted latent data (value out of range)")
-        v32 = v.astype(np.int32)
-        values[out] = v32
-        crc = zlib.crc32(v32.astype("<i4").tobytes(), crc)
+        values[out] = v.astype(np.int32)
         canvas[pos] = np.clip(v, -limit, limit)  # the ARM clamps contexts to this anyway
-    return values, crc
+    if not (main.maybe_exhausted() and d1.maybe_exhausted() and d2.maybe_exhausted()):
+        raise LotteryError("corrupted latent data (bytes left after the last latent)")
+    return values
 
 
 def _decode_escapes(esc_sym, d1, d2, unif_k, unif) -> np.ndarray:

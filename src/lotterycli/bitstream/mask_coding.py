@@ -1,23 +1,22 @@
-"""Lossless coding of the binary synthesis mask (True = weight kept).
+"""Lossless coding of the binary synthesis mask (True = weight kept), in the network section.
 
-Section layout (see docs/format.md): the count of ones `k` as a zigzag varint of k minus the count
-the header's mask ratio implies (one byte for every file the encoder writes), then, unless the
-mask is constant (k == 0 or k == n), the words of a constriction `queue.RangeEncoder` (uint32,
-little-endian) that codes every bit i.i.d. under `Bernoulli(p = k / n, perfect=False)`. The
-probability is a correctly rounded float64 division of two integers stored in the file, so the
-encoder and decoder build the same model. Size is n * H_b(k / n) bits plus under 32 bits of
-range-coder termination and the count.
+What the stream holds (see docs/format.md): the count of ones `k` minus the count the header's
+mask ratio implies, as a signed integer (`param_coding`'s binarisation at order 0: one bit for
+every file the encoder writes, whose count is the implied one), then, unless the mask is constant
+(k == 0 or k == n), the n bits, each coded at the probability that the remaining weights give:
+p(0) = zeros left / weights left. That codes the mask in log2 C(n, k) bits, the least any code
+that knows k can spend, plus the arithmetic coder's rounding (well under a byte for 1,627 bits).
+
+No torch: masks are lists of 0/1 here; `container` converts.
 """
 
 from __future__ import annotations
 
 import math
 
-import numpy as np
-import torch
-
 from ..errors import LotteryError
-from .varint import decode_varint, encode_varint
+from .param_coding import get_values, put_values
+from .rangecoder import PROB_BITS, Decoder, Encoder, clamp_p0
 
 
 def expected_ones(n: int, ratio_units: int) -> int:
@@ -26,79 +25,49 @@ def expected_ones(n: int, ratio_units: int) -> int:
     return n - (ratio_units * n + 5000) // 10000
 
 
-def _zigzag(v: int) -> int:
-    return 2 * v if v >= 0 else -2 * v - 1
+def _p0(zeros_left: int, left: int) -> int:
+    return clamp_p0((zeros_left << PROB_BITS) // left)
 
 
-def _unzigzag(z: int) -> int:
-    return z >> 1 if not z & 1 else -((z + 1) >> 1)
+def put_mask(enc: Encoder, bits: list[int], ratio_units: int) -> None:
+    """Code a mask of n = len(bits) bits; n is not stored (the decoder knows it)."""
+    n = len(bits)
+    n_ones = sum(bits)
+    put_values(enc, [n_ones - expected_ones(n, ratio_units)], 0, [1])
+    if n_ones in (0, n):
+        return
+    zeros = n - n_ones
+    for i, b in enumerate(bits):
+        enc.bit(_p0(zeros, n - i), b)
+        zeros -= 1 - b
 
 
-def _model(n_ones: int, n: int):
-    import constriction
-
-    return constriction.stream.model.Bernoulli(n_ones / n, perfect=False)
-
-
-def encode_mask(mask: torch.Tensor, ratio_units: int) -> bytes:
-    """Code a 1-D bool mask. The length n is not stored (the decoder knows it); the count of ones
-    is stored relative to what the header's mask ratio (`ratio_units`, 1/10000) implies."""
-    bits = mask.detach().to("cpu").reshape(-1).to(torch.bool).numpy()
-    n = int(bits.size)
-    n_ones = int(bits.sum())
-    if n >= 1 << 32:
-        raise ValueError("mask too large")
-    head = encode_varint(_zigzag(n_ones - expected_ones(n, ratio_units)))
-    if n_ones == 0 or n_ones == n:
-        return head
-    import constriction
-
-    enc = constriction.stream.queue.RangeEncoder()
-    enc.encode(bits.astype(np.int32), _model(n_ones, n))
-    return head + enc.get_compressed().astype("<u4").tobytes()
+def get_mask(dec: Decoder, n: int, ratio_units: int) -> list[int]:
+    """Inverse of `put_mask` for a known length n and the same `ratio_units`."""
+    (delta,) = get_values(dec, 1, 0, [1])
+    n_ones = expected_ones(n, ratio_units) + delta
+    if not 0 <= n_ones <= n:
+        raise LotteryError(f"corrupted .lottery file: the mask claims {n_ones} kept weights of {n}")
+    if n_ones in (0, n):
+        return [int(n_ones == n)] * n
+    zeros = n - n_ones
+    bits = [0] * n
+    for i in range(n):
+        b = dec.bit(_p0(zeros, n - i))
+        if (b and zeros == n - i) or (not b and zeros == 0):  # more ones or zeros than the count
+            raise LotteryError("corrupted .lottery file: the mask does not match its count")
+        bits[i] = b
+        zeros -= 1 - b
+    return bits
 
 
-def decode_mask(data: bytes, n: int, ratio_units: int) -> torch.Tensor:
-    """Inverse of `encode_mask` for a known length n and the same `ratio_units`; LotteryError on bad data."""
-    z, pos = decode_varint(data, 0, "mask count", 2 * n)
-    n_ones = expected_ones(n, ratio_units) + _unzigzag(z)
-    if n_ones < 0:
-        raise LotteryError("corrupted .lottery file: mask count is negative")
-    body = bytes(data[pos:])
-    if n_ones > n:
-        raise LotteryError(f"corrupted .lottery file: mask has {n_ones} ones for {n} weights")
-    if n_ones == 0 or n_ones == n:
-        if body:
-            raise LotteryError("corrupted .lottery file: trailing data in the mask section")
-        return torch.full((n,), n_ones == n, dtype=torch.bool)
-    if not body or len(body) % 4:
-        raise LotteryError("corrupted .lottery file: mask section has a bad length")
-    import constriction
-
-    words = np.frombuffer(body, dtype="<u4").astype(np.uint32)
-    try:
-        dec = constriction.stream.queue.RangeDecoder(words)
-        bits = dec.decode(_model(n_ones, n), n)
-    except Exception as exc:  # constriction reports invalid data with its own exception types
-        raise LotteryError(f"corrupted .lottery file: mask section cannot be decoded ({exc})") from None
-    bits = np.asarray(bits)
-    if int(bits.sum()) != n_ones:
-        raise LotteryError("corrupted .lottery file: mask does not match its stored count")
-    enc = constriction.stream.queue.RangeEncoder()
-    enc.encode(bits.astype(np.int32), _model(n_ones, n))
-    if enc.get_compressed().astype("<u4").tobytes() != body:
-        raise LotteryError("corrupted .lottery file: mask section is not canonical")
-    return torch.from_numpy(bits.astype(np.bool_))
-
-
-
-def mask_bits(mask: torch.Tensor, ratio_units: int) -> int:
-    """Exact size in bits of the mask section."""
-    return 8 * len(encode_mask(mask, ratio_units))
+def mask_bits(n: int, n_ones: int) -> float:
+    """log2 C(n, n_ones): the mask's code length in bits, whatever its pattern."""
+    return (math.lgamma(n + 1) - math.lgamma(n_ones + 1) - math.lgamma(n - n_ones + 1)) / math.log(2)
 
 
 def binary_entropy_bits(n: int, n_ones: int) -> float:
-    """n * H_b(n_ones / n): the ideal cost of the mask bits under the stored model."""
+    """n * H_b(n_ones / n): the mask's cost to within a few bits (log2 C(n, k) is at most this)."""
     if n_ones in (0, n):
         return 0.0
     p = n_ones / n

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from ..bitstream.container import encode_file, ratio_units
-from ..bitstream.mask_coding import binary_entropy_bits, expected_ones
+from ..bitstream.mask_coding import expected_ones, mask_bits
 from ..config import TaskConfig
 from ..fitting.checkpoint import Checkpoint
 from ..fitting.device import resolve_device
@@ -66,8 +66,8 @@ def quantized_payload(model: LotteryModel, distortion: Distortion, lam: float, s
 
 
 def mask_cost_bpp(n_weights: int, mask_ratio: float, n_pixels: int) -> float:
-    """The mask's ideal code length at `mask_ratio`, in bits per pixel (`bitstream.mask_coding`)."""
-    return binary_entropy_bits(n_weights, expected_ones(n_weights, ratio_units(mask_ratio))) / n_pixels
+    """The mask's code length at `mask_ratio`, in bits per pixel (`bitstream.mask_coding`)."""
+    return mask_bits(n_weights, expected_ones(n_weights, ratio_units(mask_ratio))) / n_pixels
 
 
 def screen_mask_ratios(start_fit: Callable[[float], Fitter], ratios: tuple[float, ...], fraction: float,

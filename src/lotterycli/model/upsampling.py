@@ -36,7 +36,7 @@ def bicubic_kernel_1d(size: int, a: float = -0.75) -> torch.Tensor:
 def initial_kernel_integers(size: int, shift: int) -> tuple[int, ...]:
     """The initial (bicubic) kernel on the grid 2**-shift, row-major, in exact rational arithmetic.
 
-    Why: format v4 stores the learned kernel as its difference from this prediction (a fitted
+    Why: the file may store the learned kernel as its difference from this prediction (a fitted
     kernel stays close to bicubic), and encoder and decoder must compute it identically on every
     machine, hence fractions rather than floats (halves round up).
     """
