@@ -437,7 +437,8 @@ def test_compress_help_shows_lambda_and_mask_ratio_defaults_and_range():
     assert "typically 1e-4" in lam and "2e-2" in lam  # a typical range
     assert f"(default: {shipped['lambda']})" in lam
     mask = text[text.index("--mask-ratio"):text.index("--seed")]
-    assert f"(default: {shipped['mask_ratio']} or no mask, screened per image" in " ".join(mask.split())
+    ratios = ", ".join(f"{float(r):g}" for r in [shipped["mask_ratio"], *shipped["mask_ratio_candidates"]])
+    assert f"(default: screened per image among {ratios}, 0 = no mask" in " ".join(mask.split())
     assert "(default: balanced)" in text and "(default: 0)" in text[text.index("--seed"):]
 
 

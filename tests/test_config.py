@@ -667,7 +667,7 @@ def test_compress_screens_mask_ratios_unless_one_is_asked_for(tmp_path):
     or in their file without candidates of their own) is kept; a candidate equal to the ratio, or
     given twice, is screened once."""
     cfg = load_task_config("compress")
-    assert cfg.compression.mask_ratio_candidates == (0.0,) and cfg.compression.screen_fraction == 0.1
+    assert cfg.compression.mask_ratio_candidates == (0.0, 0.1) and cfg.compression.screen_fraction == 0.1
     assert load_task_config("denoise").compression is None
     assert load_task_config("compress", overrides={"mask_ratio": 0.3}).compression.mask_ratio_candidates == ()
     user = write(tmp_path, "mask_ratio: 0.2\nmask_ratio_candidates: [0.2, 0.5, 0.5, 0.0]\n")
@@ -677,7 +677,7 @@ def test_compress_screens_mask_ratios_unless_one_is_asked_for(tmp_path):
     user = write(tmp_path, "mask_ratio: 0.4\n")  # the user's own ratio, no candidates of theirs: kept
     assert load_task_config("compress", config_file=user).compression.mask_ratio_candidates == ()
     user = write(tmp_path, "steps: 5\n")  # the shipped ratio and candidates
-    assert load_task_config("compress", config_file=user).compression.mask_ratio_candidates == (0.0,)
+    assert load_task_config("compress", config_file=user).compression.mask_ratio_candidates == (0.0, 0.1)
 
 
 @pytest.mark.parametrize(
