@@ -776,8 +776,8 @@ def test_compression_screens_the_mask_ratio_and_the_file_says_which(monkeypatch)
     real = encoder.screen_mask_ratios
     monkeypatch.setattr(encoder, "screen_mask_ratios", lambda *a: screened.append(a[1]) or real(*a))
     result = encoder.compress_image(scene(20, 24), cfg, device="cpu")
-    assert screened == [(0.3, 0.0)]
-    assert read_header(result.data).mask_ratio == result.mask_ratio in (0.3, 0.0)
+    assert screened == [(0.3, 0.0, 0.1)]  # the shipped ratio, then its candidates
+    assert read_header(result.data).mask_ratio == result.mask_ratio in (0.3, 0.0, 0.1)
     assert torch.equal(decode_bytes(result.data), result.decoded)
     fixed = replace(cfg, compression=replace(cfg.compression, mask_ratio_candidates=()))
     result = encoder.compress_image(scene(20, 24), fixed, device="cpu")
@@ -796,6 +796,6 @@ def test_mask_ratio_screening_bars_end_full():
     encoder.compress_image(scene(16, 16), cfg, device="cpu",
                            progress=lambda info: seen.setdefault(info.stage, []).append(info))
     screens = {stage: infos for stage, infos in seen.items() if stage.startswith("screen")}
-    assert set(screens) == {"screen: mask ratio 0.3", "screen: mask ratio 0"}
+    assert set(screens) == {"screen: mask ratio 0.3", "screen: mask ratio 0", "screen: mask ratio 0.1"}
     for infos in screens.values():
         assert [(i.step, i.total) for i in infos] == [(1, 15), (11, 15), (15, 15)]
