@@ -65,10 +65,3 @@ def mask_bits(n: int, n_ones: int) -> float:
     """log2 C(n, n_ones): the mask's code length in bits, whatever its pattern."""
     return (math.lgamma(n + 1) - math.lgamma(n_ones + 1) - math.lgamma(n - n_ones + 1)) / math.log(2)
 
-
-def binary_entropy_bits(n: int, n_ones: int) -> float:
-    """n * H_b(n_ones / n): the mask's cost to within a few bits (log2 C(n, k) is at most this)."""
-    if n_ones in (0, n):
-        return 0.0
-    p = n_ones / n
-    return -n * (p * math.log2(p) + (1 - p) * math.log2(1 - p))
