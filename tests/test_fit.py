@@ -218,6 +218,40 @@ def test_own_adam_matches_torch_adam_bit_for_bit():
     assert not torch.equal(runs[1][0], start[0])  # it did move
 
 
+def test_fused_adam_matches_torch_fused_adam_and_resumes():
+    """The fused path (what a GPU uses; forced here on the CPU, where torch has the same kernel)
+    gives torch.optim.Adam(fused=True)'s updates bit for bit, including after its state is
+    restored the way a checkpoint restores it (float step counts, no step tensors)."""
+    from lotterycli.fitting.adam import Adam
+
+    gen = torch.Generator().manual_seed(0)
+    start = [torch.randn(5, 7, generator=gen), torch.randn(3, generator=gen)]
+    assert not Adam([start[0].clone().requires_grad_()]).fused  # CPU default: the multi-tensor path
+
+    def run(make, restore_at=None):
+        params = [t.clone().requires_grad_() for t in start]
+        opt = make(params)
+        g = torch.Generator().manual_seed(1)
+        for step in range(20):
+            if step == restore_at:
+                saved = {p: {k: opt.state[p][k] for k in ("step", "exp_avg", "exp_avg_sq")} for p in params}
+                opt = make(params)
+                opt.state.update({p: dict(st) for p, st in saved.items()})
+            opt.param_groups[0]["lr"] = 0.05 * (1.0 - step / 30)
+            opt.zero_grad(set_to_none=True)
+            ((params[0] ** 2).sum() + (params[1] * torch.randn(3, generator=g)).sum()).backward()
+            opt.step()
+        return [p.detach() for p in params]
+
+    reference = run(lambda ps: torch.optim.Adam(ps, lr=0.05, fused=True))
+    own = run(lambda ps: Adam(ps, lr=0.05, fused=True))
+    resumed = run(lambda ps: Adam(ps, lr=0.05, fused=True), restore_at=9)
+    plain = run(lambda ps: Adam(ps, lr=0.05))
+    for a, b, c, d in zip(reference, own, resumed, plain):
+        assert torch.equal(a, b) and torch.equal(a, c)
+        assert torch.allclose(a, d, atol=1e-5)  # the same formula, rounded in another order
+
+
 def test_latent_lr_scale_moves_only_the_latents_learning_rate():
     base, target = _model_and_target(5)
     start = {k: v.clone() for k, v in base.state_dict().items()}
