@@ -99,6 +99,65 @@ print(json.dumps({"source": lotterycli.__file__, "steps_per_second": 1 / seconds
 '''
 
 
+MEMBER_PROBE = r'''
+import json, time
+import torch
+torch.set_num_threads(THREADS)
+from dataclasses import replace
+from torch.utils._python_dispatch import TorchDispatchMode
+from lotterycli.config import load_task_config
+from lotterycli.fitting.batched import BatchedFitter
+from lotterycli.fitting.losses import PixelMSE
+from lotterycli.model.lottery_model import LotteryModel
+from lotterycli.model.members import MemberBatch
+
+class Count(TorchDispatchMode):
+    def __init__(self):
+        super().__init__(); self.n = 0
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.n += 1
+        return func(*args, **(kwargs or {}))
+
+cfg = load_task_config("denoise")
+dev = torch.device(DEVICE)
+h, w, b, steps = HEIGHT, WIDTH, MEMBERS, STEPS
+target = torch.rand(3, h, w, generator=torch.Generator().manual_seed(1)).to(dev)
+models = []
+for k in range(b):
+    torch.manual_seed(k)
+    models.append(LotteryModel(h, w, cfg.architecture, k, cfg.mask_ratio).to(dev))
+fitter = BatchedFitter(MemberBatch(models), [PixelMSE.whole(target)] * b, 0.004,
+                       replace(cfg.schedule, steps=100 * steps + 100, average_fraction=0.0))
+fitter.advance(3)
+with Count() as count:
+    fitter.advance(4)
+def sync():
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+sync()
+start = time.perf_counter()
+fitter.advance(4 + steps)
+sync()
+seconds = (time.perf_counter() - start) / steps
+print(json.dumps({"members": b, "ops_per_step": count.n, "member_steps_per_second": b / seconds}))
+'''
+
+
+def member_probe(height: int, width: int, members: int, steps: int, threads: int, device: str = "cpu") -> dict:
+    """A batched fit of `members` (`fitting.batched`, restoration's member batch) in a fresh process
+    of this checkout: operations dispatched per step (all members) and member-steps per second."""
+    code = (MEMBER_PROBE.replace("THREADS", str(threads)).replace("HEIGHT", str(height)).replace("WIDTH", str(width))
+            .replace("MEMBERS", str(members)).replace("STEPS", str(steps)).replace("DEVICE", repr(device)))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=3600,
+                         env={"OMP_WAIT_POLICY": "PASSIVE", **__import__("os").environ,
+                              "PYTHONPATH": str(REPO_ROOT / "src")})
+    if out.returncode != 0:
+        raise RuntimeError(f"member probe failed: {out.stderr.strip().splitlines()[-1:]}")
+    row = json.loads(out.stdout.strip().splitlines()[-1])
+    row.update(width=width, height=height, threads=threads, device=device)
+    return row
+
+
 def probe(src: Path, height: int, width: int, steps: int, threads: int) -> dict:
     """One tree's step rate, operations, FLOPs and peak RSS, in a fresh process.
 
@@ -135,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", default="256x256,768x512", help="WIDTHxHEIGHT, comma separated")
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--rounds", type=int, default=2, help="alternations of the two trees (the median is kept)")
+    p.add_argument("--members", default="4,16", help="member batches also probed, at the first size ('' for none)")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
@@ -162,8 +222,13 @@ def main(argv: list[str] | None = None) -> int:
             new, old = by[("this checkout", width, height)], by[(args.baseline, width, height)]
             print(f"{width}x{height}: {new['steps_per_second'] / old['steps_per_second']:.2f}x the steps/s of "
                   f"{args.baseline}, {new['ops_per_step'] / old['ops_per_step']:.2f}x its operations per step")
+    member_rows = [member_probe(sizes[0][1], sizes[0][0], int(b), max(3, args.steps // 4), args.threads)
+                   for b in args.members.split(",") if b]
+    for r in member_rows:
+        print(f"{r['members']} members batched at {r['width']}x{r['height']}: {r['ops_per_step']} operations per step "
+              f"({r['ops_per_step'] / r['members']:.0f} per member), {r['member_steps_per_second']:.2f} member-steps/s")
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=1) + "\n")
+        args.json.write_text(json.dumps(rows + member_rows, indent=1) + "\n")
     return 0
 
 

@@ -5,10 +5,12 @@
 `--smoke` (64x64 crop, 20 steps) only checks that the script runs, e.g. on a CPU before a lease.
 
 Measures, on the GPU: fitting steps/s at 256x256 and 768x512 (default and reference sizes);
-`compress` of a 256x256 Kodak crop (time, bpp, PSNR; the file is decoded on the CPU by the same
-code path `decompress` uses, and two fits with the same seed are compared byte for byte, with and
-without torch's deterministic-algorithms mode); `restore` denoise sigma 25 with the balanced
-preset, members one after another vs concurrently (threads, one CUDA stream each).
+member-steps/s and operations per step of batched fits (`fitting.batched`) of 1, 4 and 16 members
+at both sizes; `restore` denoise sigma 25 with the balanced preset, members one after another,
+concurrently (threads, one CUDA stream each) and as one member batch (`member_batch`); `compress`
+of a 256x256 Kodak crop (time, bpp, PSNR; the file is decoded on the CPU by the same code path
+`decompress` uses, and two fits with the same seed are compared byte for byte, with and without
+torch's deterministic-algorithms mode).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import os
 import platform
 import sys
 import time
+from dataclasses import replace
 
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed by deterministic mode
 
@@ -50,6 +53,17 @@ def step_rates(out: dict) -> None:
             rates[f"{name}_{w}x{h}"] = round(r, 2)
             log("steps/s", name, f"{w}x{h}", round(r, 2))
     out["step_rates_cuda"] = rates
+
+
+def member_rates(out: dict) -> None:
+    from benchmarks.engine import member_probe
+
+    rows = []
+    for h, w in ((64, 64),) if SMOKE else ((256, 256), (512, 768)):
+        for members in (1, 4) if SMOKE else (1, 4, 16):
+            rows.append(member_probe(h, w, members, 5 if SMOKE else 100, torch.get_num_threads(), DEVICE))
+            log("member batch", rows[-1])
+    out["member_batch_cuda"] = rows
 
 
 def compress_runs(out: dict, image: str, lam: float) -> None:
@@ -87,11 +101,12 @@ def restore_runs(out: dict, image: str) -> None:
     cfg = load_task_config("denoise", overrides={"steps": 20, "ensemble": 2} if SMOKE else None)
     lam = cfg.lambda_for(25.0)
     runs = []
-    for workers in (1, cfg.restoration.ensemble):
+    for workers, batch in ((1, "always"), (1, "never"), (cfg.restoration.ensemble, "never")):
         t0 = time.perf_counter()
-        r = restore_image(y, op, cfg, lam=lam, device=DEVICE, workers=workers)
+        settings = replace(cfg.restoration, member_batch=batch)
+        r = restore_image(y, op, replace(cfg, restoration=settings), lam=lam, device=DEVICE, workers=workers)
         seconds = time.perf_counter() - t0
-        runs.append({"workers": workers, "seconds": round(seconds, 2), "psnr": psnr(r.image, x),
+        runs.append({"workers": workers, "member_batch": batch, "seconds": round(seconds, 2), "psnr": psnr(r.image, x),
                      "member_psnr": [round(psnr(m, x), 3) for m in r.members]})
         log("restore", runs[-1])
     out["restore_cuda"] = {"image": image, "task": "denoise sigma 25", "preset": cfg.preset, "steps": cfg.steps,
@@ -110,7 +125,8 @@ def main() -> None:
         "cpu_threads": torch.get_num_threads(),
     }
     log(out)
-    for part in (step_rates, lambda o: restore_runs(o, "kodim03"), lambda o: compress_runs(o, "kodim03", 0.004)):
+    for part in (step_rates, member_rates, lambda o: restore_runs(o, "kodim03"),
+                 lambda o: compress_runs(o, "kodim03", 0.004)):
         try:
             part(out)
         except Exception as exc:  # keep what was measured so far

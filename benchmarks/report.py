@@ -313,6 +313,15 @@ def _md_engine(p: dict) -> list[str]:
             for r in p.get("rows", [])]
     L += _table(["code", "size", "threads", "steps/s", "operations per step", "GFLOP per step", "achieved / matmul peak",
                  "peak RSS MB"], rows).splitlines() + [""]
+    members = p.get("members") or []
+    if members:
+        L += ["Restoration's member batch (`fitting.batched`: B members of the denoising config as one model, every "
+              "pixel each step; this checkout only). On a CPU restoration fits one member per core instead "
+              "(`member_batch: auto`); the batch is for a GPU, where each operation is a kernel launch.", ""]
+        L += _table(["members", "size", "threads", "operations per step", "per member", "member-steps/s"],
+                    [[str(r["members"]), f"{r['width']}x{r['height']}", str(r["threads"]), str(r["ops_per_step"]),
+                      _f(r["ops_per_step"] / r["members"], ".0f"), _f(r["member_steps_per_second"])]
+                     for r in members]).splitlines() + [""]
     return L
 
 

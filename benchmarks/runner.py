@@ -115,6 +115,7 @@ class Config:
     engine_sizes: list[tuple[int, int]] = field(default_factory=lambda: [(256, 256), (768, 512)])
     engine_steps: int = 80  # a 256x256 probe then times ~5 s: 30 steps (~2 s) swung 0.95-1.26x between runs
     engine_rounds: int = 3
+    engine_members: list[int] = field(default_factory=lambda: [1, 4, 16])  # batched fits probed (this checkout)
     load_crop: int = 256
     load_steps: int = 300
     load_repeats: int = 2
@@ -301,6 +302,8 @@ def estimate_budget(cfg: Config, parts: list[str]) -> dict:
         est["speed"] = s
     if "engine" in parts:
         est["engine"] = sum(2 * (cfg.engine_steps + 20) * _step_s(h, w) + 20 for w, h in cfg.engine_sizes)
+        w0, h0 = cfg.engine_sizes[0]  # member batches: ~1.5x a single step's time per member on a CPU
+        est["engine"] += sum(1.5 * b * (cfg.engine_steps // 8 + 7) * _step_s(h0, w0) + 10 for b in cfg.engine_members)
     if "load" in parts:
         est["load"] = cfg.load_repeats * 5 * (cfg.load_steps * _step_s(cfg.load_crop, cfg.load_crop) + 15)
     if "batch" in parts:
@@ -918,6 +921,20 @@ def run_engine(cfg: Config, deadline: Deadline) -> dict:
                     part["rows"].append({"tree": name, "width": width, "height": height, "threads": torch.get_num_threads(),
                                          "rounds": len(rows), "all_steps_per_second": [r["steps_per_second"] for r in rows],
                                          **median})
+    # restoration's member batch (this checkout only): operations per member, member-steps/s
+    width, height = cfg.engine_sizes[0]
+    part["members"] = []
+    for members in cfg.engine_members:
+        if deadline.passed():
+            part["status"] = "partial"
+            break
+        log(f"engine: {members} members batched at {width}x{height}")
+        try:
+            part["members"].append(engine.member_probe(height, width, members, max(3, cfg.engine_steps // 8),
+                                                       torch.get_num_threads()))
+        except Exception as exc:
+            part["status"] = "partial"
+            part["notes"].append(f"{members} members batched: {_err(exc)}")
     return part
 
 

@@ -8,6 +8,8 @@ where a GPU is present.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from conftest import arch, scene, schedule
@@ -104,6 +106,33 @@ def test_restore_on_cuda_with_concurrent_members():
     op = Denoise(sigma=25 / 255)
     y = op.simulate(x, seed=3)
     cfg = load_task_config("denoise", overrides={"steps": 40, "ensemble": 2})
-    result = restore_image(y, op, cfg, lam=cfg.lambda_for(25.0), device="cuda", workers=2)
-    assert len(result.members) == 2 and result.image.device.type == "cpu"
-    assert psnr(result.image, x) > psnr(y.clamp(0, 1), x)
+    for batch in ("never", "auto"):  # members on CUDA streams; as one member batch (the default there)
+        settings = replace(cfg.restoration, member_batch=batch)
+        result = restore_image(y, op, replace(cfg, restoration=settings), lam=cfg.lambda_for(25.0), device="cuda",
+                               workers=2)
+        assert len(result.members) == 2 and result.image.device.type == "cpu"
+        assert psnr(result.image, x) > psnr(y.clamp(0, 1), x)
+
+
+@pytest.mark.parametrize("mode", ["soft", "hard"])
+def test_member_batch_stays_on_the_model_device(monkeypatch, mode):
+    """The member batch (a GPU's restoration path) on the meta device: forward, backward, the
+    per-member clipping and the optimizer step make no CPU tensor (the noise is faked: the meta
+    device has no generator)."""
+    from lotterycli.fitting.batched import BatchedFitter
+    from lotterycli.fitting.losses import PixelMSE
+    from lotterycli.model.members import MemberBatch
+
+    monkeypatch.setattr(MemberBatch, "_noise", lambda self, shape, a, device: torch.zeros(shape, device=device))
+    models = [LotteryModel(24, 40, ARCHS["config"], seed=k, mask_ratio=0.3).to("meta") for k in range(3)]
+    batch = MemberBatch(models)
+    images, bits = batch(mode, 0.3, 1.5)
+    assert images.device.type == "meta" and images.shape == (3, 3, 24, 40) and bits.shape == (3,)
+    target = torch.zeros(3, 24 * 40, device="meta")
+    fitter = BatchedFitter(batch, [PixelMSE(torch.arange(24 * 40, device="meta"), target, 24 * 40)] * 3, 1e-3,
+                           schedule(steps=20, eval_every=100, hard_fraction=0.0))
+    monkeypatch.setattr(BatchedFitter, "evaluate", lambda self: [0.0] * self.batch.n_members)
+    fitter.advance(2)
+    fitter.keep([2, 0])
+    fitter.advance(3)
+    assert all(p.device.type == "meta" and p.shape[0] == 2 for p in fitter.params)

@@ -524,3 +524,44 @@ def test_a_saved_member_can_have_its_arm_refitted_without_changing_its_render():
     arm_a, arm_b = a.modules["arm"], b.modules["arm"]
     assert any(not torch.equal(arm_a.tensors[k], arm_b.tensors[k]) for k in arm_a.tensors) or \
         arm_a.tensor_shifts() != arm_b.tensor_shifts()  # the refit did run
+
+
+@pytest.mark.parametrize("task", ["inpaint", "sr"])
+def test_batched_members_give_the_members_of_separate_fits(task):
+    """`member_batch: always` (what a GPU does by default) fits the candidates as member batches,
+    one per frame shape, screens them the same way and gives the same members as fitting them one
+    by one, up to float order; the bitstream is the best member's, as usual."""
+    x = scene(12, 20)
+    if task == "inpaint":
+        op = Inpaint.random(12, 20, 0.5, seed=2)
+        overrides = {"steps": 12, "ensemble": 1, "candidates": 0, "seed": 4}
+    else:
+        op = SuperResolution(2, 0.02)
+        overrides = {"steps": 12, "ensemble": 1, "candidates": 0, "seed": 4}
+    y = op.simulate(x, 0)
+    cfg = load_task_config(task, overrides=overrides)
+    # every pixel each step (the batched loop has no pixel draws), frames 0-5 (4 and 5 transposed)
+    cfg = with_changes(with_restoration(cfg, ensemble=3, candidates=6, member_transforms=True,
+                                        screen_fraction=0.5), pixel_fraction=1.0, average_every=2)
+    torch.set_num_threads(1)
+    single = restore_image(y, op, with_restoration(cfg, member_batch="never"), lam=6e-4, device="cpu", workers=1,
+                           bitstream=True)
+    batched = restore_image(y, op, with_restoration(cfg, member_batch="always"), lam=6e-4, device="cpu",
+                            bitstream=True)
+    assert batched.seeds == single.seeds and batched.dropped_seeds == single.dropped_seeds
+    assert batched.screen_losses == pytest.approx(single.screen_losses, rel=1e-4)
+    assert batched.best_member == single.best_member
+    for a, b in zip(batched.members, single.members):
+        assert tuple(a.shape) == (3, 12, 20) and torch.allclose(a, b, atol=1e-3)
+    assert batched.payload is not None and batched.payload.frame == single.payload.frame
+    assert batched.payload.seed == single.payload.seed
+
+
+def test_member_batch_setting():
+    from lotterycli.restoration.ensemble import use_member_batch
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert not use_member_batch("auto", cpu, 4, False) and use_member_batch("auto", cuda, 4, False)
+    assert use_member_batch("always", cpu, 4, False) and not use_member_batch("never", cuda, 4, False)
+    assert not use_member_batch("always", cpu, 1, False)  # one member: nothing to batch
+    assert not use_member_batch("always", cuda, 4, True)  # checkpoints: members one by one

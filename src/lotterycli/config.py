@@ -43,6 +43,7 @@ class RestorationSettings:
     keep_observed: bool  # put exactly observed pixels back into the result (noiseless inpainting)
     member_transforms: bool  # candidate k fits the image in frame k mod 8 (flips, transposes)
     classical_blend: float  # weight of the operator's classical estimate in the result
+    member_batch: str  # "auto" (on a GPU), "always" or "never": members fitted as one batched model
     lambda_by_sigma: dict[float, float]  # lambda at noise levels (0-255 scale), interpolated in log
     lambda_reference_scale: float | None  # sr: lambda_by_sigma holds the values for this factor
 
@@ -248,6 +249,7 @@ RESTORATION_CHECKS: dict[str, Check] = {
     "keep_observed": boolean,
     "member_transforms": boolean,
     "classical_blend": number(0, 1),
+    "member_batch": choice("auto", "always", "never"),
     "lambda_by_sigma": sigma_table,
     "lambda_reference_scale": optional(number(1, 16)),
 }

@@ -19,8 +19,8 @@ import torch
 
 from ..model.members import MemberBatch
 from .adam import Adam
-from .losses import Distortion, PixelMSE
 from .loop import _CANCELLED, FitCancelled, FitResult, ProgressCallback, StepInfo, _cosine
+from .losses import Distortion, PixelMSE
 from .schedule import Schedule
 
 

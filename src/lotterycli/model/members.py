@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .arm import _TAP_INDEX, CONTEXT_SIZE, _KH, _KW, laplace_bits
+from .arm import _KH, _KW, _TAP_INDEX, CONTEXT_SIZE, laplace_bits
 from .latents import kumaraswamy_noise, soft_round
 from .lottery_model import LotteryModel
 from .synthesis import pixel_coordinates

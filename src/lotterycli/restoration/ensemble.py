@@ -15,6 +15,7 @@ measured effect of each.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -24,12 +25,14 @@ import torch
 
 from ..compression.encoder import quantized_payload
 from ..config import TaskConfig
+from ..fitting.batched import BatchedFitter
 from ..fitting.checkpoint import Checkpoint
 from ..fitting.device import resolve_device
-from ..fitting.loop import FitResult, Fitter, ProgressCallback
+from ..fitting.loop import FitResult, Fitter, ProgressCallback, StepInfo
 from ..fitting.losses import PixelMSE
 from ..model.frames import N_FRAMES, dihedral, frame_shape
 from ..model.lottery_model import LotteryModel
+from ..model.members import MemberBatch
 from ..model.payload import Payload
 from .operators import Operator
 
@@ -79,6 +82,19 @@ def default_workers(ensemble: int, device: torch.device) -> int:
     return max(1, min(ensemble, torch.get_num_threads()))
 
 
+def use_member_batch(setting: str, device: torch.device, n_candidates: int, checkpointing: bool) -> bool:
+    """Whether the members are fitted as one batched model (`model.members`).
+
+    "auto": on a GPU, where a step is launch-bound and B members batched cost about one
+    member's launches; not on a CPU, where a batched product costs more per member than one fit
+    per core (docs/design.md). Never with one member, nor with checkpoints (the batched loop
+    keeps none), where the members are fitted one by one as usual.
+    """
+    if n_candidates < 2 or checkpointing or setting == "never":
+        return False
+    return setting == "always" or device.type == "cuda"
+
+
 @contextlib.contextmanager
 def _member_stream(dev: torch.device, workers: int):
     """On a GPU with concurrent members, give each member its own CUDA stream so their many small
@@ -117,7 +133,10 @@ def restore_image(
     With `cfg.restoration.member_transforms`, candidate k fits the image seen in frame k mod 8 of the square's
     symmetries (`model.frames.dihedral`; frame 0 = as given) and its render is mapped back.
     `bitstream`: also quantize the best member into `result.payload` (its file records its frame).
-    `workers`: fits run concurrently in threads (default: `default_workers`). Candidate k always
+    With `cfg.restoration.member_batch` ("auto": on a GPU; `use_member_batch`) the candidates are
+    fitted as member batches, one per frame shape (`model.members`, `fitting.batched`), screened
+    and kept the same way; each member's result is that of its own fit within float noise.
+    `workers`: otherwise, fits run concurrently in threads (default: `default_workers`). Candidate k always
     uses seed + k and its own noise generator, so concurrent fits compute exactly what they
     would one after another on one thread (float sums may differ in the last bit with more threads).
     `checkpoint`: saves each candidate's fit now and then (part "member K"), the screening's
@@ -187,6 +206,18 @@ def restore_image(
             fitter.advance(screen_until)
         return fitter.recent_loss()
 
+    def member_image(k: int, result: FitResult) -> torch.Tensor:
+        """Member k's result in the observation's frame: its averaged or its hard-rounded render."""
+        if result.average_render is not None:
+            image = result.average_render
+        else:
+            with torch.no_grad():
+                image, _ = models[k]("hard")
+        image = dihedral(image.detach(), frames[k], inverse=True).clamp(0, 1)
+        if settings.keep_observed:
+            image = operator.keep_observed(image, y_dev)
+        return image.cpu()
+
     def finish_member(k: int) -> tuple[torch.Tensor, FitResult]:
         if fitters[k] is None:  # no screening: the member starts here
             start_fit(k)
@@ -197,15 +228,50 @@ def restore_image(
                 checkpoint.save(only_if_due=True)
             result = fitters[k].finish()
         fitters[k] = None
-        if result.average_render is not None:
-            image = result.average_render
-        else:
-            with torch.no_grad():
-                image, _ = models[k]("hard")
-        image = dihedral(image.detach(), frames[k], inverse=True).clamp(0, 1)
-        if settings.keep_observed:
-            image = operator.keep_observed(image, y_dev)
-        return image.cpu(), result
+        return member_image(k, result), result
+
+    def fit_batched() -> tuple[list[float], list[int], list[tuple[torch.Tensor, FitResult]]]:
+        """Every candidate in member batches (one per frame shape), screened as `run_all` screens
+        them: (screening losses, kept candidates, (image, fit) of each kept one)."""
+        shapes: dict[tuple[int, int], list[int]] = {}
+        for k in range(n_candidates):
+            shapes.setdefault(frame_shape(height, width, frames[k]), []).append(k)
+        groups = []
+        for ks in shapes.values():
+            progress_of = [(on_member(k, n_candidates) if on_member is not None else None) or progress for k in ks]
+            distortions = [pixel_loss(frames[k]) if loss_map is not None else loss_in_frame(frames[k], y_dev) for k in ks]
+            batch = MemberBatch([models[k] for k in ks])
+            groups.append((ks, batch, BatchedFitter(batch, distortions, lam, schedule, progress_of)))
+        losses: list[float] = []
+        kept = list(range(n))
+        if n_candidates > n:
+            by_candidate = {}
+            for ks, _, fitter in groups:
+                fitter.advance(screen_until)
+                by_candidate.update(zip(ks, fitter.recent_loss()))
+            losses = [by_candidate[k] for k in range(n_candidates)]
+            kept = sorted(sorted(range(n_candidates), key=lambda k: (losses[k], k))[:n])
+            for i, (ks, batch, fitter) in enumerate(groups):
+                for pos, k in enumerate(ks):
+                    if k not in kept and fitter.progress[pos] is not None:
+                        last = fitter.history[pos][-1] if fitter.history[pos] else None
+                        fitter.progress[pos](StepInfo(fitter.step, fitter.total, last.loss if last else math.nan,
+                                                      last.distortion if last else math.nan,
+                                                      last.bpp if last else math.nan, fitter.seconds, "dropped"))
+                stay = [pos for pos, k in enumerate(ks) if k in kept]
+                fitter.keep(stay)
+                groups[i] = ([ks[pos] for pos in stay], batch, fitter)
+        finished = {}
+        for ks, batch, fitter in groups:
+            if not ks:
+                continue
+            for pos, (k, result) in enumerate(zip(ks, fitter.finish())):
+                batch.write_member(pos, models[k])  # the best state, into the member's own model
+                finished[k] = (member_image(k, result), result)
+        for k in range(n_candidates):
+            if k not in kept:
+                models[k] = None
+        return losses, kept, [finished[k] for k in kept]
 
     def run_all(fn, items: list[int]) -> list:
         if workers == 1:
@@ -213,13 +279,16 @@ def restore_image(
         with ThreadPoolExecutor(max_workers=min(workers, len(items)), initializer=torch.set_num_threads, initargs=(1,)) as pool:
             return list(pool.map(fn, items))
 
+    batched = use_member_batch(settings.member_batch, dev, n_candidates, checkpoint is not None or bool(resume))
     threads_before = torch.get_num_threads()
-    if workers > 1 and dev.type == "cpu":
+    if workers > 1 and dev.type == "cpu" and not batched:
         torch.set_num_threads(1)  # process-wide: each member's ops run on its own worker thread
     try:
         screen_losses: list[float] = []
         kept = list(range(n))
-        if n_candidates > n and "screen" in resume:  # decided before the run stopped
+        if batched:
+            screen_losses, kept, outputs = fit_batched()
+        elif n_candidates > n and "screen" in resume:  # decided before the run stopped
             screen_losses, kept = list(resume["screen"]["losses"]), list(resume["screen"]["kept"])
             for k in range(n_candidates):
                 if k not in kept:
@@ -235,7 +304,8 @@ def restore_image(
                     fitters[k] = models[k] = None
                     if checkpoint is not None:
                         checkpoint.drop(f"member {k}")
-        outputs = run_all(finish_member, kept)
+        if not batched:
+            outputs = run_all(finish_member, kept)
         fits = [o[1] for o in outputs]
         best = min(range(len(fits)), key=lambda i: fits[i].best_loss)
         payload = None
