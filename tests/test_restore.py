@@ -565,3 +565,24 @@ def test_member_batch_setting():
     assert use_member_batch("always", cpu, 4, False) and not use_member_batch("never", cuda, 4, False)
     assert not use_member_batch("always", cpu, 1, False)  # one member: nothing to batch
     assert not use_member_batch("always", cuda, 4, True)  # checkpoints: members one by one
+
+
+def test_restore_command_fits_a_member_batch_when_configured(tmp_path, monkeypatch):
+    """`member_batch: always` in a --config file reaches the fit through the command line (which
+    always hands the restorer a checkpoint it may resume from), except while checkpoints are saved."""
+    import lotterycli.restoration.ensemble as ensemble
+
+    made = []
+    real = ensemble.BatchedFitter
+    monkeypatch.setattr(ensemble, "BatchedFitter", lambda *a, **k: made.append(1) or real(*a, **k))
+    noisy = save_png(tmp_path / "noisy.png", Denoise(sigma=25 / 255).simulate(scene(16, 16), 1).clamp(0, 1))
+    config = tmp_path / "batch.yaml"
+    config.write_text("member_batch: always\n")
+    common = ("restore", noisy, "--task", "denoise", "--sigma", 25, "--steps", 4, "--ensemble", 2,
+              "--config", config, "--device", "cpu", "-q")
+    res = run(*common, "-o", tmp_path / "a.png")
+    assert res.returncode == 0, res.stderr
+    assert len(made) == 1  # one batch of both members
+    res = run(*common, "-o", tmp_path / "b.png", "--checkpoint-every", 0)
+    assert res.returncode == 0, res.stderr
+    assert len(made) == 1  # saving checkpoints: members one by one

@@ -87,8 +87,8 @@ def use_member_batch(setting: str, device: torch.device, n_candidates: int, chec
 
     "auto": on a GPU, where a step is launch-bound and B members batched cost about one
     member's launches; not on a CPU, where a batched product costs more per member than one fit
-    per core (docs/design.md). Never with one member, nor with checkpoints (the batched loop
-    keeps none), where the members are fitted one by one as usual.
+    per core (docs/design.md). Never with one member, nor when checkpoints are saved or resumed
+    (the batched loop keeps none): the members are then fitted one by one as usual.
     """
     if n_candidates < 2 or checkpointing or setting == "never":
         return False
@@ -279,7 +279,8 @@ def restore_image(
         with ThreadPoolExecutor(max_workers=min(workers, len(items)), initializer=torch.set_num_threads, initargs=(1,)) as pool:
             return list(pool.map(fn, items))
 
-    batched = use_member_batch(settings.member_batch, dev, n_candidates, checkpoint is not None or bool(resume))
+    checkpointing = (checkpoint is not None and checkpoint.saving) or bool(resume)
+    batched = use_member_batch(settings.member_batch, dev, n_candidates, checkpointing)
     threads_before = torch.get_num_threads()
     if workers > 1 and dev.type == "cpu" and not batched:
         torch.set_num_threads(1)  # process-wide: each member's ops run on its own worker thread
