@@ -139,13 +139,20 @@ start = time.perf_counter()
 fitter.advance(4 + steps)
 sync()
 seconds = (time.perf_counter() - start) / steps
-print(json.dumps({"members": b, "ops_per_step": count.n, "member_steps_per_second": b / seconds}))
+if dev.type == "cuda":
+    peak = torch.cuda.max_memory_allocated(dev)
+else:
+    peak = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({"members": b, "ops_per_step": count.n, "member_steps_per_second": b / seconds,
+                  "peak_bytes_per_member_pixel": peak / (b * h * w)}))
 '''
 
 
 def member_probe(height: int, width: int, members: int, steps: int, threads: int, device: str = "cpu") -> dict:
     """A batched fit of `members` (`fitting.batched`, restoration's member batch) in a fresh process
-    of this checkout: operations dispatched per step (all members) and member-steps per second."""
+    of this checkout: operations dispatched per step (all members), member-steps per second and
+    peak memory per member and pixel (the GPU's allocations there, else the process's peak RSS,
+    which includes torch itself)."""
     code = (MEMBER_PROBE.replace("THREADS", str(threads)).replace("HEIGHT", str(height)).replace("WIDTH", str(width))
             .replace("MEMBERS", str(members)).replace("STEPS", str(steps)).replace("DEVICE", repr(device)))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=3600,

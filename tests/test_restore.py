@@ -586,3 +586,26 @@ def test_restore_command_fits_a_member_batch_when_configured(tmp_path, monkeypat
     res = run(*common, "-o", tmp_path / "b.png", "--checkpoint-every", 0)
     assert res.returncode == 0, res.stderr
     assert len(made) == 1  # saving checkpoints: members one by one
+
+
+def test_member_batches_split_to_what_the_device_holds(monkeypatch):
+    """With room for two members per batch, six candidates fit as three batches and give the same
+    members as one batch of six (each member's numbers do not depend on its batch)."""
+    import lotterycli.restoration.ensemble as ensemble
+
+    x = scene(12, 12)
+    op = Denoise(sigma=0.1)
+    y = op.simulate(x, 0)
+    cfg = load_task_config("denoise", overrides={"steps": 6, "ensemble": 3, "candidates": 6, "seed": 2})
+    cfg = with_restoration(cfg, member_batch="always", screen_fraction=0.5)
+    made = []
+    real = ensemble.BatchedFitter
+    monkeypatch.setattr(ensemble, "BatchedFitter", lambda batch, *a, **k: made.append(batch.n_members) or real(batch, *a, **k))
+    assert ensemble.batch_capacity(torch.device("cpu"), 10**9) > 64  # no limit off a GPU
+    whole = restore_image(y, op, cfg, lam=5e-3, device="cpu")
+    monkeypatch.setattr(ensemble, "batch_capacity", lambda device, n_pixels: 2)
+    split = restore_image(y, op, cfg, lam=5e-3, device="cpu")
+    assert made == [6, 2, 2, 2]
+    assert split.seeds == whole.seeds
+    for a, b in zip(split.members, whole.members):
+        assert torch.allclose(a, b, atol=1e-4)

@@ -95,6 +95,22 @@ def use_member_batch(setting: str, device: torch.device, n_candidates: int, chec
     return setting == "always" or device.type == "cuda"
 
 
+# A batched member's fitting step on a GPU, bytes per pixel: a cautious guess (a single fit's step
+# peaks at ~4.6 KB per pixel of CPU memory at 768x512, and the batch's autograd keeps more), to be
+# replaced by what `benchmarks.gpu_check` measures (`member_batch_cuda`: peak bytes per member-pixel).
+MEMBER_BYTES_PER_PIXEL = 16 * 1024
+
+
+def batch_capacity(device: torch.device, n_pixels: int) -> int:
+    """How many members one batch may hold: on a GPU what its free memory holds at
+    MEMBER_BYTES_PER_PIXEL (at least one), so that a batch that would not fit is split instead of
+    failing; elsewhere no limit."""
+    if device.type != "cuda":
+        return 1 << 30
+    free, _ = torch.cuda.mem_get_info(device)
+    return max(1, int(free // (MEMBER_BYTES_PER_PIXEL * max(1, n_pixels))))
+
+
 @contextlib.contextmanager
 def _member_stream(dev: torch.device, workers: int):
     """On a GPU with concurrent members, give each member its own CUDA stream so their many small
@@ -231,13 +247,16 @@ def restore_image(
         return member_image(k, result), result
 
     def fit_batched() -> tuple[list[float], list[int], list[tuple[torch.Tensor, FitResult]]]:
-        """Every candidate in member batches (one per frame shape), screened as `run_all` screens
-        them: (screening losses, kept candidates, (image, fit) of each kept one)."""
+        """Every candidate in member batches (one per frame shape, split to `batch_capacity`),
+        screened as `run_all` screens them: (screening losses, kept candidates, (image, fit) of
+        each kept one)."""
         shapes: dict[tuple[int, int], list[int]] = {}
         for k in range(n_candidates):
             shapes.setdefault(frame_shape(height, width, frames[k]), []).append(k)
+        size = batch_capacity(dev, height * width)
+        chunks = [ks[i: i + size] for ks in shapes.values() for i in range(0, len(ks), size)]
         groups = []
-        for ks in shapes.values():
+        for ks in chunks:
             progress_of = [(on_member(k, n_candidates) if on_member is not None else None) or progress for k in ks]
             distortions = [pixel_loss(frames[k]) if loss_map is not None else loss_in_frame(frames[k], y_dev) for k in ks]
             batch = MemberBatch([models[k] for k in ks])
