@@ -71,11 +71,13 @@ def blend_classical(ensemble: torch.Tensor, classical: torch.Tensor | None, weig
 
 
 def default_workers(ensemble: int, device: torch.device) -> int:
-    """Members fitted at once: on a CPU one per core (up to K), each on one torch thread.
+    """Members fitted at once when they are not a member batch: on a CPU one per core (up to K),
+    each on one torch thread.
 
     Why: at 256x256, two single-thread fits side by side make more steps per second in all than
-    one fit on two threads. On a GPU members run one after the other: in threads on their own CUDA
-    streams they were only 4 % faster, the Python launch overhead being shared (docs/gpu.md).
+    one fit on two threads. On a GPU (without the batch) members run one after the other: in
+    threads on their own CUDA streams they were only 4 % faster, the Python launch overhead being
+    shared (docs/gpu.md).
     """
     if device.type != "cpu" or ensemble < 2:
         return 1
