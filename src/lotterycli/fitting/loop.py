@@ -234,7 +234,7 @@ class Fitter:
         loss, fraction = self.pixel_loss, self.schedule.pixel_fraction
         if fraction < 1.0:
             keep = torch.rand(loss.indices.numel(), generator=self.pixel_generator) < fraction
-            loss = loss.columns(torch.nonzero(keep).squeeze(1).to(loss.indices.device))
+            loss = loss.columns(_to_device(torch.nonzero(keep).squeeze(1), loss.indices.device))
         return loss
 
     def _plain_step(self, mode: str, temperature: float, noise_a: float,
@@ -367,6 +367,14 @@ class Fitter:
             steps=self.total, seconds=self.seconds, best_loss=self.best_loss, best_step=self.best_step,
             history=self.history, average_render=average,
         )
+
+
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A CPU tensor on `device`; to a GPU through pinned memory without waiting (a plain copy from
+    pageable memory would make every step wait for the GPU to finish the previous one)."""
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 def fit(
