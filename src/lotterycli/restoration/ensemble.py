@@ -10,6 +10,9 @@ training loss after `screen_fraction` of the steps, and continues only the K bes
 Members may fit the image in different orientations (`member_transforms`), and inpainting mixes
 the classical biharmonic fill into the result (`classical_blend`); docs/design.md gives the
 measured effect of each.
+
+How members run: on a CPU side by side, one per core (`default_workers`); on a GPU as one member
+batch (`member_batch`: `model.members`, `fitting.batched`), one kernel launch serving them all.
 """
 
 from __future__ import annotations
