@@ -141,3 +141,14 @@ def test_batched_fit_keeps_chosen_members():
     _, direct = _fit_batched([models[3], models[1]], target)
     for a, b in zip(screened, direct):
         assert a.best_loss == pytest.approx(b.best_loss, rel=1e-4) and a.best_step == b.best_step
+
+
+@pytest.mark.parametrize("height, width", [(1, 1), (5, 3), (33, 2)])
+def test_members_render_odd_sizes_as_their_models(height, width):
+    """Grids of one value, odd sizes and ARM bands taller than some grids: each member's render and
+    rate are its model's."""
+    models = _members(2, height, width, arm_band_rows=4)
+    images, bits = MemberBatch(models)("soft", 0.3, 1.5)
+    for k, model in enumerate(models):
+        image, b = model("soft", 0.3, 1.5)
+        assert torch.allclose(images[k], image, atol=1e-5) and torch.allclose(bits[k], b, rtol=1e-5)
