@@ -26,6 +26,15 @@ from pathlib import Path
 
 from .data import REPO_ROOT
 
+# Counts the ATen operations dispatched inside it; pasted into both probes below.
+COUNT_MODE = """class Count(TorchDispatchMode):
+    def __init__(self):
+        super().__init__(); self.n = 0
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.n += 1
+        return func(*args, **(kwargs or {}))
+"""
+
 PROBE = r'''
 import json, resource, sys, time
 if LAYOUT != "current":  # only the baseline tree: an editable install's finder would fill in what it lacks
@@ -53,12 +62,7 @@ else:  # the layout before it (lotterycli.fit, lotterycli.codec)
     schedule = lambda steps: replace(cfg.schedule, steps=steps)
     distortion = lambda target: fit_distortion(target, cfg.schedule)
 
-class Count(TorchDispatchMode):
-    def __init__(self):
-        super().__init__(); self.n = 0
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.n += 1
-        return func(*args, **(kwargs or {}))
+COUNT_MODE
 
 h, w, steps = HEIGHT, WIDTH, STEPS
 torch.manual_seed(0)
@@ -111,12 +115,7 @@ from lotterycli.fitting.losses import PixelMSE
 from lotterycli.model.lottery_model import LotteryModel
 from lotterycli.model.members import MemberBatch
 
-class Count(TorchDispatchMode):
-    def __init__(self):
-        super().__init__(); self.n = 0
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.n += 1
-        return func(*args, **(kwargs or {}))
+COUNT_MODE
 
 cfg = load_task_config("denoise")
 dev = torch.device(DEVICE)
@@ -153,7 +152,7 @@ def member_probe(height: int, width: int, members: int, steps: int, threads: int
     of this checkout: operations dispatched per step (all members), member-steps per second and
     peak memory per member and pixel (the GPU's allocations there, else the process's peak RSS,
     which includes torch itself)."""
-    code = (MEMBER_PROBE.replace("THREADS", str(threads)).replace("HEIGHT", str(height)).replace("WIDTH", str(width))
+    code = (MEMBER_PROBE.replace("COUNT_MODE", COUNT_MODE).replace("THREADS", str(threads)).replace("HEIGHT", str(height)).replace("WIDTH", str(width))
             .replace("MEMBERS", str(members)).replace("STEPS", str(steps)).replace("DEVICE", repr(device)))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=3600,
                          env={"OMP_WAIT_POLICY": "PASSIVE", **__import__("os").environ,
@@ -173,7 +172,7 @@ def probe(src: Path, height: int, width: int, steps: int, threads: int) -> dict:
     change a step's time by themselves, so the ratio would not be the code's alone.
     """
     layout = "before" if (Path(src) / "lotterycli" / "fit.py").exists() else "current"
-    code = (PROBE.replace("THREADS", str(threads)).replace("HEIGHT", str(height)).replace("WIDTH", str(width))
+    code = (PROBE.replace("COUNT_MODE", COUNT_MODE).replace("THREADS", str(threads)).replace("HEIGHT", str(height)).replace("WIDTH", str(width))
             .replace("STEPS", str(steps)).replace("LAYOUT", repr(layout)))
     env_path = str(src)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=3600,

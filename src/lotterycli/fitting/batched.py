@@ -19,7 +19,7 @@ import torch
 
 from ..model.members import MemberBatch
 from .adam import Adam
-from .loop import _CANCELLED, FitCancelled, FitResult, ProgressCallback, StepInfo, _cosine
+from .loop import FitResult, ProgressCallback, StepInfo, check_cancelled, step_settings
 from .losses import Distortion, PixelMSE
 from .schedule import Schedule
 
@@ -122,19 +122,14 @@ class BatchedFitter:
         start = time.perf_counter()
         sched, optimizer = self.schedule, self.optimizer
         while self.step < until:
-            if _CANCELLED.is_set():
-                raise FitCancelled("the fit was cancelled")
+            check_cancelled()
             step = self.step
-            soft = step < self.soft_steps
-            frac = step / max(self.soft_steps - 1, 1)
-            (t0, t1), (a0, a1) = sched.temperature, sched.noise
-            factor = _cosine(step, self.total, sched.lr_floor)
+            soft, temperature, noise_a, factor = step_settings(sched, step, self.soft_steps, self.total)
             for g, base in zip(optimizer.param_groups, self.base_lrs):
                 g["lr"] = base * factor
             averaged = step >= self.average_start and (step - self.average_start) % max(1, sched.average_every) == 0
             optimizer.zero_grad(set_to_none=True)
-            images, d, bpp, loss = self._losses("soft" if soft else "hard", t0 + (t1 - t0) * frac,
-                                                a0 + (a1 - a0) * frac)
+            images, d, bpp, loss = self._losses("soft" if soft else "hard", temperature, noise_a)
             loss.sum().backward()  # members share no parameter: each gets its own loss's gradient
             if sched.grad_clip > 0:
                 self._clip(sched.grad_clip)

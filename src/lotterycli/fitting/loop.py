@@ -66,6 +66,21 @@ def _cosine(step: int, total: int, floor: float) -> float:
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
 
 
+def check_cancelled() -> None:
+    """Raise FitCancelled in a fit's loop once `cancel_all` was called."""
+    if _CANCELLED.is_set():
+        raise FitCancelled("the fit was cancelled")
+
+
+def step_settings(schedule: Schedule, step: int, soft_steps: int, total: int) -> tuple[bool, float, float, float]:
+    """(soft stage?, soft-round temperature, noise parameter, learning-rate factor) of `step`:
+    the annealing and cosine decay every fitting loop follows."""
+    frac = step / max(soft_steps - 1, 1)
+    (t0, t1), (a0, a1) = schedule.temperature, schedule.noise
+    return (step < soft_steps, t0 + (t1 - t0) * frac, a0 + (a1 - a0) * frac,
+            _cosine(step, total, schedule.lr_floor))
+
+
 def evaluate(model: LotteryModel, distortion: Distortion, lam: float) -> tuple[float, float, float]:
     """(loss, distortion, bpp) of the hard-rounded model, without gradients (all of a PixelMSE's pixels)."""
     with torch.no_grad():
@@ -168,16 +183,9 @@ class Fitter:
         start = time.perf_counter()
         sched, model, optimizer = self.schedule, self.model, self.optimizer
         while self.step < until:
-            if _CANCELLED.is_set():
-                raise FitCancelled("the fit was cancelled")
+            check_cancelled()
             step = self.step
-            soft = step < self.soft_steps
-            progress_frac = step / max(self.soft_steps - 1, 1)
-            t0, t1 = sched.temperature
-            a0, a1 = sched.noise
-            temperature = t0 + (t1 - t0) * progress_frac
-            noise_a = a0 + (a1 - a0) * progress_frac
-            factor = _cosine(step, self.total, sched.lr_floor)
+            soft, temperature, noise_a, factor = step_settings(sched, step, self.soft_steps, self.total)
             for g, base in zip(optimizer.param_groups, self.base_lrs):
                 g["lr"] = base * factor
 
