@@ -100,8 +100,9 @@ def use_member_batch(setting: str, device: torch.device, n_candidates: int, chec
     return setting == "always" or device.type == "cuda"
 
 
-# A batched member's fitting step on a GPU, bytes per pixel: a cautious guess (a single fit's step
-# peaks at ~4.6 KB per pixel of CPU memory at 768x512, and the batch's autograd keeps more), to be
+# A batched member's fitting step on a GPU, bytes per pixel: a cautious guess (a single CPU fit at
+# 768x512 peaks at 2,086 MB RSS, torch included: docs/benchmarks.md, "Engine"; the batch's autograd
+# keeps more), to be
 # replaced by what `benchmarks.gpu_check` measures (`member_batch_cuda`: peak bytes per member-pixel).
 MEMBER_BYTES_PER_PIXEL = 16 * 1024
 
