@@ -19,10 +19,11 @@ from lotterycli.config import load_task_config, with_changes
 from lotterycli.errors import LotteryError
 from lotterycli.images import read_image
 from lotterycli.metrics import psnr
-from lotterycli.restoration.ensemble import blend_classical, combine, default_workers, restore_image
+from lotterycli.restoration.ensemble import blend_classical, combine, restore_image
 from lotterycli.restoration.masks import read_mask
 from lotterycli.restoration.operators import Denoise, Inpaint, SuperResolution
 from lotterycli.restoration.resize import bicubic_downsample, upsample_bicubic
+from lotterycli.restoration.side_by_side import default_workers
 
 run = run_inprocess
 QUICK = ("--preset", "fast", "--device", "cpu")
@@ -558,7 +559,7 @@ def test_batched_members_give_the_members_of_separate_fits(task):
 
 
 def test_member_batch_setting():
-    from lotterycli.restoration.ensemble import use_member_batch
+    from lotterycli.restoration.member_batches import use_member_batch
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert not use_member_batch("auto", cpu, 4, False) and use_member_batch("auto", cuda, 4, False)
@@ -570,11 +571,11 @@ def test_member_batch_setting():
 def test_restore_command_fits_a_member_batch_when_configured(tmp_path, monkeypatch):
     """`member_batch: always` in a --config file reaches the fit through the command line (which
     always hands the restorer a checkpoint it may resume from), except while checkpoints are saved."""
-    import lotterycli.restoration.ensemble as ensemble
+    import lotterycli.restoration.member_batches as member_batches
 
     made = []
-    real = ensemble.BatchedFitter
-    monkeypatch.setattr(ensemble, "BatchedFitter", lambda *a, **k: made.append(1) or real(*a, **k))
+    real = member_batches.BatchedFitter
+    monkeypatch.setattr(member_batches, "BatchedFitter", lambda *a, **k: made.append(1) or real(*a, **k))
     noisy = save_png(tmp_path / "noisy.png", Denoise(sigma=25 / 255).simulate(scene(16, 16), 1).clamp(0, 1))
     config = tmp_path / "batch.yaml"
     config.write_text("member_batch: always\n")
@@ -591,7 +592,7 @@ def test_restore_command_fits_a_member_batch_when_configured(tmp_path, monkeypat
 def test_member_batches_split_to_what_the_device_holds(monkeypatch):
     """With room for two members per batch, six candidates fit as three batches and give the same
     members as one batch of six (each member's numbers do not depend on its batch)."""
-    import lotterycli.restoration.ensemble as ensemble
+    import lotterycli.restoration.member_batches as member_batches
 
     x = scene(12, 12)
     op = Denoise(sigma=0.1)
@@ -599,13 +600,39 @@ def test_member_batches_split_to_what_the_device_holds(monkeypatch):
     cfg = load_task_config("denoise", overrides={"steps": 6, "ensemble": 3, "candidates": 6, "seed": 2})
     cfg = with_restoration(cfg, member_batch="always", screen_fraction=0.5)
     made = []
-    real = ensemble.BatchedFitter
-    monkeypatch.setattr(ensemble, "BatchedFitter", lambda batch, *a, **k: made.append(batch.n_members) or real(batch, *a, **k))
-    assert ensemble.batch_capacity(torch.device("cpu"), 10**9) > 64  # no limit off a GPU
+    real = member_batches.BatchedFitter
+    monkeypatch.setattr(member_batches, "BatchedFitter", lambda batch, *a, **k: made.append(batch.n_members) or real(batch, *a, **k))
+    assert member_batches.batch_capacity(torch.device("cpu"), 10**9) > 64  # no limit off a GPU
     whole = restore_image(y, op, cfg, lam=5e-3, device="cpu")
-    monkeypatch.setattr(ensemble, "batch_capacity", lambda device, n_pixels: 2)
+    monkeypatch.setattr(member_batches, "batch_capacity", lambda device, n_pixels: 2)
     split = restore_image(y, op, cfg, lam=5e-3, device="cpu")
     assert made == [6, 2, 2, 2]
     assert split.seeds == whole.seeds
     for a, b in zip(split.members, whole.members):
         assert torch.allclose(a, b, atol=1e-4)
+
+
+def test_screened_out_candidates_report_dropped_in_both_ways_of_fitting():
+    """Each candidate's progress ends with "dropped" at the screening step when it is screened
+    out, and at the last step when it is kept, batched or not."""
+    x = scene(12, 12)
+    op = Denoise(sigma=0.1)
+    y = op.simulate(x, 0)
+    cfg = load_task_config("denoise", overrides={"steps": 8, "ensemble": 2, "candidates": 4, "seed": 3})
+    cfg = with_changes(cfg, pixel_fraction=1.0)  # as the batched loop: every pixel each step
+    ends = {}
+    for way in ("never", "always"):
+        seen: dict[int, list] = {}
+
+        def on_member(k, count, seen=seen):
+            seen[k] = []
+            return seen[k].append
+
+        result = restore_image(y, op, with_restoration(cfg, member_batch=way, screen_fraction=0.5), lam=5e-3,
+                               device="cpu", workers=1, on_member=on_member)
+        ends[way] = {k: (infos[-1].stage, infos[-1].step) for k, infos in seen.items()}
+        for seed in result.dropped_seeds:
+            assert ends[way][seed - 3] == ("dropped", 4)
+        for seed in result.seeds:
+            assert ends[way][seed - 3] == ("hard", 8)
+    assert ends["never"] == ends["always"]

@@ -19,7 +19,7 @@ import torch
 
 from ..model.members import MemberBatch
 from .adam import Adam
-from .loop import FitResult, ProgressCallback, StepInfo, check_cancelled, step_settings
+from .loop import FitResult, ProgressCallback, StepInfo, check_cancelled, dropped_info, step_settings
 from .losses import Distortion, PixelMSE
 from .schedule import Schedule
 
@@ -164,7 +164,11 @@ class BatchedFitter:
         return torch.stack(self.losses[-n:]).mean(0).tolist()
 
     def keep(self, indices: list[int]) -> None:
-        """Go on with these members only (in this order), dropping the others' state."""
+        """Go on with these members only (in this order), dropping the others' state; the
+        others' progress callbacks get a last "dropped" report (as `Fitter.drop`)."""
+        for k, progress in enumerate(self.progress):
+            if k not in indices and progress is not None:
+                progress(dropped_info(self.history[k], self.step, self.total, self.seconds))
         index = torch.tensor(indices, dtype=torch.long, device=self.batch.w0.device)
         renamed = self.batch.keep(indices)
         for group in self.optimizer.param_groups:

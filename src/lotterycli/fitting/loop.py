@@ -52,6 +52,13 @@ class ProgressCallback(Protocol):
     def __call__(self, info: StepInfo) -> None: ...
 
 
+def dropped_info(history: list[StepInfo], step: int, total: int, seconds: float) -> StepInfo:
+    """The last report of a fit that stops at `step` (a screened-out restoration candidate)."""
+    last = history[-1] if history else None
+    return StepInfo(step, total, last.loss if last else math.nan, last.distortion if last else math.nan,
+                    last.bpp if last else math.nan, seconds, "dropped")
+
+
 @dataclass
 class FitResult:
     steps: int
@@ -357,10 +364,7 @@ class Fitter:
     def drop(self) -> None:
         """Tell the progress display this fit stops here (a screened-out restoration candidate)."""
         if self.progress is not None:
-            last = self.history[-1] if self.history else None
-            self.progress(StepInfo(self.step, self.total, last.loss if last else math.nan,
-                                   last.distortion if last else math.nan, last.bpp if last else math.nan,
-                                   self.seconds, "dropped"))
+            self.progress(dropped_info(self.history, self.step, self.total, self.seconds))
 
     def finish(self) -> FitResult:
         """Run any remaining steps, load the best hard-rounded state into the model, return the result."""
