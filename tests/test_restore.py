@@ -599,12 +599,13 @@ def test_member_batches_split_to_what_the_device_holds(monkeypatch):
     y = op.simulate(x, 0)
     cfg = load_task_config("denoise", overrides={"steps": 6, "ensemble": 3, "candidates": 6, "seed": 2})
     cfg = with_restoration(cfg, member_batch="always", screen_fraction=0.5)
+    monkeypatch.setattr(member_batches, "members_at_once", lambda height, width, device, wanted: wanted)
     made = []
     real = member_batches.BatchedFitter
     monkeypatch.setattr(member_batches, "BatchedFitter", lambda batch, *a, **k: made.append(batch.n_members) or real(batch, *a, **k))
-    assert member_batches.batch_capacity(torch.device("cpu"), 10**9) > 64  # no limit off a GPU
+    assert member_batches.batch_capacity(torch.device("meta"), 10**5, 10**5) > 64  # no limit off a CPU or GPU
     whole = restore_image(y, op, cfg, lam=5e-3, device="cpu")
-    monkeypatch.setattr(member_batches, "batch_capacity", lambda device, n_pixels: 2)
+    monkeypatch.setattr(member_batches, "batch_capacity", lambda device, height, width: 2)
     split = restore_image(y, op, cfg, lam=5e-3, device="cpu")
     assert made == [6, 2, 2, 2]
     assert split.seeds == whole.seeds

@@ -165,7 +165,10 @@ def compress_file(image: str | Path, output: str | Path | None, opts: CompressOp
     if resume and "fit" in resume and notify is not None:
         notify(f"{ckpt.path}: resuming the fit at step {resume['fit']['step']} of {resume['fit']['total']}")
         _thread_note(ckpt, notify)
-    result = compress_image(x, cfg, device=opts.device, progress=progress, checkpoint=ckpt, resume=resume)
+    try:  # its own errors (the memory check) are about this image
+        result = compress_image(x, cfg, device=opts.device, progress=progress, checkpoint=ckpt, resume=resume)
+    except LotteryError as exc:
+        raise _named(image, exc) from None
     atomic_write_bytes(out, result.data)
     if ckpt is not None:
         ckpt.remove()
@@ -313,8 +316,11 @@ def restore_file(image: str | Path, output: str | Path | None, opts: RestoreOpti
         steps = [v["step"] for k, v in resume.items() if k.startswith("member ")]
         notify(f"{ckpt.path}: resuming {len(steps)} member fit(s) at steps {', '.join(map(str, steps))} of {cfg.steps}")
         _thread_note(ckpt, notify)
-    result = restore_image(y, operator, cfg, lam=lam, device=opts.device, progress=progress, on_member=on_member,
-                           bitstream=bits_out is not None, workers=opts.workers, checkpoint=ckpt, resume=resume)
+    try:  # its own errors (the memory check) are about this image
+        result = restore_image(y, operator, cfg, lam=lam, device=opts.device, progress=progress, on_member=on_member,
+                               bitstream=bits_out is not None, workers=opts.workers, checkpoint=ckpt, resume=resume)
+    except LotteryError as exc:
+        raise _named(image, exc) from None
     write_png(out, result.image)
     if bits_out is not None:
         atomic_write_bytes(bits_out, encode_file(result.payload))

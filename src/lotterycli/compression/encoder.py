@@ -19,6 +19,7 @@ from ..fitting.checkpoint import Checkpoint
 from ..fitting.device import resolve_device
 from ..fitting.loop import FitResult, Fitter, ProgressCallback, rate_thread_pays
 from ..fitting.losses import Distortion, fit_distortion, squared_error
+from ..fitting.memory import check_fit_memory
 from ..fitting.schedule import Schedule
 from ..metrics import psnr
 from ..model.architecture import macs_per_pixel
@@ -116,6 +117,7 @@ def compress_image(
     start = time.perf_counter()
     dev = resolve_device(device)
     _, height, width = image.shape
+    check_fit_memory(height, width, dev)
     schedule = cfg.schedule
     target = image.to(dev)
 

@@ -29,6 +29,7 @@ from ..config import TaskConfig
 from ..fitting.checkpoint import Checkpoint
 from ..fitting.device import resolve_device
 from ..fitting.loop import FitResult, ProgressCallback
+from ..fitting.memory import members_at_once
 from ..model.payload import Payload
 from .candidates import Candidates, loss_in_frame
 from .member_batches import fit_member_batches, use_member_batch
@@ -110,14 +111,17 @@ def restore_image(
         raise ValueError(f"{cfg.task} is not a restoration task")
     dev = resolve_device(device)
     operator.check_observation(tuple(y.shape))
-    candidates = Candidates(y, operator, cfg, dev, progress=progress, on_member=on_member)
-    count = candidates.count
+    height, width = operator.output_shape(tuple(y.shape))
+    count = max(settings.ensemble, settings.candidates)
     workers = default_workers(count, dev) if workers is None else max(1, min(int(workers), count))
+    checkpointing = (checkpoint is not None and checkpoint.saving) or bool(resume)
+    batched = use_member_batch(settings.member_batch, dev, count, checkpointing)
+    if not batched:  # side by side only as many as the free memory holds (member batches size themselves)
+        workers = members_at_once(height, width, dev, workers)
+    candidates = Candidates(y, operator, cfg, dev, progress=progress, on_member=on_member)
     schedule = cfg.schedule
     screen_until = max(1, int(round(settings.screen_fraction * schedule.steps)))
     classical = operator.classical_estimate(y) if settings.classical_blend > 0 else None
-    checkpointing = (checkpoint is not None and checkpoint.saving) or bool(resume)
-    batched = use_member_batch(settings.member_batch, dev, count, checkpointing)
     with member_threads(1 if batched else workers, dev):
         if batched:
             screened = fit_member_batches(candidates, lam, schedule, screen_until)

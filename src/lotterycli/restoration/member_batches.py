@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..fitting.batched import BatchedFitter
+from ..fitting.memory import members_at_once
 from ..fitting.schedule import Schedule
 from ..model.members import MemberBatch
 from .candidates import Candidates, Screened, rank
@@ -37,10 +38,13 @@ def use_member_batch(setting: str, device: torch.device, n_candidates: int, chec
 MEMBER_BYTES_PER_PIXEL = 16 * 1024
 
 
-def batch_capacity(device: torch.device, n_pixels: int) -> int:
-    """How many members one batch may hold: on a GPU what its free memory holds at
-    MEMBER_BYTES_PER_PIXEL (at least one), so that a batch that would not fit is split instead of
-    failing; elsewhere no limit."""
+def batch_capacity(device: torch.device, height: int, width: int) -> int:
+    """How many members one batch may hold, so that a batch that would not fit is split instead of
+    failing: on a GPU what its free memory holds at MEMBER_BYTES_PER_PIXEL (at least one); on a
+    CPU what the free memory holds by `fitting.memory` (LotteryError if not one member)."""
+    n_pixels = height * width
+    if device.type == "cpu":
+        return members_at_once(height, width, device, 1 << 30)
     if device.type != "cuda":
         return 1 << 30
     free, _ = torch.cuda.mem_get_info(device)
@@ -54,7 +58,7 @@ def fit_member_batches(candidates: Candidates, lam: float, schedule: Schedule, s
     shapes: dict[tuple[int, int], list[int]] = {}
     for k in range(candidates.count):
         shapes.setdefault(candidates.frame_shape(k), []).append(k)
-    size = batch_capacity(candidates.device, candidates.height * candidates.width)
+    size = batch_capacity(candidates.device, candidates.height, candidates.width)
     groups = []
     for members in shapes.values():
         for i in range(0, len(members), size):

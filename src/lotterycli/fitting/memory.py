@@ -1,0 +1,83 @@
+"""How much memory a fit needs on a CPU, checked before the fit starts.
+
+Why: a fit's peak memory grows with the image, about 4 KB per pixel (the activations of the
+full-resolution latents, upsampling, ModNet and ARM that the backward pass needs, whatever
+fraction of the pixels a step synthesises), so a 12-megapixel photograph needs ~58 GB. Without a
+check the operating system kills the process partway through its fit (or it swaps for hours);
+with it, the command stops at once and says what it would need. Measured by `python -m
+benchmarks.memory`: one fit (a whole compression, or a restoration member) 3.7-4.1 KB per pixel
+above the imported package, two restoration members side by side 9.4 KB.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from ..errors import LotteryError
+
+FIT_BYTES_PER_PIXEL = 4864  # per member fitted at once (4.75 KiB: the measured slopes, with a margin)
+FIT_FIXED_BYTES = 128 << 20  # what a fit holds whatever the image size, beyond the imported package
+
+
+def fit_bytes(n_pixels: int, at_once: int = 1) -> int:
+    """The peak memory of `at_once` fits of `n_pixels` pixels each, side by side, on a CPU."""
+    return FIT_FIXED_BYTES + at_once * FIT_BYTES_PER_PIXEL * n_pixels
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def available_bytes() -> int | None:
+    """Memory a new allocation can still get: the kernel's MemAvailable, less where this
+    process's cgroup (a container's limit) allows less; None where neither can be read (not Linux)."""
+    available = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                available = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    for limit_file, usage_file in (("memory.max", "memory.current"),  # cgroup v2
+                                   ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")):  # v1
+        limit = _read_int(Path("/sys/fs/cgroup") / limit_file)
+        usage = _read_int(Path("/sys/fs/cgroup") / usage_file)
+        if limit is not None and usage is not None and limit < 1 << 60:
+            left = max(0, limit - usage)
+            available = left if available is None else min(available, left)
+    return available
+
+
+def _size_text(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
+
+
+def members_at_once(height: int, width: int, device: torch.device, wanted: int) -> int:
+    """How many fits of a `height` x `width` render may run side by side (at most `wanted`): all
+    of them off a CPU or where the free memory is unknown. Raises LotteryError, naming the size
+    and the memory, when not even one fits."""
+    if device.type != "cpu" or os.environ.get("LOTTERY_NO_MEMORY_CHECK"):
+        return wanted
+    available = available_bytes()
+    if available is None:
+        return wanted
+    n_pixels = height * width
+    fits = (available - FIT_FIXED_BYTES) // (FIT_BYTES_PER_PIXEL * n_pixels) if available > FIT_FIXED_BYTES else 0
+    if fits < 1:
+        raise LotteryError(
+            f"fitting a {width}x{height} image needs about {_size_text(fit_bytes(n_pixels))} of memory "
+            f"({FIT_BYTES_PER_PIXEL / 1024:.2f} KB per pixel) and {_size_text(available)} is available: "
+            "crop or downscale it, or run it where more memory is free")
+    return int(min(wanted, fits))
+
+
+def check_fit_memory(height: int, width: int, device: torch.device) -> None:
+    """Raise LotteryError, before anything is allocated, if one fit of this size cannot fit in
+    the free memory (`members_at_once`)."""
+    members_at_once(height, width, device, 1)
