@@ -22,14 +22,19 @@ import sys
 
 from .data import REPO_ROOT
 
-PROBE = r'''
-import json, sys, torch
+# Both probes start so: the process's peak resident memory (VmHWM), in bytes.
+PROBE_HEAD = r'''
+import json, torch
+from dataclasses import replace
 torch.set_num_threads(THREADS)
 def hwm():
     for line in open("/proc/self/status"):
         if line.startswith("VmHWM"):
             return int(line.split()[1]) * 1024
 from lotterycli.config import load_task_config
+'''
+
+PROBE = PROBE_HEAD + r'''
 from lotterycli.compression.encoder import compress_image
 from lotterycli.restoration.ensemble import restore_image
 from lotterycli.restoration.operators import Denoise
@@ -45,15 +50,7 @@ else:
 print(json.dumps({"peak_bytes": hwm() - base}))
 '''
 
-FRACTION_PROBE = r'''
-import json, torch
-from dataclasses import replace
-torch.set_num_threads(THREADS)
-def hwm():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM"):
-            return int(line.split()[1]) * 1024
-from lotterycli.config import load_task_config
+FRACTION_PROBE = PROBE_HEAD + r'''
 from lotterycli.fitting.loop import Fitter
 from lotterycli.fitting.losses import fit_distortion
 from lotterycli.model.lottery_model import LotteryModel

@@ -467,6 +467,17 @@ def test_engine_probe_reports_a_step_of_this_checkout():
     assert 0 < row["achieved_fraction_of_peak"] < 1
 
 
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="peak memory is read from /proc (Linux)")
+def test_memory_probes_report_a_peak_that_grows_with_the_pixels_fitted():
+    """benchmarks.memory: a whole compression's peak, and a fit's by pixel fraction, above the
+    imported package (VmHWM), in a fresh process each."""
+    from benchmarks import memory
+
+    small, large = (memory.measure("compress", 1, s, s, steps=2, threads=1) for s in (16, 192))
+    assert 0 <= small < large
+    assert memory.measure_fraction(1.0, 128, 128, threads=1) > 0
+
+
 def test_load_part_times_solo_pairs_and_busy_runs(monkeypatch, tmp_path):
     """benchmarks.load.measure: four whole `lottery compress` commands (3 steps, 16x16), each file
     the same."""

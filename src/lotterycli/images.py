@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-import secrets
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,6 +21,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import LotteryError
+from .files import write_atomically
 
 if TYPE_CHECKING:
     import torch
@@ -239,26 +239,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
         return
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    except OSError as exc:
-        raise LotteryError(f"{path}: cannot write ({exc.strerror or exc})") from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(exc, OSError):
-            raise LotteryError(f"{path}: cannot write ({exc.strerror or exc})") from None
-        raise
+    write_atomically(path, data)
 
 
 def encode_png(image: torch.Tensor) -> bytes:

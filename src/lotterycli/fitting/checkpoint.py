@@ -16,7 +16,6 @@ import glob
 import io
 import os
 import re
-import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from typing import Any
 import torch
 
 from ..errors import LotteryError
+from ..files import write_atomically
 from .loop import Fitter
 
 FORMAT = 1
@@ -36,26 +36,6 @@ def checkpoint_path(output: str | os.PathLike) -> Path:
     """photo.lottery -> photo.lottery.ckpt"""
     out = Path(output)
     return out.with_name(out.name + ".ckpt")
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """`data` to `path` through a temporary file beside it and a rename (as images.atomic_write_bytes,
-    which this layer may not import)."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "xb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(exc, OSError):
-            raise LotteryError(f"{path}: cannot write the checkpoint ({exc.strerror or exc})") from None
-        raise
 
 
 class Checkpoint:
@@ -161,7 +141,7 @@ class Checkpoint:
             buf = io.BytesIO()
             torch.save({"format": FORMAT, "identity": self.identity, "parts": dict(self.parts),
                         "threads": self.threads}, buf)
-            _atomic_write(self.path, buf.getvalue())
+            write_atomically(self.path, buf.getvalue(), "the checkpoint")
             self._last_save = now
             self.saves += 1
 
