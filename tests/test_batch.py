@@ -192,6 +192,55 @@ def test_threads_per_fit_follow_the_jobs_asked_for_not_the_inputs_left(tmp_path,
     assert (p.jobs, p.settings.threads) == (1, max(1, batch._cores() // 2))
 
 
+def test_fewer_fits_at_once_when_the_memory_holds_fewer_of_the_largest_input(tmp_path, monkeypatch):
+    """Workers starting together would each see the same free memory: the batch runs only as many
+    CPU fits at once as it holds of the largest input (an SR output counts scale^2 pixels), says
+    so, and keeps the threads per fit (the same files)."""
+    from lotterycli import batch
+    from lotterycli.fitting import memory
+    from lotterycli.jobs import CompressOptions, RestoreOptions
+
+    src = make_images(tmp_path / "in")
+    monkeypatch.delenv("LOTTERY_NO_MEMORY_CHECK", raising=False)
+    monkeypatch.setattr(memory, "available_bytes", lambda: memory.fit_bytes(32 * 32, 2))
+    spec = batch.BatchSpec("compress", [str(src)], str(tmp_path / "out"), CompressOptions(device="cpu"), jobs=3,
+                           threads=1)
+    p = batch.plan(spec)
+    batch._size_workers(p)
+    assert (p.jobs, p.settings.threads) == (2, 1)
+    assert p.notes == [f"2 fit(s) at once instead of 3: the largest input's fit (1,024 pixels) needs about "
+                       f"{memory.size_text(memory.fit_bytes(1024))} and {memory.size_text(memory.fit_bytes(1024, 2))} "
+                       "is free"]
+    sr = batch.BatchSpec("restore", [str(src)], str(tmp_path / "sr"), RestoreOptions(task="sr", scale=2, device="cpu"),
+                         jobs=3, threads=1)
+    p = batch.plan(sr)
+    batch._size_workers(p)
+    assert p.jobs == 1 and "(4,096 pixels)" in p.notes[0]  # 32x32 observed, 64x64 restored
+    monkeypatch.setenv("LOTTERY_NO_MEMORY_CHECK", "1")
+    p = batch.plan(spec)
+    batch._size_workers(p)
+    assert (p.jobs, p.notes) == (3, [])
+    monkeypatch.delenv("LOTTERY_NO_MEMORY_CHECK")
+    monkeypatch.setattr(memory, "available_bytes", lambda: memory.fit_bytes(32 * 32, 1))
+    res = run("batch", "compress", src, "-o", tmp_path / "cli", "--jobs", "2", *FIT, *ONE)
+    assert res.returncode == 0, res.stderr
+    assert "1 fit(s) at once instead of 2" in res.stderr  # and the batch ran in this process
+
+
+def test_image_size_reads_headers_only(tmp_path):
+    import numpy as np
+
+    from lotterycli.errors import LotteryError
+    from lotterycli.images import image_size
+
+    assert image_size(save_png(tmp_path / "a.png", scene(20, 28))) == (20, 28)
+    np.save(tmp_path / "b.npy", np.zeros((3, 12, 9), dtype=np.float32))
+    assert image_size(tmp_path / "b.npy") == (12, 9)
+    (tmp_path / "c.png").write_bytes(b"not an image")
+    with pytest.raises(LotteryError, match="c.png"):
+        image_size(tmp_path / "c.png")
+
+
 # -- skip and redo ----------------------------------------------------------------------------------------
 def test_rerun_skips_done_inputs_and_redoes_changed_inputs_and_configs(tmp_path):
     src = tmp_path / "in"

@@ -108,6 +108,7 @@ class Plan:
     settings: Settings
     jobs: int = 1  # worker processes (1: this process)
     gpus: int = 0  # GPUs the workers are spread over
+    notes: list[str] = field(default_factory=list)  # choices made on the user's behalf, told before any work
 
 
 # -- inputs and output names ---------------------------------------------------------------------------
@@ -363,6 +364,42 @@ def _size_workers(p: Plan) -> None:
     # (float sums), and a resumed batch must write what an uninterrupted one would have.
     p.settings.threads = spec.threads or max(1, _cores() // (spec.jobs or auto))
     p.jobs = max(1, min(spec.jobs or auto, len(p.todo)))
+    if p.jobs > 1 and p.gpus == 0 and spec.command in ("compress", "restore"):
+        _fit_jobs_to_memory(p)
+
+
+def _fit_pixels(command: str, job: Job) -> int | None:
+    """The pixels of the render a job's fit makes, from the input's header (None if unreadable:
+    the job then fails alone, with its own message)."""
+    from .images import image_size
+
+    try:
+        height, width = image_size(job.input)
+    except LotteryError:
+        return None
+    scale = job.options.scale if command == "restore" and job.options.task == "sr" else None
+    return height * width * (scale or 1) ** 2
+
+
+def _fit_jobs_to_memory(p: Plan) -> None:
+    """Fewer CPU fits at once when the free memory cannot hold `p.jobs` fits of the largest input
+    (`fitting.memory`): each fit checks its own memory as it starts, but fits starting together
+    would all see the same free memory. The threads per fit stay as sized (the files do not change)."""
+    from .fitting import memory
+
+    available = memory.available_bytes()
+    if available is None or not memory.checked():
+        return
+    sizes = [n for n in (_fit_pixels(p.spec.command, job) for job in p.todo) if n is not None]
+    if not sizes:
+        return
+    largest = max(sizes)
+    hold = max(1, memory.fits_in(available, largest))
+    if hold < p.jobs:
+        p.notes.append(f"{hold} fit(s) at once instead of {p.jobs}: the largest input's fit ({largest:,} pixels) "
+                       f"needs about {memory.size_text(memory.fit_bytes(largest))} and "
+                       f"{memory.size_text(available)} is free")
+        p.jobs = hold
 
 
 def _check_outputs_are_not_inputs(todo: list[Job], opts: Options) -> None:
@@ -537,6 +574,9 @@ class Events:
 
     def planned(self, todo: int, skipped: int) -> None:
         pass
+
+    def note(self, text: str) -> None:
+        """A choice made on the user's behalf (fewer fits at once for lack of memory)."""
 
     def started(self, job: Job, slot: int) -> Reporter | None:
         """Job starts on worker `slot`; may return where its progress goes (local jobs)."""
@@ -776,6 +816,8 @@ def run(spec: BatchSpec, events: Events | None = None, stdin: Callable[[], Itera
         outcome.skipped = len(p.skipped)
         rows: dict[str, dict] = {row["outputs"][0]: row for row in p.skipped}
         events.planned(len(p.todo), len(p.skipped))
+        for text in p.notes:
+            events.note(text)
         manifest = Manifest(manifest_path)
 
         def begin(job: Job) -> None:

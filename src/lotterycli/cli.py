@@ -370,6 +370,9 @@ class _BatchOutput:
                 if skipped:
                     outer.out.note(f"{skipped} input(s) already done (see the manifest): skipped")
 
+            def note(self, text: str) -> None:
+                outer.out.note(text)
+
             def started(self, job, slot: int):
                 return outer.started(job, slot)
 

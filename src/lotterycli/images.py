@@ -190,6 +190,24 @@ def _npy_header(buf: io.BytesIO, name: str) -> tuple[tuple[int, ...], np.dtype]:
     return tuple(int(s) for s in shape), dtype
 
 
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(height, width) of an image or .npy file from its header, without decoding its pixels
+    (EXIF rotation not applied); LotteryError if it cannot be read."""
+    name = str(path)
+    try:
+        if name.lower().endswith(".npy"):
+            with open(path, "rb") as fh:
+                shape, _ = _npy_header(fh, name)
+            if len(shape) < 2:
+                raise LotteryError(f"{name}: not an image array (shape {shape})")
+            return shape[-2], shape[-1]
+        with Image.open(path) as im:
+            width, height = im.size
+        return height, width
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
+        raise LotteryError(f"{name}: cannot read the image's size ({exc})") from None
+
+
 def _read_npy(data: bytes, name: str, min_side: int, max_pixels: int) -> torch.Tensor:
     import torch
 

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from ..errors import LotteryError
+
+if TYPE_CHECKING:  # torch-free, so that `lottery batch` can size its workers before importing torch
+    import torch
 
 FIT_BYTES_PER_PIXEL = 4864  # per member fitted at once (4.75 KiB: the measured slopes, with a margin)
 FIT_FIXED_BYTES = 128 << 20  # what a fit holds whatever the image size, beyond the imported package
@@ -54,25 +56,35 @@ def available_bytes() -> int | None:
     return available
 
 
-def _size_text(n: int) -> str:
+def size_text(n: int) -> str:
     return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
+
+
+def checked() -> bool:
+    """Whether fits check their memory (`LOTTERY_NO_MEMORY_CHECK` unset)."""
+    return not os.environ.get("LOTTERY_NO_MEMORY_CHECK")
+
+
+def fits_in(available: int, n_pixels: int) -> int:
+    """How many fits of `n_pixels` pixels side by side `available` bytes hold."""
+    return (available - FIT_FIXED_BYTES) // (FIT_BYTES_PER_PIXEL * max(1, n_pixels)) if available > FIT_FIXED_BYTES else 0
 
 
 def members_at_once(height: int, width: int, device: torch.device, wanted: int) -> int:
     """How many fits of a `height` x `width` render may run side by side (at most `wanted`): all
     of them off a CPU or where the free memory is unknown. Raises LotteryError, naming the size
     and the memory, when not even one fits."""
-    if device.type != "cpu" or os.environ.get("LOTTERY_NO_MEMORY_CHECK"):
+    if device.type != "cpu" or not checked():
         return wanted
     available = available_bytes()
     if available is None:
         return wanted
     n_pixels = height * width
-    fits = (available - FIT_FIXED_BYTES) // (FIT_BYTES_PER_PIXEL * n_pixels) if available > FIT_FIXED_BYTES else 0
+    fits = fits_in(available, n_pixels)
     if fits < 1:
         raise LotteryError(
-            f"fitting a {width}x{height} image needs about {_size_text(fit_bytes(n_pixels))} of memory "
-            f"({FIT_BYTES_PER_PIXEL / 1024:.2f} KB per pixel) and {_size_text(available)} is available: "
+            f"fitting a {width}x{height} image needs about {size_text(fit_bytes(n_pixels))} of memory "
+            f"({FIT_BYTES_PER_PIXEL / 1024:.2f} KB per pixel) and {size_text(available)} is available: "
             "crop or downscale it, or run it where more memory is free")
     return int(min(wanted, fits))
 
