@@ -188,8 +188,8 @@ def test_threads_per_fit_follow_the_jobs_asked_for_not_the_inputs_left(tmp_path,
 
     spec = batch.BatchSpec("decompress", [str(lottery_file)], str(tmp_path / "out"), batch.DecompressOptions(), jobs=2)
     p = batch.plan(spec)
-    batch._size_workers(p)
-    assert (p.jobs, p.settings.threads) == (1, max(1, batch._cores() // 2))
+    batch.size_workers(p)
+    assert (p.jobs, p.settings.threads) == (1, max(1, batch.planning.cores() // 2))
 
 
 def test_fewer_fits_at_once_when_the_memory_holds_fewer_of_the_largest_input(tmp_path, monkeypatch):
@@ -206,7 +206,7 @@ def test_fewer_fits_at_once_when_the_memory_holds_fewer_of_the_largest_input(tmp
     spec = batch.BatchSpec("compress", [str(src)], str(tmp_path / "out"), CompressOptions(device="cpu"), jobs=3,
                            threads=1)
     p = batch.plan(spec)
-    batch._size_workers(p)
+    batch.size_workers(p)
     assert (p.jobs, p.settings.threads) == (2, 1)
     assert p.notes == [f"2 fit(s) at once instead of 3: the largest input's fit (1,024 pixels) needs about "
                        f"{memory.size_text(memory.fit_bytes(1024))} and {memory.size_text(memory.fit_bytes(1024, 2))} "
@@ -214,11 +214,11 @@ def test_fewer_fits_at_once_when_the_memory_holds_fewer_of_the_largest_input(tmp
     sr = batch.BatchSpec("restore", [str(src)], str(tmp_path / "sr"), RestoreOptions(task="sr", scale=2, device="cpu"),
                          jobs=3, threads=1)
     p = batch.plan(sr)
-    batch._size_workers(p)
+    batch.size_workers(p)
     assert p.jobs == 1 and "(4,096 pixels)" in p.notes[0]  # 32x32 observed, 64x64 restored
     monkeypatch.setenv("LOTTERY_NO_MEMORY_CHECK", "1")
     p = batch.plan(spec)
-    batch._size_workers(p)
+    batch.size_workers(p)
     assert (p.jobs, p.notes) == (3, [])
     monkeypatch.delenv("LOTTERY_NO_MEMORY_CHECK")
     monkeypatch.setattr(memory, "available_bytes", lambda: memory.fit_bytes(32 * 32, 1))

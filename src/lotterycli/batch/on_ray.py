@@ -1,11 +1,11 @@
 """`lottery batch --ray`: the batch's jobs as Ray tasks (imported only then; `pip install
 lotterycli[ray]`).
 
-Each task gets its input's bytes (and its mask's), runs the same `batch.execute` as a local worker
-in a temporary folder of the node it lands on (`batch.execute_detached`), and returns the outputs'
-bytes; the driver (this
-process) writes them atomically into OUTDIR and appends the manifest, so the cluster's nodes need
-lotterycli installed but no shared filesystem, and a stopped batch resumes as a local one. Fit
+Each task gets its input's bytes (and its mask's), runs the same `execute.execute` as a local
+worker in a temporary folder of the node it lands on (`execute.execute_detached`), and returns the
+outputs' bytes; the driver (this process) writes them atomically into OUTDIR and appends the
+manifest, so the cluster's nodes need lotterycli installed but no shared filesystem, and a stopped
+batch resumes as a local one. Fit
 checkpoints (--checkpoint-every) are kept beside the outputs when the node sees OUTDIR at the same
 path (a shared filesystem), else in the task's temporary folder, where they do not outlive it.
 
@@ -20,8 +20,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import LotteryError
-from .images import atomic_write_bytes, read_input_bytes
+from ..errors import LotteryError
+from ..images import atomic_write_bytes, read_input_bytes
 
 
 def _connect(address: str):
@@ -46,8 +46,8 @@ class Cluster:
     """A connection to a Ray cluster and what a batch's tasks ask of it."""
 
     def __init__(self, p, remote_job: Callable):
-        """Connect for plan `p` (`batch.Plan`), whose tasks run `remote_job(settings, job, input
-        bytes, mask bytes)` (`batch.execute_detached`). Refuses, before any work, a cluster that
+        """Connect for plan `p` (`spec.Plan`), whose tasks run `remote_job(settings, job, input
+        bytes, mask bytes)` (`execute.execute_detached`). Refuses, before any work, a cluster that
         cannot run them (too few CPUs for one fit, no GPU for --device cuda)."""
         self.ray, self.started_here = _connect(p.spec.ray)
         try:
