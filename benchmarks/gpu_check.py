@@ -10,7 +10,8 @@ at both sizes; `restore` denoise sigma 25 with the balanced preset, members one 
 concurrently (threads, one CUDA stream each) and as one member batch (`member_batch`); `compress`
 of a 256x256 Kodak crop (time, bpp, PSNR; the file is decoded on the CPU by the same code path
 `decompress` uses, and two fits with the same seed are compared byte for byte, with and without
-torch's deterministic-algorithms mode).
+torch's deterministic-algorithms mode); four 256x256 crops compressed one after another and as
+member batches (what `batch compress` does on a GPU).
 """
 
 from __future__ import annotations
@@ -113,6 +114,28 @@ def restore_runs(out: dict, image: str) -> None:
                            "ensemble": cfg.restoration.ensemble, "runs": runs}
 
 
+def compress_group_runs(out: dict, images: tuple[str, ...], lam: float) -> None:
+    """Crops of several images compressed one after another (`compress_image`) and together as
+    member batches (`compress_images`, what `batch compress` does on a GPU): seconds, bpp, PSNR."""
+    from lotterycli.compression.member_batches import compress_images
+
+    crops = [center_crop(load_image(name), 64 if SMOKE else 256) for name in images]
+    cfg = load_task_config("compress", overrides={"lambda": lam, "steps": 20 if SMOKE else 1600})
+    t0 = time.perf_counter()
+    alone = [compress_image(x, cfg, device=DEVICE) for x in crops]
+    one_by_one = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    together = compress_images(crops, cfg, device=DEVICE)
+    batched = time.perf_counter() - t0
+    out["compress_group_cuda"] = {
+        "images": list(images), "crop": 64 if SMOKE else 256, "lambda": lam, "steps": cfg.steps,
+        "seconds_one_by_one": round(one_by_one, 2), "seconds_member_batches": round(batched, 2),
+        "bpp": [[round(r.bpp, 4) for r in rs] for rs in (alone, together)],
+        "psnr": [[round(r.psnr, 3) for r in rs] for rs in (alone, together)],
+    }
+    log("compress group", out["compress_group_cuda"])
+
+
 def main() -> None:
     global DEVICE, SMOKE
     path = sys.argv[1]
@@ -126,7 +149,8 @@ def main() -> None:
     }
     log(out)
     for part in (step_rates, member_rates, lambda o: restore_runs(o, "kodim03"),
-                 lambda o: compress_runs(o, "kodim03", 0.004)):
+                 lambda o: compress_runs(o, "kodim03", 0.004),
+                 lambda o: compress_group_runs(o, ("kodim01", "kodim02", "kodim03", "kodim04"), 0.004)):
         try:
             part(out)
         except Exception as exc:  # keep what was measured so far

@@ -241,6 +241,41 @@ def test_image_size_reads_headers_only(tmp_path):
         image_size(tmp_path / "c.png")
 
 
+def test_batch_compress_fits_images_of_one_size_as_member_batches(tmp_path):
+    """With `member_batch: always` (auto: on a GPU) the images of one size are fitted together:
+    their files are those `compress_images` gives for the same images (here and in a worker
+    process), an image of another size is compressed alone, and a re-run skips them all."""
+    import torch
+
+    from lotterycli.compression.member_batches import compress_images
+    from lotterycli.config import load_task_config
+    from lotterycli.images import read_image
+
+    src = tmp_path / "in"
+    src.mkdir()
+    g = torch.Generator().manual_seed(2)
+    for name in ("a", "b", "c"):
+        save_png(src / f"{name}.png", (scene(20, 24) + 0.3 * torch.rand(3, 20, 24, generator=g)).clamp(0, 1))
+    save_png(src / "d.png", edges_scene(24, 24))
+    config = tmp_path / "mb.yaml"
+    config.write_text("member_batch: always\n")
+    res = run("batch", "compress", src, "-o", tmp_path / "out", "--config", config, *FIT, *ONE, "-q")
+    assert res.returncode == 0, res.stderr
+    rows = {Path(r["input"]).name: r for r in finished(tmp_path / "out")}
+    assert [rows[f"{n}.png"].get("batched_with") for n in "abcd"] == [3, 3, 3, None]
+    cfg = load_task_config("compress", preset="fast", config_file=str(config), overrides={"steps": 4})
+    torch.set_num_threads(1)
+    expected = compress_images([read_image(src / f"{n}.png") for n in "abc"], cfg, device="cpu")
+    for n, result in zip("abc", expected):
+        assert (tmp_path / "out" / f"{n}.lottery").read_bytes() == result.data
+    res = run("batch", "compress", src, "-o", tmp_path / "out", "--config", config, *FIT, *ONE)
+    assert res.returncode == 0 and "4 input(s) already done" in res.stderr
+    res = run("batch", "compress", src, "-o", tmp_path / "two", "--config", config, *FIT, *ONE, "--jobs", "2", "-q")
+    assert res.returncode == 0, res.stderr
+    for n in "abcd":
+        assert (tmp_path / "two" / f"{n}.lottery").read_bytes() == (tmp_path / "out" / f"{n}.lottery").read_bytes()
+
+
 # -- skip and redo ----------------------------------------------------------------------------------------
 def test_rerun_skips_done_inputs_and_redoes_changed_inputs_and_configs(tmp_path):
     src = tmp_path / "in"

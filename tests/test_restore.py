@@ -559,9 +559,9 @@ def test_batched_members_give_the_members_of_separate_fits(task):
 
 
 def test_member_batch_setting():
-    from lotterycli.restoration.member_batches import use_member_batch
+    from lotterycli.fitting.device import use_member_batch
 
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    cpu, cuda = "cpu", "cuda"
     assert not use_member_batch("auto", cpu, 4, False) and use_member_batch("auto", cuda, 4, False)
     assert use_member_batch("always", cpu, 4, False) and not use_member_batch("never", cuda, 4, False)
     assert not use_member_batch("always", cpu, 1, False)  # one member: nothing to batch
@@ -599,7 +599,6 @@ def test_member_batches_split_to_what_the_device_holds(monkeypatch):
     y = op.simulate(x, 0)
     cfg = load_task_config("denoise", overrides={"steps": 6, "ensemble": 3, "candidates": 6, "seed": 2})
     cfg = with_restoration(cfg, member_batch="always", screen_fraction=0.5)
-    monkeypatch.setattr(member_batches, "members_at_once", lambda height, width, device, wanted: wanted)
     made = []
     real = member_batches.BatchedFitter
     monkeypatch.setattr(member_batches, "BatchedFitter", lambda batch, *a, **k: made.append(batch.n_members) or real(batch, *a, **k))

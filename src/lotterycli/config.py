@@ -54,6 +54,7 @@ class CompressionSettings:
 
     mask_ratio_candidates: tuple[float, ...]  # other mask ratios screened beside mask_ratio (0: no mask)
     screen_fraction: float  # ... each fitted for this fraction of the steps; the cheapest goes on
+    member_batch: str  # "auto" (on a GPU), "always" or "never": images of one size fitted as one batched model
 
 
 @dataclass(frozen=True)
@@ -256,6 +257,7 @@ RESTORATION_CHECKS: dict[str, Check] = {
 COMPRESSION_CHECKS: dict[str, Check] = {
     "mask_ratio_candidates": list_of(number(0, 0.99)),
     "screen_fraction": number(0, 1, lo_open=True),
+    "member_batch": choice("auto", "always", "never"),
 }
 PRESET_KEYS = {"steps", "lambda", "mask_ratio", "ensemble", "candidates"}
 assert {f.name for f in fields(Schedule)} == set(SCHEDULE_CHECKS) | {"steps"}

@@ -172,7 +172,12 @@ def compress_file(image: str | Path, output: str | Path | None, opts: CompressOp
     atomic_write_bytes(out, result.data)
     if ckpt is not None:
         ckpt.remove()
-    h, w = x.shape[1:]
+    return compress_summary(image, out, result, cfg)
+
+
+def compress_summary(image: str | Path, out: str | Path, result, cfg) -> dict[str, Any]:
+    """What `compress` reports of a written file (`compression.encoder.CompressResult`)."""
+    h, w = result.decoded.shape[1:]
     return {
         "input": str(image), "output": str(out), "width": w, "height": h, "bytes": result.n_bytes,
         "bpp": round(result.bpp, 5), "psnr": round(result.psnr, 3), "macs_per_pixel": round(result.macs_per_pixel, 1),

@@ -71,7 +71,7 @@ def plan(spec: BatchSpec, stdin: Callable[[], Iterable[str]] | None = None) -> P
             job.config_sha256 = ""  # the job fails alone, on its missing mask
         else:
             job.config_sha256 = config_sha256(spec.command, cfg, job.options)
-    return Plan(spec, outdir, todo, [], [j.names[0] for j in todo], Settings(spec.command, 1, spec.force))
+    return Plan(spec, outdir, todo, [], [j.names[0] for j in todo], Settings(spec.command, 1, spec.force), config=cfg)
 
 
 def size_workers(p: Plan) -> None:
@@ -188,3 +188,44 @@ def _outputs_intact(job: Job, row: dict) -> bool:
         return all(os.path.getsize(o) == n for o, n in zip(job.outputs, sizes))
     except OSError:
         return False
+
+
+GROUP_MAX = 16  # images per member batch of `batch compress` (a batch the device cannot hold is split further)
+
+
+def batches_images(p: Plan) -> bool:
+    """Whether `batch compress` fits images of one size together as member batches
+    (`fitting.device.use_member_batch`, the config's `member_batch`: auto = on a GPU): locally
+    only (a Ray task is one image), and not with --checkpoint-every (the batched loop keeps none)."""
+    spec = p.spec
+    if spec.command != "compress" or spec.ray is not None or p.config is None or len(p.todo) < 2:
+        return False
+    if spec.options.checkpoint_every is not None:
+        return False
+    from ..fitting.device import use_member_batch
+
+    device = spec.options.device
+    kind = "cuda" if device == "cuda" or (device == "auto" and p.gpus > 0) else "cpu"
+    return use_member_batch(p.config.compression.member_batch, kind, len(p.todo), False)
+
+
+def units(p: Plan) -> list[list[Job]]:
+    """The jobs to run as units of work, in input order: one job each, or with member batches
+    (`batches_images`) the images of one size (by their headers) together, GROUP_MAX at most."""
+    if not batches_images(p):
+        return [[job] for job in p.todo]
+    from ..images import image_size
+
+    groups: dict[object, list[list[Job]]] = {}
+    order: list[list[Job]] = []
+    for job in p.todo:
+        try:
+            key: object = image_size(job.input)
+        except LotteryError:
+            key = ("alone", job.index)  # fails on its own
+        chunks = groups.setdefault(key, [])
+        if not chunks or len(chunks[-1]) >= GROUP_MAX:
+            chunks.append([])
+            order.append(chunks[-1])
+        chunks[-1].append(job)
+    return order

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..images import DEFAULT_MAX_PIXELS
 from ..jobs import CompressOptions, RestoreOptions
@@ -68,5 +69,6 @@ class Plan:
     jobs: int = 1  # worker processes (1: this process)
     gpus: int = 0  # GPUs the workers are spread over
     notes: list[str] = field(default_factory=list)  # choices made on the user's behalf, told before any work
+    config: Any = None  # the effective task config (None for decompress)
 
 

@@ -15,20 +15,23 @@ from dataclasses import dataclass
 from typing import Any
 
 from .events import Events, Reporter
-from .execute import execute
+from .execute import execute_unit
+from .planning import units
 from .spec import Job, Plan, Settings
 
 
 def run_here(p: Plan, events: Events, begin: Callable[[Job], None], end: Callable[[Job, dict], None]) -> None:
-    """One job at a time in this process (torch imported once, here)."""
+    """One unit of work (`planning.units`) at a time in this process (torch imported once, here)."""
     import torch
 
     before = torch.get_num_threads()
     torch.set_num_threads(p.settings.threads)
     try:
-        for job in p.todo:
-            begin(job)
-            end(job, execute(p.settings, job, events.started(job, 0)))
+        for unit in units(p):
+            for job in unit:
+                begin(job)
+            for job, result in zip(unit, execute_unit(p.settings, unit, events.started(unit[0], 0))):
+                end(job, result)
     finally:
         torch.set_num_threads(before)
 
@@ -103,14 +106,14 @@ def _worker_main(conn, settings: Settings, parent: int, gpu: int | None) -> None
     torch.set_num_threads(settings.threads)
     while True:
         try:
-            job = conn.recv()
+            unit = conn.recv()
         except (EOFError, OSError):
             return
-        if job is None:
+        if unit is None:
             return
-        result = execute(settings, job, reporter)
+        results = execute_unit(settings, unit, reporter)
         with reporter.lock:
-            conn.send(("result", result))
+            conn.send(("result", results))
 
 
 @dataclass
@@ -118,11 +121,11 @@ class _Worker:
     slot: int
     process: Any = None
     conn: Any = None
-    job: Job | None = None
+    unit: list[Job] | None = None  # the jobs it runs now
 
 
 def run_processes(p: Plan, events: Events, begin: Callable[[Job], None], end: Callable[[Job, dict], None]) -> None:
-    """`p.jobs` worker processes, each importing torch once and running one job at a time."""
+    """`p.jobs` worker processes, each importing torch once and running one unit of work at a time."""
     from multiprocessing.connection import wait
 
     ctx = multiprocessing.get_context("spawn")  # no fork of a process that may hold torch's threads
@@ -134,13 +137,13 @@ def run_processes(p: Plan, events: Events, begin: Callable[[Job], None], end: Ca
                                 name=f"lottery-batch-{w.slot}", daemon=True)
         w.process.start()
         child_conn.close()
-        w.conn, w.job = parent_conn, None
+        w.conn, w.unit = parent_conn, None
 
     def died(w: _Worker) -> None:
-        job, w.job = w.job, None
+        unit, w.unit = w.unit, None
         w.process.join(1.0)
         code = w.process.exitcode
-        if job is not None:
+        for job in unit or []:
             end(job, {"status": "failed", "seconds": 0.0,
                       "error": f"{job.input}: the worker process died (exit status {code}) during its work"})
         with contextlib.suppress(OSError):
@@ -151,31 +154,33 @@ def run_processes(p: Plan, events: Events, begin: Callable[[Job], None], end: Ca
         kind, payload = msg
         if kind == "event":
             events.remote(w.slot, payload)
-        elif kind == "result" and w.job is not None:
-            job, w.job = w.job, None
-            end(job, payload)
+        elif kind == "result" and w.unit is not None:
+            unit, w.unit = w.unit, None
+            for job, result in zip(unit, payload):
+                end(job, result)
 
     workers = [_Worker(slot) for slot in range(p.jobs)]
-    pending = deque(p.todo)
+    pending = deque(units(p))
     try:
         for w in workers:
             start(w)
-        while pending or any(w.job is not None for w in workers):
+        while pending or any(w.unit is not None for w in workers):
             for w in workers:
-                if w.job is None and pending:
-                    job = pending.popleft()
-                    begin(job)
-                    events.started(job, w.slot)
-                    w.job = job
+                if w.unit is None and pending:
+                    unit = pending.popleft()
+                    for job in unit:
+                        begin(job)
+                    events.started(unit[0], w.slot)
+                    w.unit = unit
                     try:
-                        w.conn.send(job)
+                        w.conn.send(unit)
                     except (OSError, EOFError):
                         died(w)
-            busy = [w for w in workers if w.job is not None]
+            busy = [w for w in workers if w.unit is not None]
             by_handle = {**{w.conn: w for w in busy}, **{w.process.sentinel: w for w in busy}}
             for ready in wait(list(by_handle), timeout=1.0):
                 w = by_handle[ready]
-                if w.job is None and ready is not w.conn:
+                if w.unit is None and ready is not w.conn:
                     continue
                 try:
                     while w.conn.poll():
@@ -183,7 +188,7 @@ def run_processes(p: Plan, events: Events, begin: Callable[[Job], None], end: Ca
                 except (EOFError, OSError):
                     died(w)
                     continue
-                if ready is w.process.sentinel and w.job is not None:
+                if ready is w.process.sentinel and w.unit is not None:
                     died(w)
     finally:
         _stop_workers(workers)
@@ -195,7 +200,7 @@ def _stop_workers(workers: list[_Worker]) -> None:
     for w in workers:
         if w.process is None or not w.process.is_alive():
             continue
-        if w.job is None:
+        if w.unit is None:
             with contextlib.suppress(OSError, EOFError):
                 w.conn.send(None)
         else:

@@ -144,20 +144,26 @@ def compress_image(
         fitter.advance()
         checkpoint.put("fit", fitter.state_dict())
         checkpoint.save()
-    fit_result = fitter.finish()
-    payload = quantized_payload(model, squared_error(image), cfg.lam, schedule, cfg.seed, progress)
+    return file_result(model, image, cfg, fitter.finish(), start, progress)
+
+
+def file_result(model: LotteryModel, image: torch.Tensor, cfg: TaskConfig, fit: FitResult, start: float,
+                progress: ProgressCallback | None = None) -> CompressResult:
+    """What follows a fit: quantize the fitted `model` of `image`, write the file, decode it back
+    and report its real size and PSNR (`start`: perf_counter when this image's work began)."""
+    payload = quantized_payload(model, squared_error(image), cfg.lam, cfg.schedule, cfg.seed, progress)
     data = encode_file(payload)
     decoded = decode_bytes(data)
-    n_pixels = height * width
+    _, height, width = image.shape
     return CompressResult(
         data=data,
         decoded=decoded,
         n_bytes=len(data),
-        bpp=len(data) * 8 / n_pixels,
+        bpp=len(data) * 8 / (height * width),
         psnr=psnr(decoded, image),
         macs_per_pixel=macs_per_pixel(payload.architecture, int(payload.mask.sum()), height, width),
         seconds=time.perf_counter() - start,
-        steps=fit_result.steps,
+        steps=fit.steps,
         mask_ratio=model.mask_ratio,
-        fit=fit_result,
+        fit=fit,
     )

@@ -21,6 +21,7 @@ from ..model.members import MemberBatch
 from .adam import Adam
 from .loop import FitResult, ProgressCallback, StepInfo, check_cancelled, dropped_info, step_settings
 from .losses import Distortion, PixelMSE
+from .memory import members_at_once
 from .schedule import Schedule
 
 
@@ -203,3 +204,23 @@ class BatchedFitter:
                           best_step=self.best_step[k], history=self.history[k],
                           average_render=None if average is None else average[k])
                 for k in range(self.batch.n_members)]
+
+
+# A batched member's fitting step on a GPU, bytes per pixel: a cautious guess (a single CPU fit at
+# 768x512 peaks at 2,086 MB RSS, torch included: docs/benchmarks.md, "Engine"; the batch's autograd
+# keeps more), to be replaced by what `benchmarks.gpu_check` measures (`member_batch_cuda`: peak
+# bytes per member-pixel).
+MEMBER_BYTES_PER_PIXEL = 16 * 1024
+
+
+def batch_capacity(device: torch.device, height: int, width: int) -> int:
+    """How many members one batch may hold, so that a batch that would not fit is split instead of
+    failing: on a GPU what its free memory holds at MEMBER_BYTES_PER_PIXEL (at least one); on a
+    CPU what the free memory holds by `fitting.memory` (LotteryError if not one member)."""
+    n_pixels = height * width
+    if device.type == "cpu":
+        return members_at_once(height, width, device, 1 << 30)
+    if device.type != "cuda":
+        return 1 << 30
+    free, _ = torch.cuda.mem_get_info(device)
+    return max(1, int(free // (MEMBER_BYTES_PER_PIXEL * max(1, n_pixels))))

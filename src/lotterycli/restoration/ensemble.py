@@ -27,12 +27,12 @@ import torch
 from ..compression.encoder import quantized_payload
 from ..config import TaskConfig
 from ..fitting.checkpoint import Checkpoint
-from ..fitting.device import resolve_device
+from ..fitting.device import resolve_device, use_member_batch
 from ..fitting.loop import FitResult, ProgressCallback
 from ..fitting.memory import members_at_once
 from ..model.payload import Payload
 from .candidates import Candidates, loss_in_frame
-from .member_batches import fit_member_batches, use_member_batch
+from .member_batches import fit_member_batches
 from .operators import Operator
 from .side_by_side import default_workers, fit_side_by_side, member_threads
 
@@ -115,7 +115,7 @@ def restore_image(
     count = max(settings.ensemble, settings.candidates)
     workers = default_workers(count, dev) if workers is None else max(1, min(int(workers), count))
     checkpointing = (checkpoint is not None and checkpoint.saving) or bool(resume)
-    batched = use_member_batch(settings.member_batch, dev, count, checkpointing)
+    batched = use_member_batch(settings.member_batch, dev.type, count, checkpointing)
     if not batched:  # side by side only as many as the free memory holds (member batches size themselves)
         workers = members_at_once(height, width, dev, workers)
     candidates = Candidates(y, operator, cfg, dev, progress=progress, on_member=on_member)

@@ -9,46 +9,10 @@ device's memory holds. Each member's result is that of its own fit within float 
 
 from __future__ import annotations
 
-import torch
-
-from ..fitting.batched import BatchedFitter
-from ..fitting.memory import members_at_once
+from ..fitting.batched import BatchedFitter, batch_capacity
 from ..fitting.schedule import Schedule
 from ..model.members import MemberBatch
 from .candidates import Candidates, Screened, rank
-
-
-def use_member_batch(setting: str, device: torch.device, n_candidates: int, checkpointing: bool) -> bool:
-    """Whether the members are fitted as one batched model (`model.members`).
-
-    "auto": on a GPU, where a step is launch-bound and B members batched cost about one
-    member's launches; not on a CPU, where a batched product costs more per member than one fit
-    per core (docs/design.md). Never with one member, nor when checkpoints are saved or resumed
-    (the batched loop keeps none): the members are then fitted one by one as usual.
-    """
-    if n_candidates < 2 or checkpointing or setting == "never":
-        return False
-    return setting == "always" or device.type == "cuda"
-
-
-# A batched member's fitting step on a GPU, bytes per pixel: a cautious guess (a single CPU fit at
-# 768x512 peaks at 2,086 MB RSS, torch included: docs/benchmarks.md, "Engine"; the batch's autograd
-# keeps more), to be replaced by what `benchmarks.gpu_check` measures (`member_batch_cuda`: peak
-# bytes per member-pixel).
-MEMBER_BYTES_PER_PIXEL = 16 * 1024
-
-
-def batch_capacity(device: torch.device, height: int, width: int) -> int:
-    """How many members one batch may hold, so that a batch that would not fit is split instead of
-    failing: on a GPU what its free memory holds at MEMBER_BYTES_PER_PIXEL (at least one); on a
-    CPU what the free memory holds by `fitting.memory` (LotteryError if not one member)."""
-    n_pixels = height * width
-    if device.type == "cpu":
-        return members_at_once(height, width, device, 1 << 30)
-    if device.type != "cuda":
-        return 1 << 30
-    free, _ = torch.cuda.mem_get_info(device)
-    return max(1, int(free // (MEMBER_BYTES_PER_PIXEL * max(1, n_pixels))))
 
 
 def fit_member_batches(candidates: Candidates, lam: float, schedule: Schedule, screen_until: int) -> Screened:
