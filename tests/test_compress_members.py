@@ -56,3 +56,14 @@ def test_images_of_one_call_share_their_size():
     with pytest.raises(ValueError, match="share their size"):
         compress_images([scene(16, 20), scene(20, 16)], _cfg(), device="cpu")
     assert compress_images([], _cfg(), device="cpu") == []
+
+
+def test_api_compress_many_gives_a_file_per_image():
+    from lotterycli import api
+
+    torch.set_num_threads(1)
+    results = api.compress_many(_images()[:2], preset="fast", steps=6, mask_ratio=0.3, device="cpu")
+    assert len(results) == 2
+    for r in results:
+        assert torch.equal(api.decompress(r.data), r.decoded) and r.mask_ratio == 0.3
+

@@ -4,6 +4,7 @@
     from lotterycli.images import read_image
     result = api.compress(read_image("img.png"), preset="fast")     # result.data: .lottery bytes
     pixels = api.decompress(result.data)                              # uint8 (3, H, W) == result.decoded
+    results = api.compress_many([a, b, c], preset="fast")             # images of one size, batched on a GPU
     noisy, op = api.degrade(read_image("img.png"), "denoise", sigma=25, seed=0)
     restored = api.restore(noisy, op).image                           # float (3, H, W) in [0, 1]
 
@@ -19,6 +20,7 @@ import torch
 
 from .compression.decoder import decode_checked
 from .compression.encoder import CompressResult, compress_image
+from .compression.member_batches import compress_images
 from .config import TaskConfig, load_task_config
 from .errors import LotteryError
 from .fitting.loop import ProgressCallback
@@ -27,7 +29,7 @@ from .restoration.ensemble import RestoreResult, restore_image
 from .restoration.operators import Operator
 from .restoration.tasks import Degraded, degrade, restoration_operator, restore_lambda
 
-__all__ = ["compress", "decompress", "restore", "degrade", "batch", "restoration_operator", "compress_config",
+__all__ = ["compress", "compress_many", "decompress", "restore", "degrade", "batch", "restoration_operator", "compress_config",
            "restore_config", "CompressResult", "RestoreResult", "Degraded"]
 
 
@@ -56,6 +58,26 @@ def compress(
     cfg = compress_config(preset=preset, lam=lam, steps=steps, seed=seed, mask_ratio=mask_ratio,
                           config_file=config_file)
     return compress_image(image, cfg, device=device, progress=progress)
+
+
+def compress_many(
+    images: list[torch.Tensor],
+    *,
+    preset: str | None = None,
+    lam: float | None = None,
+    steps: int | None = None,
+    seed: int | None = None,
+    mask_ratio: float | None = None,
+    device: str = "auto",
+    config_file: str | Path | None = None,
+) -> list[CompressResult]:
+    """Compress (3, H, W) images of one size together, as member batches: on a GPU one kernel
+    launch serves them all (`compression.member_batches`, what `batch compress` does there). Each
+    image gets its own file; it differs in its last bits from the one `compress` makes (every
+    pixel is fitted each step, and the batch's float sums are its own)."""
+    cfg = compress_config(preset=preset, lam=lam, steps=steps, seed=seed, mask_ratio=mask_ratio,
+                          config_file=config_file)
+    return compress_images(images, cfg, device=device)
 
 
 def decompress(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
