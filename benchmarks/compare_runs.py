@@ -18,7 +18,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from .bdrate import bd_rate
-from .runner import _bd_table, _curves
+from .compress_suite import bd_table, rd_curves
 
 
 def lottery_points(path: Path) -> tuple[dict[tuple[str, str], dict], list[dict]]:
@@ -71,7 +71,7 @@ def main() -> None:
     base = [q for q in anchors if q["image"] in images]
     for label, run in (("old", old), ("new", new)):
         pts = base + [q for (img, lam), q in run.items() if img in images and lam in lams]
-        table = _bd_table(pts, _curves(pts))
+        table = bd_table(pts, rd_curves(pts))
         bds = ", ".join(f"{t['anchor']} {t['bd_rate_percent']:+.1f} %" for t in table
                         if t["bd_rate_percent"] is not None)
         print(f"{label}: BD-rate over {len(images)} images vs {bds or '-'}")

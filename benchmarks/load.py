@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from .data import center_crop, load_image
-from .runner import lottery_cli
+from .speed_suite import lottery_cli
 
 
 def _compress(png: Path, out: Path, steps: int, env: dict) -> subprocess.Popen:

@@ -119,9 +119,11 @@ def synthetic_results() -> dict:
                                 "decode_matches_encoder": True, "macs_per_pixel": 3569.0, "steps": 300, "lam": lam,
                                 "sizes": {"header": 30, "mask": 100, "arm": 50, "upsampling": 10, "modnet": 60,
                                           "latents": int(bpp * 128 * 128 / 8) - 250}})
-    from benchmarks.runner import REFERENCE, _bd_table, _curves, summarize_restore
+    from benchmarks.compress_suite import bd_table, rd_curves
+    from benchmarks.restore_suite import summarize_restore
+    from benchmarks.suite import REFERENCE
 
-    curves = _curves(comp_points)
+    curves = rd_curves(comp_points)
     rows = []
     for img in ("kodim01", "kodim03"):
         for m, p, s in (("observation", 20.2, 0.0), ("BM3D", 29.0, 1.5), ("lottery K=1", 27.0, 10.0)):
@@ -136,7 +138,7 @@ def synthetic_results() -> dict:
         "config": {"images": ["kodim01", "kodim03"]},
         "parts": {
             "compress": {"status": "ok", "reason": None, "notes": [], "machine": MACHINE, "images": ["kodim01", "kodim03"],
-                         "crop": 128, "points": comp_points, "curves": curves, "bd_rate": _bd_table(comp_points, curves),
+                         "crop": 128, "points": comp_points, "curves": curves, "bd_rate": bd_table(comp_points, curves),
                          "reference": REFERENCE},
             "restore": {"status": "ok", "reason": None, "notes": [], "images": ["kodim01", "kodim03"], "crop": 128,
                         "tasks": [{"name": "denoise-s25", "task": "denoise", "sigma255": 25, "scale": None,
@@ -349,7 +351,8 @@ def test_compress_part_keeps_each_lottery_file(monkeypatch, tmp_path):
     """`--keep-files DIR`: one decodable file per (image, lambda)."""
     from PIL import Image
 
-    from benchmarks.runner import Config, Deadline, run_compress
+    from benchmarks.compress_suite import run_compress
+    from benchmarks.suite import Config, Deadline
     from lotterycli import api
 
     kodak = tmp_path / "kodak"
