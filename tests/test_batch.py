@@ -257,12 +257,16 @@ def test_batch_compress_fits_images_of_one_size_as_member_batches(tmp_path):
     for name in ("a", "b", "c"):
         save_png(src / f"{name}.png", (scene(20, 24) + 0.3 * torch.rand(3, 20, 24, generator=g)).clamp(0, 1))
     save_png(src / "d.png", edges_scene(24, 24))
+    whole = (src / "a.png").read_bytes()
+    (src / "e.png").write_bytes(whole[: len(whole) // 2])  # the same size in its header, cut short: fails alone
     config = tmp_path / "mb.yaml"
     config.write_text("member_batch: always\n")
     res = run("batch", "compress", src, "-o", tmp_path / "out", "--config", config, *FIT, *ONE, "-q")
-    assert res.returncode == 0, res.stderr
+    assert res.returncode == 1 and res.stderr.count("error:") == 1 and "e.png" in res.stderr
     rows = {Path(r["input"]).name: r for r in finished(tmp_path / "out")}
     assert [rows[f"{n}.png"].get("batched_with") for n in "abcd"] == [3, 3, 3, None]
+    assert rows["e.png"]["status"] == "failed" and not (tmp_path / "out" / "e.lottery").exists()
+    (src / "e.png").unlink()
     cfg = load_task_config("compress", preset="fast", config_file=str(config), overrides={"steps": 4})
     torch.set_num_threads(1)
     expected = compress_images([read_image(src / f"{n}.png") for n in "abc"], cfg, device="cpu")
