@@ -87,12 +87,15 @@ def _compress_batch(images: list[torch.Tensor], cfg: TaskConfig, dev: torch.devi
             mask = cfg.lam * mask_cost_bpp(models[0].arch.n_synth_weights, ratio, height * width)
             costs.append([loss + mask for loss in fitter.recent_loss()])
         choice = [min(range(len(ratios)), key=lambda r, i=i: (costs[r][i], r)) for i in everyone]
+        for r, ratio in enumerate(ratios):
+            if r not in choice:  # no image goes on with it: free its batch now
+                del fits[ratio]
     results: dict[int, CompressResult] = {}
     for r, ratio in enumerate(ratios):
+        if ratio not in fits:
+            continue
         models, fitter = fits.pop(ratio)
         chosen = [i for i in everyone if choice[i] == r]
-        if not chosen:
-            continue
         if len(chosen) < len(everyone):
             fitter.keep(chosen)
         fitter.progress = [progress[i] for i in chosen]
