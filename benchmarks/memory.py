@@ -1,6 +1,7 @@
 """Peak memory of a fit against the image's size: what `fitting.memory` budgets with.
 
     python -m benchmarks.memory [--sizes 256x256,512x512,768x512] [--steps 30] [--threads 1] [--json OUT]
+    python -m benchmarks.memory --sizes 1536x2048,1920x2560 --steps 10 --cases compress   # fitted in bands
     python -m benchmarks.memory --fractions 0.125,0.5,1 [--sizes 768x512]
 
 
@@ -8,7 +9,10 @@ Each point runs in a fresh process: a whole `compress_image` (fit, ARM refit, qu
 and decoding the file), and a denoising `restore_image` of two members fitted one after the other
 and side by side. The peak is the process's VmHWM less what it held before the work (torch and
 the package imported). Per pixel: the slope between the two largest sizes, which is what
-`fitting.memory.FIT_BYTES_PER_PIXEL` must cover (the smallest sizes carry a fixed part).
+`fitting.memory.FIT_BYTES_PER_PIXEL` must cover (the smallest sizes carry a fixed part). Sizes
+above 2 megapixels are fitted in bands of rows (`model.bands`): there the slope is what
+`fitting.memory.BANDED_BYTES_PER_PIXEL` must cover. `--cases` picks some of compress, denoise,
+denoise x2.
 `--fractions`: instead, the compression fit alone (3 steps) with each `pixel_fraction`: how much
 of the peak the pixels synthesised per step account for.
 """
@@ -64,7 +68,7 @@ Fitter(model, fit_distortion(x, FRACTION), cfg.lam, replace(cfg.schedule, pixel_
 print(json.dumps({"peak_bytes": hwm() - base}))
 '''
 
-CASES = (("compress", 1), ("denoise", 1), ("denoise", 2))  # (task, members fitted at once)
+CASES = {"compress": ("compress", 1), "denoise": ("denoise", 1), "denoise x2": ("denoise", 2)}  # (task, members at once)
 
 
 def _run(code: str) -> int:
@@ -90,7 +94,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default=None)
     ap.add_argument("--fractions", default=None, help="comma-separated pixel fractions: the fit alone, 3 steps")
+    ap.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, of: {', '.join(CASES)}")
     args = ap.parse_args(argv)
+    unknown = [c for c in args.cases.split(",") if c not in CASES]
+    if unknown:
+        ap.error(f"unknown case(s) {', '.join(unknown)}: choose from {', '.join(CASES)}")
+    cases = [CASES[c] for c in args.cases.split(",")]
     sizes = sorted((tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")), key=lambda s: s[0] * s[1])
     if args.fractions:
         print("| size | pixel_fraction | peak MB of 3 fitting steps |")
@@ -103,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     print("| task | members at once | size | peak MB | KB per pixel |")
     print("|---|---:|---|---:|---:|")
-    for task, workers in CASES:
+    for task, workers in cases:
         for h, w in sizes:
             peak = measure(task, workers, h, w, args.steps, args.threads)
             rows.append({"task": task, "members_at_once": workers, "height": h, "width": w, "peak_bytes": peak})
@@ -111,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     slopes = {}
     if len(sizes) >= 2:
         (h0, w0), (h1, w1) = sizes[-2], sizes[-1]
-        for task, workers in CASES:
+        for task, workers in cases:
             p = {(r["height"], r["width"]): r["peak_bytes"] for r in rows
                  if r["task"] == task and r["members_at_once"] == workers}
             slope = (p[(h1, w1)] - p[(h0, w0)]) / (h1 * w1 - h0 * w0)

@@ -202,26 +202,26 @@ def test_fewer_fits_at_once_when_the_memory_holds_fewer_of_the_largest_input(tmp
 
     src = make_images(tmp_path / "in")
     monkeypatch.delenv("LOTTERY_NO_MEMORY_CHECK", raising=False)
-    monkeypatch.setattr(memory, "available_bytes", lambda: memory.fit_bytes(32 * 32, 2))
+    monkeypatch.setattr(memory, "available_bytes", lambda: memory.fit_bytes(32, 32, 2))
     spec = batch.BatchSpec("compress", [str(src)], str(tmp_path / "out"), CompressOptions(device="cpu"), jobs=3,
                            threads=1)
     p = batch.plan(spec)
     batch.size_workers(p)
     assert (p.jobs, p.settings.threads) == (2, 1)
-    assert p.notes == [f"2 fit(s) at once instead of 3: the largest input's fit (1,024 pixels) needs about "
-                       f"{memory.size_text(memory.fit_bytes(1024))} and {memory.size_text(memory.fit_bytes(1024, 2))} "
+    assert p.notes == [f"2 fit(s) at once instead of 3: the largest input's fit (32x32) needs about "
+                       f"{memory.size_text(memory.fit_bytes(32, 32))} and {memory.size_text(memory.fit_bytes(32, 32, 2))} "
                        "is free"]
     sr = batch.BatchSpec("restore", [str(src)], str(tmp_path / "sr"), RestoreOptions(task="sr", scale=2, device="cpu"),
                          jobs=3, threads=1)
     p = batch.plan(sr)
     batch.size_workers(p)
-    assert p.jobs == 1 and "(4,096 pixels)" in p.notes[0]  # 32x32 observed, 64x64 restored
+    assert p.jobs == 1 and "(64x64)" in p.notes[0]  # 32x32 observed, 64x64 restored
     monkeypatch.setenv("LOTTERY_NO_MEMORY_CHECK", "1")
     p = batch.plan(spec)
     batch.size_workers(p)
     assert (p.jobs, p.notes) == (3, [])
     monkeypatch.delenv("LOTTERY_NO_MEMORY_CHECK")
-    monkeypatch.setattr(memory, "available_bytes", lambda: memory.fit_bytes(32 * 32, 1))
+    monkeypatch.setattr(memory, "available_bytes", lambda: memory.fit_bytes(32, 32, 1))
     res = run("batch", "compress", src, "-o", tmp_path / "cli", "--jobs", "2", *FIT, *ONE)
     assert res.returncode == 0, res.stderr
     assert "1 fit(s) at once instead of 2" in res.stderr  # and the batch ran in this process

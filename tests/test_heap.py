@@ -45,3 +45,27 @@ def test_a_users_malloc_settings_are_left_alone(monkeypatch):
 
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "0")
     assert heap.keep_freed_memory() is False
+
+
+def test_the_growth_limit_releases_free_pages_only_when_the_memory_grew(monkeypatch):
+    """A fit in bands checks after every step: the free pages go back to the OS when the resident
+    memory has grown by more than a quarter (256 MB at least) since the first check, not before."""
+    from lotterycli import heap
+
+    rss, released = [1 << 30], []
+    monkeypatch.setattr(heap, "resident_bytes", lambda: rss[0])
+
+    def release():
+        released.append(rss[0])
+        rss[0] = 1100 << 20  # what the trim gave back
+
+    monkeypatch.setattr(heap, "release_free_memory", release)
+    limit = heap.GrowthLimit()
+    limit.check()  # the first check sets the limit: 1 GB + 256 MB
+    for grown in (1100 << 20, 1270 << 20):
+        rss[0] = grown
+        limit.check()
+    assert released == []
+    rss[0] = 1300 << 20
+    limit.check()
+    assert released == [1300 << 20] and limit.limit >= (1100 << 20) + (256 << 20)

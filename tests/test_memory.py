@@ -19,12 +19,17 @@ CPU = torch.device("cpu")
 def room_for(monkeypatch, fits: int, height: int, width: int) -> None:
     """Make the free memory hold exactly `fits` fits of a height x width image."""
     monkeypatch.delenv("LOTTERY_NO_MEMORY_CHECK", raising=False)
-    monkeypatch.setattr(memory, "available_bytes", lambda: memory.fit_bytes(height * width, fits))
+    monkeypatch.setattr(memory, "available_bytes", lambda: memory.fit_bytes(height, width, fits))
 
 
 def test_the_estimate_grows_with_pixels_and_members():
-    assert memory.fit_bytes(1000, 2) - memory.fit_bytes(1000, 1) == 1000 * memory.FIT_BYTES_PER_PIXEL
-    assert memory.fit_bytes(4000 * 3000) > 40e9  # a 12-megapixel photograph: tens of GB
+    assert memory.fit_bytes(20, 50, 2) - memory.fit_bytes(20, 50, 1) == 1000 * memory.FIT_BYTES_PER_PIXEL
+    # a 12-megapixel photograph: tens of GB fitted whole (a loss that needs the whole render),
+    # a few fitted in bands of rows
+    assert memory.fit_bytes(3000, 4000, banded=False) > 40e9
+    assert 4e9 < memory.fit_bytes(3000, 4000) < 12e9
+    # up to the banding threshold, whole either way
+    assert memory.fit_bytes(1080, 1920) == memory.fit_bytes(1080, 1920, banded=False)
 
 
 def test_free_memory_is_read_on_linux():

@@ -93,9 +93,10 @@ def size_workers(p: Plan) -> None:
         _fit_jobs_to_memory(p)
 
 
-def _fit_pixels(command: str, job: Job) -> int | None:
-    """The pixels of the render a job's fit makes, from the input's header (None if unreadable:
-    the job then fails alone, with its own message)."""
+def _fit_size(command: str, job: Job) -> tuple[int, int, bool] | None:
+    """(height, width, banded) of the render a job's fit makes, from the input's header (None if
+    unreadable: the job then fails alone, with its own message); banded: its loss is per pixel
+    (all but super-resolution), so a large render is fitted in bands (`fitting.memory`)."""
     from ..images import image_size
 
     try:
@@ -103,7 +104,7 @@ def _fit_pixels(command: str, job: Job) -> int | None:
     except LotteryError:
         return None
     scale = job.options.scale if command == "restore" and job.options.task == "sr" else None
-    return height * width * (scale or 1) ** 2
+    return height * (scale or 1), width * (scale or 1), scale is None
 
 
 def _fit_jobs_to_memory(p: Plan) -> None:
@@ -115,14 +116,14 @@ def _fit_jobs_to_memory(p: Plan) -> None:
     available = memory.available_bytes()
     if available is None or not memory.checked():
         return
-    sizes = [n for n in (_fit_pixels(p.spec.command, job) for job in p.todo) if n is not None]
+    sizes = [s for s in (_fit_size(p.spec.command, job) for job in p.todo) if s is not None]
     if not sizes:
         return
-    largest = max(sizes)
-    hold = max(1, memory.fits_in(available, largest))
+    height, width, banded = max(sizes, key=lambda s: memory.one_fit_bytes(*s))
+    hold = max(1, memory.fits_in(available, height, width, banded))
     if hold < p.jobs:
-        p.notes.append(f"{hold} fit(s) at once instead of {p.jobs}: the largest input's fit ({largest:,} pixels) "
-                       f"needs about {memory.size_text(memory.fit_bytes(largest))} and "
+        p.notes.append(f"{hold} fit(s) at once instead of {p.jobs}: the largest input's fit ({width}x{height}) "
+                       f"needs about {memory.size_text(memory.fit_bytes(height, width, 1, banded))} and "
                        f"{memory.size_text(available)} is free")
         p.jobs = hold
 

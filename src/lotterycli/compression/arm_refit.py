@@ -13,6 +13,22 @@ from ..fitting.loop import ProgressCallback, StepInfo
 from ..model.arm import Arm
 from ..model.lottery_model import LotteryModel
 
+REFIT_CHUNK = 1 << 20  # latents per forward and backward in a refit of a large image's ARM
+
+
+def _latent_bits(arm: Arm, contexts: torch.Tensor, values: torch.Tensor, backward: bool) -> torch.Tensor:
+    """The latents' bits under `arm` (detached), with their gradient added to the ARM's when
+    `backward`: in chunks of REFIT_CHUNK latents, so that a large image's refit holds one chunk's
+    activations (the contexts themselves are 96 bytes per latent)."""
+    n = values.numel()
+    total = values.new_zeros(())
+    for s in range(0, n, REFIT_CHUNK):
+        bits = arm.rate_bits_from_contexts(contexts[:, s : s + REFIT_CHUNK], values[s : s + REFIT_CHUNK])
+        if backward:
+            bits.backward()
+        total += bits.detach()
+    return total
+
 
 def refit_arm(model: LotteryModel, steps: int, lr: float, progress: ProgressCallback | None = None,
               report_every: int = 10, arm: Arm | None = None) -> float:
@@ -39,13 +55,17 @@ def refit_arm(model: LotteryModel, steps: int, lr: float, progress: ProgressCall
 
     if steps <= 0:
         with torch.no_grad():
-            return float(arm.rate_bits_from_contexts(contexts, values) + arm.parameter_bits())
+            return float(_latent_bits(arm, contexts, values, backward=False) + arm.parameter_bits())
     optimizer = Adam(arm.parameters(), lr=lr)
     best_bits, best_state = float("inf"), None
     start = time.perf_counter()
+    chunked = values.numel() > REFIT_CHUNK  # smaller: one pass, the sums as they always were
     for step in range(steps + 1):
         optimizer.zero_grad(set_to_none=True)
-        latent_bits = arm.rate_bits_from_contexts(contexts, values)
+        if chunked:  # each chunk's backward at once; the parameters' bits follow
+            latent_bits = _latent_bits(arm, contexts, values, backward=step < steps)
+        else:
+            latent_bits = arm.rate_bits_from_contexts(contexts, values)
         bits = latent_bits + arm.parameter_bits()
         value = float(bits.detach())
         if value < best_bits:  # the state before this step's update

@@ -43,7 +43,7 @@ def compress_images(images: Sequence[torch.Tensor], cfg: TaskConfig, *, device: 
         raise ValueError("compress_images: the images of one call must share their size")
     dev = resolve_device(device)
     _, height, width = shape
-    check_fit_memory(height, width, dev)
+    check_fit_memory(height, width, dev, banded=False)  # member batches are fitted whole
     size = batch_capacity(dev, height, width)
     results: list[CompressResult] = []
     for first in range(0, len(images), size):

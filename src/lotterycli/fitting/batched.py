@@ -219,7 +219,7 @@ def batch_capacity(device: torch.device, height: int, width: int) -> int:
     CPU what the free memory holds by `fitting.memory` (LotteryError if not one member)."""
     n_pixels = height * width
     if device.type == "cpu":
-        return members_at_once(height, width, device, 1 << 30)
+        return members_at_once(height, width, device, 1 << 30, banded=False)  # a batch is fitted whole
     if device.type != "cuda":
         return 1 << 30
     free, _ = torch.cuda.mem_get_info(device)

@@ -19,6 +19,8 @@ from typing import Protocol
 
 import torch
 
+from ..heap import GrowthLimit
+from ..model.arm import coded_bands
 from ..model.lottery_model import LotteryModel
 from .adam import Adam
 from .losses import Distortion, PixelMSE
@@ -137,7 +139,10 @@ class Fitter:
         loss and gradients as a whole render, less work."""
         self.pixel_loss = distortion if isinstance(distortion, PixelMSE) else None
         self.model, self.distortion, self.lam, self.schedule = model, distortion, lam, schedule
-        self.rate_thread = rate_thread
+        # A large image under a PixelMSE is fitted a band of rows at a time (`_banded_step`).
+        self.banded = self.pixel_loss is not None and len(model.row_bands()) > 1
+        self.rate_thread = rate_thread and not self.banded
+        self.heap_limit = GrowthLimit()
         self.checkpoint = checkpoint
         # The pixel draws have their own generator (concurrent fits must not share torch's global one).
         self.pixel_generator = torch.Generator().manual_seed(0x5EED ^ model.seed)
@@ -199,7 +204,10 @@ class Fitter:
             averaged = step >= self.average_start and (step - self.average_start) % max(1, sched.average_every) == 0
             mode = "soft" if soft else "hard"
             optimizer.zero_grad(set_to_none=True)
-            if rate_pool is None:
+            if self.banded:
+                image, bits, d = self._banded_step(mode, temperature, noise_a, averaged)
+                self.heap_limit.check()  # else the heap grows step after step (`heap.py`)
+            elif rate_pool is None:
                 image, bits, d = self._plain_step(mode, temperature, noise_a, averaged)
             else:
                 image, bits, d = self._split_step(rate_pool, mode, temperature, noise_a, averaged)
@@ -301,6 +309,52 @@ class Fitter:
         grads = [torch.zeros_like(x) if x.grad is None else x.grad for x in leaves]
         torch.autograd.backward(rate_in + synth_in, grads)
         return image.detach(), bits, d.detach()
+
+    def _banded_step(self, mode: str, temperature: float, noise_a: float,
+                     whole: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`_plain_step` a band of rows at a time, so that only one band's intermediates are held.
+
+        The quantization proxies are drawn once for the step (as in `_split_step`); each band of
+        the image renders its pixels of this step's draw (`LotteryModel.render_rows`) and sends its
+        share of the distortion back to detached copies of them, and so does each band of the
+        latents that the ARM codes on its own; one last backward takes the summed gradients on to
+        the latents. The same loss and gradients as the plain step, summed in another order.
+        Returns (render, bits, distortion), detached; the render is (C, H, W) when `whole`, else
+        the drawn pixels (C, n)."""
+        model, loss = self.model, self._step_loss()
+        rate_in, synth_in = model.latents.proxies(mode, temperature, noise_a)
+        rate_leaves = [r.detach().requires_grad_() for r in rate_in]
+        synth_leaves = [s.detach().requires_grad_() for s in synth_in]
+        weight = self.lam / model.n_pixels
+        bits = rate_in[0].new_zeros(())
+        for part in coded_bands(rate_leaves, model.arch.arm_band_rows):  # views: gradients reach the leaves
+            part_bits = model.arm.rate_bits([part])
+            (part_bits * weight).backward()
+            bits += part_bits.detach()
+
+        bands, width = model.row_bands(), model.width
+        indices, target = loss.indices, loss.target
+        bounds = model.band_bounds(indices, bands)
+        scale = 1.0 / target.numel()  # the mean over every drawn pixel and channel
+        d = target.new_zeros(())
+        image = target.new_empty(target.shape[0], model.height, width) if whole else target.new_empty(target.shape)
+        for (a, b), lo, hi in zip(bands, bounds, bounds[1:]):
+            if whole:  # every pixel of the band, scored at the loss's
+                band = model.render_rows(synth_leaves, a, b)
+                image[:, a:b] = band.detach().view(-1, b - a, width)
+                seen = band.index_select(1, indices[lo:hi] - a * width)
+            elif hi > lo:
+                seen = model.render_rows(synth_leaves, a, b, indices[lo:hi])
+                image[:, lo:hi] = seen.detach()
+            else:
+                continue
+            part_d = (seen - target[:, lo:hi]).square().sum() * scale
+            part_d.backward()
+            d += part_d.detach()
+        leaves = rate_leaves + synth_leaves
+        grads = [torch.zeros_like(x) if x.grad is None else x.grad for x in leaves]
+        torch.autograd.backward(rate_in + synth_in, grads)
+        return image, bits, d
 
     # -- checkpoints -------------------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import torch
 
+from ..model.bands import fit_band_rows
 from ..model.lottery_model import LotteryModel
 
 Distortion = Callable[[torch.Tensor], torch.Tensor]
@@ -71,5 +72,8 @@ class PixelMSE:
 
 def fit_distortion(target: torch.Tensor, pixel_fraction: float) -> Distortion:
     """The MSE a compression fit minimises: over every pixel, or, with `pixel_fraction` < 1, as a
-    `PixelMSE` so that each step synthesises and scores a fresh random part of the pixels."""
-    return squared_error(target) if pixel_fraction >= 1.0 else PixelMSE.whole(target)
+    `PixelMSE` so that each step synthesises and scores a fresh random part of the pixels. An image
+    large enough to be fitted in bands of rows (`model.bands`) always gets a PixelMSE, which is
+    what a fit in bands needs."""
+    banded = fit_band_rows(target.shape[-2], target.shape[-1]) > 0
+    return squared_error(target) if pixel_fraction >= 1.0 and not banded else PixelMSE.whole(target)

@@ -130,7 +130,7 @@ def _pad(grid: torch.Tensor) -> torch.Tensor:
     return F.pad(grid.reshape(1, 1, h, w), (4, 4, 4, 0)).reshape(h + 4, w + 8)
 
 
-def _bands(latents: list[torch.Tensor], band_rows: int) -> list[torch.Tensor]:
+def coded_bands(latents: list[torch.Tensor], band_rows: int) -> list[torch.Tensor]:
     """The non-empty grids cut into bands of `band_rows` rows (0: whole grids), as the coder codes them."""
     return [g for grid in latents if grid.numel()
             for g in (grid.split(band_rows, dim=0) if 0 < band_rows < grid.shape[0] else (grid,))]
@@ -263,7 +263,7 @@ class Arm(nn.Module):
         """
         w1res = self._w1res()
         values, mus, log_scales = [], [], []
-        for g in _bands(latents, band_rows):
+        for g in coded_bands(latents, band_rows):
             h, w = g.shape
             mu, ls = self._maps(_pad(g), w1res, h, w)
             values.append(g.reshape(-1))
@@ -283,7 +283,7 @@ class Arm(nn.Module):
         rate evaluation into three matrix products over one batch, with no per-grid calls.
         """
         mats, values = [], []
-        for g in _bands(latents, band_rows):
+        for g in coded_bands(latents, band_rows):
             h, w = g.shape
             mats.append(_context_matrix(_pad(g), h, w))
             values.append(g.reshape(-1))

@@ -14,6 +14,8 @@ from torch import nn
 
 from .architecture import MODULE_NAMES, Architecture
 from .arm import Arm
+from .bands import fit_band_rows
+from .exact_render import HALO_ROWS
 from .latents import LatentGrids
 from .modulation import ModNet
 from .payload import Payload, QuantizedModule
@@ -34,6 +36,13 @@ class LotteryModel(nn.Module):
         self.synthesis = MaskedSynthesis(arch, seed, mask_ratio)
         self.arm = Arm(arch.arm_hidden)
         self.register_buffer("coords", pixel_coordinates(height, width))
+        self.band_rows = 0
+        self.set_band_rows(fit_band_rows(height, width))
+
+    def set_band_rows(self, rows: int) -> None:
+        """Render and fit in bands of `rows` rows (0: whole); tests use it on small images."""
+        self.band_rows = rows
+        self.synthesis.cache_first_layer = len(self.row_bands()) == 1
 
     @property
     def n_pixels(self) -> int:
@@ -51,12 +60,59 @@ class LotteryModel(nn.Module):
         cover the whole image (the 3x3 ModNet layers need every neighbour), so the values at the
         chosen pixels are those of the full render.
         """
+        bands = self.row_bands()
+        if len(bands) > 1 and not torch.is_grad_enabled():  # nothing kept for a backward: band by band
+            return self._render_in_bands(synth_latents, bands, pixels)
         features = self.upsampling(synth_latents).reshape(self.arch.n_levels, -1)
         modulations = self.modnet(features, self.height, self.width)
         if pixels is None:
             return self.synthesis(self.coords, modulations).view(3, self.height, self.width)
         chosen = tuple(m.index_select(1, pixels) for m in modulations)
         return self.synthesis(self.coords, chosen, pixels)
+
+    def row_bands(self) -> list[tuple[int, int]]:
+        """The bands of rows [a, b) this model renders and fits in (`fit_band_rows`)."""
+        step = self.band_rows if 0 < self.band_rows < self.height else self.height
+        return [(a, min(self.height, a + step)) for a in range(0, self.height, step)]
+
+    def band_bounds(self, pixels: torch.Tensor, bands: list[tuple[int, int]]) -> list[int]:
+        """Where each band's pixels start and end in the sorted flat `pixels`: band i holds
+        pixels[bounds[i]:bounds[i + 1]]."""
+        starts = torch.tensor([a * self.width for a, _ in bands] + [self.n_pixels], device=pixels.device)
+        return torch.searchsorted(pixels, starts).tolist()
+
+    def render_rows(self, synth_latents: list[torch.Tensor], a: int, b: int,
+                    pixels: torch.Tensor | None = None) -> torch.Tensor:
+        """Rows [a, b) of the render as (3, (b - a) * W), or with `pixels` (sorted flat indices into
+        H*W, all inside those rows) only those pixels, (3, len(pixels)); differentiable.
+
+        The same values as those rows of `render_from`, computed from the latent rows they depend
+        on: the upsampled latents and ModNet of the rows plus HALO_ROWS above and below (the two
+        3x3 layers), then the synthesis of the band's pixels.
+        """
+        h, w = self.height, self.width
+        fa, fb = max(0, a - HALO_ROWS), min(h, b + HALO_ROWS)
+        features = self.upsampling.rows(synth_latents, fa, fb).reshape(self.arch.n_levels, -1)
+        modulations = self.modnet(features, fb - fa, w)
+        if pixels is None:
+            pixels = torch.arange(a * w, b * w, device=features.device)
+        local = pixels - fa * w
+        return self.synthesis(self.coords, tuple(m.index_select(1, local) for m in modulations), pixels)
+
+    def _render_in_bands(self, synth_latents: list[torch.Tensor], bands: list[tuple[int, int]],
+                         pixels: torch.Tensor | None) -> torch.Tensor:
+        """`render_from` without gradients, a band of rows at a time (`pixels` sorted)."""
+        if pixels is None:
+            out = self.coords.new_empty(3, self.height, self.width)
+            for a, b in bands:
+                out[:, a:b] = self.render_rows(synth_latents, a, b).view(3, b - a, self.width)
+            return out
+        out = self.coords.new_empty(3, pixels.numel())
+        bounds = self.band_bounds(pixels, bands)
+        for (a, b), lo, hi in zip(bands, bounds, bounds[1:]):
+            if hi > lo:
+                out[:, lo:hi] = self.render_rows(synth_latents, a, b, pixels[lo:hi])
+        return out
 
     def forward(self, mode: str = "hard", temperature: float = 0.3, noise_a: float = 1.0,
                 pixels: torch.Tensor | None = None):

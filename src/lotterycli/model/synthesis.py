@@ -116,6 +116,9 @@ class MaskedSynthesis(nn.Module):
         self.scores = nn.Parameter(init + 0.01 * torch.rand_like(init))
 
         self._first_cache: tuple | None = None  # (coords, w1 values, GELU(w1 @ coords), its slope)
+        # The cache holds 256 bytes per pixel of the image: a model fitted in bands of rows, for
+        # the memory, computes the first layer of each band's pixels instead.
+        self.cache_first_layer = True
 
     def mask(self) -> torch.Tensor:
         return topk_mask(self.scores, self.mask_ratio)
@@ -127,7 +130,8 @@ class MaskedSynthesis(nn.Module):
         coordinates; only the rows whose weights changed since the last call (a mask flip changes
         the one or two rows holding the flipped weights) are computed again. On a CPU only.
         """
-        if coords.device.type != "cpu":  # finding changed rows needs a device sync; GELU is cheap there
+        if coords.device.type != "cpu" or not self.cache_first_layer:
+            # off a CPU, finding changed rows needs a device sync, and GELU is cheap there
             return nn.functional.gelu(w1 @ (coords if pixels is None else coords.index_select(1, pixels)))
         cache = self._first_cache
         values = w1.detach()

@@ -168,22 +168,55 @@ def _upsample_levels(grids: list[torch.Tensor], kernel: torch.Tensor, round_fn=N
     return x
 
 
+def upsampled_rows(grids: list[torch.Tensor], a: int, b: int, up, margin: int, level: int = 0,
+                   cast=None, round_fn=None) -> torch.Tensor:
+    """Rows [a, b) (clipped to the grid) of the stack `_upsample_levels` builds at `level`:
+    (n_levels - level, rows, width), from slices of the grids only.
+
+    Why: the whole stack holds n_levels values per pixel at full resolution; a band of rows of
+    level l needs only the rows of level l + 1 around half of them (the kernel's reach, `margin`
+    rows of the coarser grid), so each band is computed from its own slices. The rows kept are
+    beyond the reach of the slices' zero-padded edges: the values are those of the whole-image
+    computation (the exact decoder's bit for bit; float sums may round differently).
+    `up`: (C, h, w) -> (C, 2h, 2w); `cast`: applied to each grid slice; `round_fn`: to each
+    upsampled level (the decoder's fixed-point rounding).
+    """
+    grid = grids[level]
+    h, w = grid.shape
+    a, b = max(0, a), min(h, b)
+    own = grid[a:b][None] if cast is None else cast(grid[a:b])[None]
+    if level == len(grids) - 1:
+        return own
+    s, e = a // 2 - margin, -(-b // 2) + margin
+    coarse = upsampled_rows(grids, s, e, up, margin, level + 1, cast, round_fn)
+    s = max(0, s)  # the first row `coarse` holds
+    upx = up(coarse)[:, a - 2 * s : b - 2 * s, :w]  # rows 2s.. of the level, cropped
+    return torch.cat([upx if round_fn is None else round_fn(upx), own])
+
+
 class Upsampling(nn.Module):
     def __init__(self, kernel_size: int):
         super().__init__()
         k1 = bicubic_kernel_1d(kernel_size)
         self.kernel = nn.Parameter(torch.outer(k1, k1))
 
-    def forward(self, grids: list[torch.Tensor]) -> torch.Tensor:
-        """Latent grids (level 0 first) -> (n_levels, H, W), coarsest level first."""
+    def _up(self):
+        """(up: (C, h, w) -> (C, 2h, 2w) differentiable in the kernel, the kernel's reach in rows)."""
         index, valid, before, after = _polyphase_gather(self.kernel.shape[-1])
         index, valid = index.to(self.kernel.device), valid.to(self.kernel.device)
         w = torch.where(valid, self.kernel.reshape(-1)[index], self.kernel.new_zeros(()))
+        return (lambda x: _PolyphaseX2.apply(x, w, before, after)), max(before, after) + 1
 
-        def up(x: torch.Tensor, _kernel: torch.Tensor) -> torch.Tensor:
-            return _PolyphaseX2.apply(x[:, 0], w, before, after)[:, None]
+    def forward(self, grids: list[torch.Tensor]) -> torch.Tensor:
+        """Latent grids (level 0 first) -> (n_levels, H, W), coarsest level first."""
+        up, _ = self._up()
+        return _upsample_levels(grids, self.kernel, up_fn=lambda x, _kernel: up(x[:, 0])[:, None])
 
-        return _upsample_levels(grids, self.kernel, up_fn=up)
+    def rows(self, grids: list[torch.Tensor], a: int, b: int) -> torch.Tensor:
+        """Rows [a, b) of `forward(grids)`, (n_levels, b - a, W), computed from slices of the grids
+        (a fit in bands of rows, `LotteryModel.render_rows`)."""
+        up, margin = self._up()
+        return upsampled_rows(grids, a, b, up, margin)
 
 
 def upsampling_exact(grids: list[torch.Tensor], kernel: torch.Tensor) -> torch.Tensor:
@@ -207,19 +240,13 @@ class ExactUpsampler:
         self.weights, self.before, self.after = _polyphase_weights(kernel.to(torch.float64))
         self.margin = max(self.before, self.after) + 1  # low-resolution rows a band must see beyond its own
 
-    def rows(self, a: int, b: int, level: int = 0) -> torch.Tensor:
-        """Rows [a, b) (clipped to the grid) of the stack at `level`: (n_levels - level, rows, width)."""
-        grid = self.grids[level]
-        h, w = grid.shape
-        a, b = max(0, a), min(h, b)
-        own = grid[a:b].to(torch.float64)[None]
-        if level == len(self.grids) - 1:
-            return own
-        s, e = a // 2 - self.margin, -(-b // 2) + self.margin
-        coarse = self.rows(s, e, level + 1)
-        s = max(0, s)  # the first row `coarse` holds
+    def _up(self, coarse: torch.Tensor) -> torch.Tensor:
         taps = self.before + self.after + 1
         up = F.conv2d(F.pad(coarse[:, None], (self.before, self.after, self.before, self.after)),
                       self.weights.view(4, 1, taps, taps))
-        up = F.pixel_shuffle(up, 2)[:, 0, a - 2 * s : b - 2 * s, :w]  # rows 2s.. of the level, cropped
-        return torch.cat([fixedpoint.round_fixed(up), own])
+        return F.pixel_shuffle(up, 2)[:, 0]
+
+    def rows(self, a: int, b: int, level: int = 0) -> torch.Tensor:
+        """Rows [a, b) (clipped to the grid) of the stack at `level`: (n_levels - level, rows, width)."""
+        return upsampled_rows(self.grids, a, b, self._up, self.margin, level,
+                              cast=lambda g: g.to(torch.float64), round_fn=fixedpoint.round_fixed)

@@ -117,7 +117,8 @@ def restore_image(
     checkpointing = (checkpoint is not None and checkpoint.saving) or bool(resume)
     batched = use_member_batch(settings.member_batch, dev.type, count, checkpointing)
     if not batched:  # side by side only as many as the free memory holds (member batches size themselves)
-        workers = members_at_once(height, width, dev, workers)
+        # a per-pixel loss (denoising, inpainting) lets a large image be fitted in bands of rows
+        workers = members_at_once(height, width, dev, workers, banded=operator.loss_pixels(y) is not None)
     candidates = Candidates(y, operator, cfg, dev, progress=progress, on_member=on_member)
     schedule = cfg.schedule
     screen_until = max(1, int(round(settings.screen_fraction * schedule.steps)))
