@@ -79,8 +79,9 @@ def screen_mask_ratios(start_fit: Callable[[float], Fitter], ratios: tuple[float
     Why: the mask costs ~180 bytes at ratio 0.3, whatever the image. On some images it buys more
     than it costs, on others a file without a mask is cheaper for the same quality
     (docs/design.md); a tenth of the steps ranks them as their full fits do on the images measured.
+    Only the best so far is kept while the next is screened: at most two fits' state at once.
     """
-    fitters, costs = [], []
+    best: tuple[float, Fitter] | None = None
     for ratio in ratios:
         fitter = start_fit(ratio)
         until = max(1, round(fraction * fitter.total))
@@ -94,9 +95,11 @@ def screen_mask_ratios(start_fit: Callable[[float], Fitter], ratios: tuple[float
             fitter.progress(replace(fitter.history[-1], step=until, elapsed=fitter.seconds))
         fitter.progress = shown
         n = fitter.model.arch.n_synth_weights
-        costs.append(fitter.recent_loss() + lam * mask_cost_bpp(n, ratio, fitter.model.n_pixels))
-        fitters.append(fitter)
-    return fitters[min(range(len(ratios)), key=lambda i: (costs[i], i))]
+        cost = fitter.recent_loss() + lam * mask_cost_bpp(n, ratio, fitter.model.n_pixels)
+        if best is None or cost < best[0]:  # the first on a tie
+            best = (cost, fitter)
+        del fitter
+    return best[1]
 
 
 def compress_image(
