@@ -114,3 +114,27 @@ def test_the_arm_refit_in_chunks_is_the_refit_in_one_pass(monkeypatch):
     assert chunked == pytest.approx(one_pass, rel=1e-5)
     for k, v in model.arm.state_dict().items():
         torch.testing.assert_close(v, refitted[k], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("task", ["denoise", "inpaint"])
+def test_a_large_restoration_is_fitted_in_bands(monkeypatch, task):
+    """Denoising (every pixel, averaged renders) and inpainting (the observed pixels only) fitted
+    in 16-row bands: the result is that of the whole fit within float noise."""
+    from lotterycli.metrics import psnr
+    from lotterycli.restoration.ensemble import restore_image
+    from lotterycli.restoration.operators import Denoise, Inpaint
+
+    x = scene(40, 48)
+    op = Denoise(sigma=0.1) if task == "denoise" else Inpaint.random(40, 48, 0.5, seed=1)
+    y = op.simulate(x, 0)
+    cfg = load_task_config(task, overrides={"steps": 30, "ensemble": 1, "candidates": 0, "seed": 1})
+    torch.set_num_threads(1)
+    whole = restore_image(y, op, cfg, lam=5e-3, device="cpu", workers=1)
+    monkeypatch.setattr(bands, "BANDS_ABOVE_PIXELS", 1000)
+    monkeypatch.setattr(bands, "BAND_PIXELS", 16 * 48)
+    used = []
+    original = Fitter._banded_step
+    monkeypatch.setattr(Fitter, "_banded_step", lambda self, *a: used.append(1) or original(self, *a))
+    banded = restore_image(y, op, cfg, lam=5e-3, device="cpu", workers=1)
+    assert used
+    assert abs(float(psnr(banded.image, x)) - float(psnr(whole.image, x))) < 0.1
