@@ -3,6 +3,7 @@
     python -m benchmarks.profile_step [--size 256] [--threads 1] [--observed 0.5] [--config inpaint]
                                       [--pixel-fraction 0.5]
     python -m benchmarks.profile_step --members 1,2,4,8 [--threads 2] [--size 256]
+    python -m benchmarks.profile_step --bands [--size 1536] [--threads 1] [--steps 2]
 
 Times forward + backward of each part of the model on random latents (quantization proxies,
 upsampling, ARM rate, ModNet, synthesis of all pixels and of the observed fraction), then the
@@ -12,6 +13,9 @@ which `--pixel-fraction` is drawn afresh each step (compression, denoising), and
 threads the last again with the rate on a second thread (`Fitter`'s rate_thread, what compression
 runs), all without render averaging. Milliseconds are medians of repeated calls after a
 warm-up; run it on a quiet machine.
+
+`--bands`: only this: seconds per compression step of a fit in bands of rows (as an image above
+2 megapixels is fitted, `model.bands`) against the same fit whole, in alternating rounds.
 
 `measure_step_rate` is what the protocol's speed part reports as steps per second.
 """
@@ -103,18 +107,63 @@ def _member_counts(text: str) -> list[int]:
     return counts
 
 
+def banded_against_whole(size: int, steps: int, rounds: int = 3) -> dict[str, list[float]]:
+    """Seconds per step of a size x size compression fit in bands and whole, `steps` steps per
+    round, the two alternating (a busy machine slows both alike)."""
+    import torch
+
+    from lotterycli.config import load_task_config
+    from lotterycli.fitting.loop import Fitter
+    from lotterycli.fitting.losses import PixelMSE
+    from lotterycli.model.bands import fit_band_rows
+    from lotterycli.model.lottery_model import LotteryModel
+
+    cfg = load_task_config("compress", overrides={"steps": 100000})
+    gen = torch.Generator().manual_seed(0)
+    image = torch.nn.functional.avg_pool2d(torch.rand(1, 3, size, size, generator=gen), 5, 1, 2)[0]
+    rows = fit_band_rows(size, size) or max(16, size // 4)  # below the threshold: four bands
+    fitters = {}
+    for name, band_rows in (("bands", rows), ("whole", 0)):
+        torch.manual_seed(0)
+        model = LotteryModel(size, size, cfg.architecture, 0, 0.3)
+        model.set_band_rows(band_rows)
+        fitters[name] = Fitter(model, PixelMSE.whole(image), cfg.lam, cfg.schedule)
+        fitters[name].advance(1)  # warm-up
+    seconds: dict[str, list[float]] = {name: [] for name in fitters}
+    for _ in range(rounds):
+        for name, fitter in fitters.items():
+            start = time.perf_counter()
+            fitter.advance(fitter.step + steps)
+            seconds[name].append((time.perf_counter() - start) / steps)
+    return seconds
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--size", type=int, default=None, help="image side (256; --bands: 1536)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--observed", type=float, default=0.5, help="fraction of pixels the loss reads")
     p.add_argument("--config", default="inpaint", help="task config whose architecture is used")
-    p.add_argument("--steps", type=int, default=60, help="steps timed per step-rate measurement")
+    p.add_argument("--steps", type=int, default=None, help="steps timed per step-rate measurement (60; --bands: 2)")
     p.add_argument("--pixel-fraction", type=float, default=0.5,
                    help="last line: a loss over every pixel, this fraction drawn afresh each step")
     p.add_argument("--members", default=None, type=_member_counts,
                    help="only this: the synthesis of B members batched, ms per member, for each B given (1,2,4,8)")
+    p.add_argument("--bands", action="store_true", help="only this: a step in bands of rows against a whole one")
     args = p.parse_args()
+    args.size = args.size or (1536 if args.bands else 256)
+    args.steps = args.steps or (2 if args.bands else 60)
+    if args.bands:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        size, seconds = args.size, banded_against_whole(args.size, args.steps)
+        whole = statistics.median(seconds["whole"])
+        print(f"{size}x{size}, {args.threads} thread(s), seconds per compression step (median of rounds):")
+        for name, values in seconds.items():
+            print(f"  {name:5s} {statistics.median(values):7.2f}  x{statistics.median(values) / whole:.2f}"
+                  f"  ({', '.join(f'{v:.2f}' for v in values)})")
+        return
     if args.members:
         import torch
 
