@@ -81,3 +81,14 @@ def test_a_restoration_fits_one_member_at_a_time_when_memory_holds_one(monkeypat
     room_for(monkeypatch, 0, 12, 16)
     with pytest.raises(LotteryError, match="16x12 image needs about"):
         restore_image(y, op, cfg, lam=5e-3, device="cpu", workers=2)
+
+
+def test_a_large_image_is_budgeted_as_fitted_in_bands(monkeypatch):
+    """A 12-megapixel fit under a per-pixel loss is fitted in bands: the memory that holds it in
+    bands is far from enough for the same fit whole (super-resolution's loss needs the whole render)."""
+    monkeypatch.delenv("LOTTERY_NO_MEMORY_CHECK", raising=False)
+    monkeypatch.setattr(memory, "available_bytes", lambda: memory.fit_bytes(3000, 4000))
+    memory.check_fit_memory(3000, 4000, CPU)
+    with pytest.raises(LotteryError, match="4000x3000 image needs about"):
+        memory.check_fit_memory(3000, 4000, CPU, banded=False)
+    assert memory.members_at_once(3000, 4000, CPU, 4) == 1
