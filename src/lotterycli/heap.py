@@ -68,10 +68,10 @@ class GrowthLimit:
 
     Why: a fit in bands of rows (`model.bands`) allocates tensors of many sizes every step (each
     band's, each latent level's, the pixels drawn), and glibc reused too little of what was freed:
-    a 2048x1536 fit's resident memory grew by ~150 MB a step, with malloc tuned as above or as
-    shipped (4.2 GB above the package after 20 steps, against a steady 1.9 GB peak with the free
-    pages released). Releasing them after every step cost 25 % of a 768x512 step in two bands
-    (the pages fault in again); when grown, rarely, it bounds the memory for a few checks' cost.
+    the resident memory of a multi-megapixel fit grew step after step, with malloc tuned as above
+    or as shipped. Releasing the free pages after every step bounds it but makes every step fault
+    its pages in again; releasing them only when the memory has grown bounds it for the cost of
+    reading /proc once a step.
     """
 
     def __init__(self) -> None:

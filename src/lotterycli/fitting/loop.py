@@ -305,9 +305,7 @@ class Fitter:
             d.backward()
         finally:
             bits = future.result()  # waits for the rate branch (and raises its error) either way
-        leaves = rate_leaves + synth_leaves
-        grads = [torch.zeros_like(x) if x.grad is None else x.grad for x in leaves]
-        torch.autograd.backward(rate_in + synth_in, grads)
+        _join_at_proxies(rate_in + synth_in, rate_leaves + synth_leaves)
         return image.detach(), bits, d.detach()
 
     def _banded_step(self, mode: str, temperature: float, noise_a: float,
@@ -351,9 +349,7 @@ class Fitter:
             part_d = (seen - target[:, lo:hi]).square().sum() * scale
             part_d.backward()
             d += part_d.detach()
-        leaves = rate_leaves + synth_leaves
-        grads = [torch.zeros_like(x) if x.grad is None else x.grad for x in leaves]
-        torch.autograd.backward(rate_in + synth_in, grads)
+        _join_at_proxies(rate_in + synth_in, rate_leaves + synth_leaves)
         return image, bits, d
 
     # -- checkpoints -------------------------------------------------------------------------
@@ -433,6 +429,13 @@ class Fitter:
             steps=self.total, seconds=self.seconds, best_loss=self.best_loss, best_step=self.best_step,
             history=self.history, average_render=average,
         )
+
+
+def _join_at_proxies(proxies: list[torch.Tensor], leaves: list[torch.Tensor]) -> None:
+    """Take the gradients gathered on the detached `leaves` on through the `proxies` they were
+    copied from, to the latents (one backward for the whole step)."""
+    grads = [torch.zeros_like(x) if x.grad is None else x.grad for x in leaves]
+    torch.autograd.backward(proxies, grads)
 
 
 def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
