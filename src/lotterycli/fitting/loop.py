@@ -21,7 +21,6 @@ import torch
 
 from ..heap import GrowthLimit
 from ..model.arm import coded_bands
-from ..model.bands import share_rows
 from ..model.lottery_model import LotteryModel
 from .adam import Adam
 from .losses import Distortion, PixelMSE
@@ -210,8 +209,6 @@ class Fitter:
                 self.heap_limit.check()  # else the heap grows step after step (`heap.py`)
             elif rate_pool is None:
                 image, bits, d = self._plain_step(mode, temperature, noise_a, averaged)
-            elif self.pixel_loss is not None:
-                image, bits, d = self._halves_step(rate_pool, mode, temperature, noise_a, averaged)
             else:
                 image, bits, d = self._split_step(rate_pool, mode, temperature, noise_a, averaged)
             bpp = bits / model.n_pixels
@@ -310,57 +307,6 @@ class Fitter:
             bits = future.result()  # waits for the rate branch (and raises its error) either way
         _join_at_proxies(rate_in + synth_in, rate_leaves + synth_leaves)
         return image.detach(), bits, d.detach()
-
-    def _halves_step(self, pool: ThreadPoolExecutor, mode: str, temperature: float, noise_a: float,
-                     whole: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Forward and backward of one step in two halves side by side (see `rate_thread`): each
-        half renders its band of rows (`LotteryModel.render_rows`) and codes its share of the
-        latents' rows (`Arm.rate_bits_rows`, `model.bands.share_rows`), this thread one half, the
-        pool's the other. Each half returns its gradients (nothing is accumulated while both
-        run), and they are added in a fixed order, so the step does not depend on which half ends
-        first. The same loss and gradients as the plain step up to float order. Returns (render,
-        bits, distortion), detached; the render is (C, H, W) when `whole`, else the drawn pixels."""
-        model, loss = self.model, self._step_loss()
-        rate_in, synth_in = model.latents.proxies(mode, temperature, noise_a)
-        rate_leaves = [r.detach().requires_grad_() for r in rate_in]
-        synth_leaves = [s.detach().requires_grad_() for s in synth_in]
-        groups = model.parameter_groups()
-        leaves = rate_leaves + synth_leaves + groups["networks"] + groups["scores"]
-        weight = self.lam / model.n_pixels
-        coded = coded_bands(rate_leaves, model.arch.arm_band_rows)
-        rate_shares = share_rows([tuple(g.shape) for g in coded], 2)
-        width = model.width
-        row_bands = [(a, b) for ((_, a, b),) in share_rows([(model.height, width)], 2)]
-        indices, target = loss.indices, loss.target
-        bounds = model.band_bounds(indices, row_bands)
-        scale = 1.0 / target.numel()  # the mean over every drawn pixel and channel
-        image = target.new_empty(target.shape[0], model.height, width) if whole else target.new_empty(target.shape)
-        model.synthesis.prepare_first_layer(model.coords)  # the halves only read it
-
-        def half(i: int) -> tuple[torch.Tensor, torch.Tensor, tuple]:
-            bits = model.arm.rate_bits_rows([(coded[g], a, b) for g, a, b in rate_shares[i]])
-            (a, b), lo, hi = row_bands[i], bounds[i], bounds[i + 1]
-            if whole:  # every pixel of the band, scored at the loss's
-                band = model.render_rows(synth_leaves, a, b)
-                image[:, a:b] = band.detach().view(-1, b - a, width)
-                seen = band.index_select(1, indices[lo:hi] - a * width)
-            else:
-                seen = model.render_rows(synth_leaves, a, b, indices[lo:hi])
-                image[:, lo:hi] = seen.detach()
-            d = (seen - target[:, lo:hi]).square().sum() * scale
-            total = d + bits * weight
-            grads = torch.autograd.grad(total, leaves, allow_unused=True) if total.requires_grad else (None,) * len(leaves)
-            return bits.detach(), d.detach(), grads
-
-        future = pool.submit(half, 1)
-        try:
-            bits, d, grads = half(0)
-        finally:
-            other = future.result()  # waits for the other half (and raises its error) either way
-        for leaf, g, h in zip(leaves, grads, other[2]):
-            leaf.grad = g if h is None else h if g is None else g + h
-        _join_at_proxies(rate_in + synth_in, rate_leaves + synth_leaves)
-        return image, bits + other[0], d + other[1]
 
     def _banded_step(self, mode: str, temperature: float, noise_a: float,
                      whole: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

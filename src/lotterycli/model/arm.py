@@ -261,23 +261,12 @@ class Arm(nn.Module):
         each grid is cut into bands of B rows whose contexts see zeros above them, exactly as
         the coder codes them (`entropy`, format v3).
         """
-        return self.rate_bits_rows([(g, 0, g.shape[0]) for g in coded_bands(latents, band_rows)])
-
-    def rate_bits_rows(self, pieces: list[tuple[torch.Tensor, int, int]]) -> torch.Tensor:
-        """Total bits of rows [a, b) of coded bands, for `pieces` of (band, a, b) (differentiable).
-
-        Each piece's contexts come from its band's own rows above it (zeros above the band), so
-        pieces that cover every band's rows once sum to `rate_bits`: a step's rate can be shared
-        out among threads (`fitting.loop`, `model.bands.share_rows`).
-        """
         w1res = self._w1res()
         values, mus, log_scales = [], [], []
-        for g, a, b in pieces:
-            w = g.shape[1]
-            above = min(a, 4)  # context rows the band has above row a
-            xpad = F.pad(g[a - above: b].reshape(1, 1, b - a + above, w), (4, 4, 4 - above, 0))
-            mu, ls = self._maps(xpad.reshape(b - a + 4, w + 8), w1res, b - a, w)
-            values.append(g[a:b].reshape(-1))
+        for g in coded_bands(latents, band_rows):
+            h, w = g.shape
+            mu, ls = self._maps(_pad(g), w1res, h, w)
+            values.append(g.reshape(-1))
             mus.append(mu.reshape(-1))
             log_scales.append(ls.reshape(-1))
         if not values:

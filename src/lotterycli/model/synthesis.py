@@ -123,17 +123,18 @@ class MaskedSynthesis(nn.Module):
     def mask(self) -> torch.Tensor:
         return topk_mask(self.scores, self.mask_ratio)
 
-    def prepare_first_layer(self, coords: torch.Tensor) -> None:
-        """Bring the first layer's kept values up to date for the current mask now: threads that
-        then render parts of one step side by side only read them (`fitting.loop`)."""
-        if coords.device.type == "cpu" and self.cache_first_layer:
-            with torch.no_grad():
-                self._first_layer_cache(self.masked_weights()[0], coords)
+    def _first_layer(self, w1: torch.Tensor, coords: torch.Tensor, pixels: torch.Tensor | None) -> torch.Tensor:
+        """GELU(w1 @ coords[:, pixels]) with w1's straight-through gradient.
 
-    def _first_layer_cache(self, values: torch.Tensor, coords: torch.Tensor) -> tuple:
-        """(coords, w1 values, GELU(w1 @ coords), its slope), recomputed for the rows of `values`
-        (w1) that changed since the last call on these coordinates."""
+        GELU(w1 @ coords) and its slope over every pixel are kept between calls on the same
+        coordinates; only the rows whose weights changed since the last call (a mask flip changes
+        the one or two rows holding the flipped weights) are computed again. On a CPU only.
+        """
+        if coords.device.type != "cpu" or not self.cache_first_layer:
+            # off a CPU, finding changed rows needs a device sync, and GELU is cheap there
+            return nn.functional.gelu(w1 @ (coords if pixels is None else coords.index_select(1, pixels)))
         cache = self._first_cache
+        values = w1.detach()
         if cache is None or cache[0] is not coords:
             rows = None  # everything
         else:
@@ -152,19 +153,7 @@ class MaskedSynthesis(nn.Module):
                 h1 = cache[2].index_copy_(0, rows, h_part.detach())
                 slope = cache[3].index_copy_(0, rows, s_part)
             cache = self._first_cache = (coords, values.clone(), h1, slope)
-        return cache
-
-    def _first_layer(self, w1: torch.Tensor, coords: torch.Tensor, pixels: torch.Tensor | None) -> torch.Tensor:
-        """GELU(w1 @ coords[:, pixels]) with w1's straight-through gradient.
-
-        GELU(w1 @ coords) and its slope over every pixel are kept between calls on the same
-        coordinates; only the rows whose weights changed since the last call (a mask flip changes
-        the one or two rows holding the flipped weights) are computed again. On a CPU only.
-        """
-        if coords.device.type != "cpu" or not self.cache_first_layer:
-            # off a CPU, finding changed rows needs a device sync, and GELU is cheap there
-            return nn.functional.gelu(w1 @ (coords if pixels is None else coords.index_select(1, pixels)))
-        _, _, h1, slope = self._first_layer_cache(w1.detach(), coords)
+        _, _, h1, slope = cache
         if pixels is not None:
             h1, slope, coords = h1.index_select(1, pixels), slope.index_select(1, pixels), coords.index_select(1, pixels)
         if not w1.requires_grad:
