@@ -220,6 +220,43 @@ def test_banded_rate_sums_the_bands_and_keeps_gradients():
     assert all(g.grad.abs().sum() > 0 for g in lat)
 
 
+def test_distinct_contexts_weighted_by_their_counts_give_the_rate_and_its_gradients(monkeypatch):
+    """The refit's pairs (each distinct context and value once, times its count) give rate_bits'
+    sum and gradients, with bands and when built in several chunks; latents mostly zero, as at
+    low rates, have far fewer pairs than values."""
+    from lotterycli.model import arm as arm_module
+    from lotterycli.model.arm import Arm
+
+    torch.manual_seed(4)
+    arm = Arm(8).double()
+    with torch.no_grad():
+        arm.fc3.weight.normal_(0, 0.3)
+    sizes = ((40, 31), (20, 16), (10, 8), (5, 4))
+    sparse = [torch.round(torch.randn(h, w, dtype=torch.float64) * 0.25) + 0.0 for h, w in sizes]  # ~95 % zeros
+    n = sum(g.numel() for g in sparse)
+    for band_rows, chunk in ((0, 1 << 20), (7, 1 << 20), (0, 50), (7, 33)):
+        monkeypatch.setattr(arm_module, "DISTINCT_LATENTS", chunk)
+        contexts, values, counts = Arm.distinct_contexts(sparse, band_rows)
+        assert contexts.shape == (24, values.numel()) and counts.shape == values.shape
+        assert int(counts.sum()) == n and values.numel() < n / 3
+        pairs = torch.cat([contexts, values[None]]).t().tolist()
+        assert len({tuple(p) for p in pairs}) == len(pairs)  # each pair once
+        arm.zero_grad()
+        a = arm.rate_bits(sparse, band_rows)
+        a.backward()
+        grads = [p.grad.clone() for p in arm.parameters()]
+        arm.zero_grad()
+        b = arm.rate_bits_from_contexts(contexts, values, counts)
+        b.backward()
+        assert torch.allclose(a, b, rtol=1e-12)
+        assert all(torch.allclose(g, p.grad, rtol=1e-9, atol=1e-12) for g, p in zip(grads, arm.parameters()))
+    # the same pairs in the same order however they were gathered
+    monkeypatch.setattr(arm_module, "DISTINCT_LATENTS", 1 << 20)
+    whole = Arm.distinct_contexts(sparse, 7)
+    monkeypatch.setattr(arm_module, "DISTINCT_LATENTS", 33)
+    assert all(torch.equal(x, y) for x, y in zip(whole, Arm.distinct_contexts(sparse, 7)))
+
+
 def test_rate_from_fixed_contexts_equals_the_fused_rate_with_bands():
     """The refit's path (contexts built once, one batch) gives rate_bits' sum and gradients."""
     from lotterycli.model.arm import Arm

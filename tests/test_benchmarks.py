@@ -461,6 +461,28 @@ def test_profile_step_times_batched_members_per_member():
     assert [r[2] for r in rows] == ["1", "3"] and rows[0][-1] == "x1.00" and float(rows[1][3]) > 0
 
 
+def test_arm_stage_prices_every_latent_and_the_distinct_pairs_alike():
+    """benchmarks.arm_stage: the ARM stage given every latent once and given the distinct pairs
+    reaches the same refit objective (up to float order) on a model with mostly zero latents."""
+    from dataclasses import replace
+
+    from benchmarks.arm_stage import every_latent, stage_seconds
+    from lotterycli.compression.arm_refit import latent_pairs
+    from lotterycli.config import load_task_config
+    from lotterycli.model.lottery_model import LotteryModel
+
+    cfg = load_task_config("compress")
+    model = LotteryModel(24, 32, cfg.architecture, seed=0, mask_ratio=0.3)
+    g = torch.Generator().manual_seed(1)
+    model.latents.set_from_integers([torch.round(torch.randn(h, w, generator=g) * 0.2).to(torch.int64)
+                                     for h, w in model.latents.shapes])
+    schedule = replace(cfg.schedule, arm_refit_steps=4, arm_scratch_steps=3, arm_scratch_widths=(4,))
+    every, distinct = every_latent(model), latent_pairs(model)
+    assert distinct[1].numel() < every[1].numel() / 2 and float(distinct[2].sum()) == every[1].numel()
+    (t1, bits1), (t2, bits2) = stage_seconds(model, every, schedule), stage_seconds(model, distinct, schedule)
+    assert t1 > 0 and t2 > 0 and abs(bits1 - bits2) <= 1e-4 * bits1
+
+
 def test_engine_probe_reports_a_step_of_this_checkout():
     """benchmarks.engine's probe on this tree at a tiny size: rate, dispatched operations, FLOPs."""
     from benchmarks import engine

@@ -13,25 +13,38 @@ from ..fitting.loop import ProgressCallback, StepInfo
 from ..model.arm import Arm
 from ..model.lottery_model import LotteryModel
 
-REFIT_CHUNK = 1 << 20  # latents per forward and backward in a refit of a large image's ARM
+REFIT_CHUNK = 1 << 20  # distinct (context, value) pairs per forward and backward of a refit step
 
 
-def _latent_bits(arm: Arm, contexts: torch.Tensor, values: torch.Tensor, backward: bool) -> torch.Tensor:
-    """The latents' bits under `arm` (detached), with their gradient added to the ARM's when
-    `backward`: in chunks of REFIT_CHUNK latents, so that a large image's refit holds one chunk's
-    activations (the contexts themselves are 96 bytes per latent)."""
+def _latent_bits(arm: Arm, contexts: torch.Tensor, values: torch.Tensor, counts: torch.Tensor,
+                 backward: bool) -> torch.Tensor:
+    """The latents' bits under `arm` (detached), from their distinct contexts, values and counts
+    (`Arm.distinct_contexts`), with their gradient added to the ARM's when `backward`: in chunks
+    of REFIT_CHUNK pairs, so that a large image's refit holds one chunk's activations."""
     n = values.numel()
     total = values.new_zeros(())
     for s in range(0, n, REFIT_CHUNK):
-        bits = arm.rate_bits_from_contexts(contexts[:, s : s + REFIT_CHUNK], values[s : s + REFIT_CHUNK])
+        end = s + REFIT_CHUNK
+        bits = arm.rate_bits_from_contexts(contexts[:, s:end], values[s:end], counts[s:end])
         if backward:
             bits.backward()
         total += bits.detach()
     return total
 
 
+Pairs = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # contexts (24, U), values (U,), counts (U,)
+
+
+def latent_pairs(model: LotteryModel, device: torch.device | str = "cpu") -> Pairs:
+    """The distinct (context, value) pairs of the model's integer latents and their counts
+    (`Arm.distinct_contexts`), on `device`: found once after the fit, they serve every ARM fitted
+    or priced on those latents."""
+    latents = [q.to(device=device, dtype=torch.float32) for q in model.latents.quantized()]
+    return Arm.distinct_contexts(latents, model.arch.arm_band_rows)
+
+
 def refit_arm(model: LotteryModel, steps: int, lr: float, progress: ProgressCallback | None = None,
-              report_every: int = 10, arm: Arm | None = None) -> float:
+              report_every: int = 10, arm: Arm | None = None, pairs: Pairs | None = None) -> float:
     """Fit the ARM alone to the final integer latents, minimising their bits plus its own.
 
     Why: during the fit the ARM learns from soft-rounded, noisy latents and pays nothing for its
@@ -44,28 +57,27 @@ def refit_arm(model: LotteryModel, steps: int, lr: float, progress: ProgressCall
     `progress` gets a `StepInfo` with stage "arm refit" every `report_every` steps (loss and bpp
     are the objective and the latent rate, in bits per pixel; the distortion is not known here: nan).
     `arm`: fit this ARM (e.g. a narrower one, from scratch) instead of the model's; its progress
-    stage is then "arm refit, width W".
+    stage is then "arm refit, width W". `pairs`: the latents' `latent_pairs`, if already found.
     """
     stage = "arm refit" if arm is None else f"arm refit, width {arm.hidden}"
     arm = model.arm if arm is None else arm
-    band_rows = model.arch.arm_band_rows
     device = next(arm.parameters()).device
-    latents = [q.to(device=device, dtype=torch.float32) for q in model.latents.quantized()]
-    contexts, values = arm.fixed_contexts(latents, band_rows)  # the latents are frozen: built once
+    # the latents are frozen: each distinct (context, value) pair is priced once, times its count
+    contexts, values, counts = (t.to(device) for t in (latent_pairs(model, device) if pairs is None else pairs))
 
     if steps <= 0:
         with torch.no_grad():
-            return float(_latent_bits(arm, contexts, values, backward=False) + arm.parameter_bits())
+            return float(_latent_bits(arm, contexts, values, counts, backward=False) + arm.parameter_bits())
     optimizer = Adam(arm.parameters(), lr=lr)
     best_bits, best_state = float("inf"), None
     start = time.perf_counter()
-    chunked = values.numel() > REFIT_CHUNK  # smaller: one pass, the sums as they always were
+    chunked = values.numel() > REFIT_CHUNK
     for step in range(steps + 1):
         optimizer.zero_grad(set_to_none=True)
         if chunked:  # each chunk's backward at once; the parameters' bits follow
-            latent_bits = _latent_bits(arm, contexts, values, backward=step < steps)
+            latent_bits = _latent_bits(arm, contexts, values, counts, backward=step < steps)
         else:
-            latent_bits = arm.rate_bits_from_contexts(contexts, values)
+            latent_bits = arm.rate_bits_from_contexts(contexts, values, counts)
         bits = latent_bits + arm.parameter_bits()
         value = float(bits.detach())
         if value < best_bits:  # the state before this step's update
@@ -83,7 +95,7 @@ def refit_arm(model: LotteryModel, steps: int, lr: float, progress: ProgressCall
 
 
 def scratch_arm(model: LotteryModel, width: int, steps: int, lr: float, seed: int,
-                progress: ProgressCallback | None = None) -> Arm:
+                progress: ProgressCallback | None = None, pairs: Pairs | None = None) -> Arm:
     """A new ARM of `width`, fitted from its seeded start to the model's final latents (`refit_arm`).
 
     Why: at low rates the ARM's parameters cost about as much as the latents they code (kodim04
@@ -94,7 +106,7 @@ def scratch_arm(model: LotteryModel, width: int, steps: int, lr: float, seed: in
         torch.manual_seed(seed)
         arm = Arm(width)
     arm = arm.to(next(model.arm.parameters()).device)
-    refit_arm(model, steps, lr, progress, arm=arm)
+    refit_arm(model, steps, lr, progress, arm=arm, pairs=pairs)
     return arm
 
 

@@ -25,7 +25,7 @@ from ..metrics import psnr
 from ..model.architecture import macs_per_pixel
 from ..model.lottery_model import LotteryModel
 from ..model.payload import Payload
-from .arm_refit import arm_parameter_share, refit_arm, scratch_arm
+from .arm_refit import arm_parameter_share, latent_pairs, refit_arm, scratch_arm
 from .decoder import decode_bytes
 from .quantize import quantize_networks
 
@@ -53,16 +53,18 @@ def quantized_payload(model: LotteryModel, distortion: Distortion, lam: float, s
     fitted_arm = {k: v.detach().cpu().clone() for k, v in model.arm.state_dict().items()}
     # never more refit steps than fit steps: a quick fit (tests, trials) stays quick
     refit_steps = min(schedule.arm_refit_steps, schedule.steps)
-    refit_bits = refit_arm(model, refit_steps, schedule.arm_refit_lr, progress)
+    pairs = latent_pairs(model, next(model.arm.parameters()).device)
+    refit_bits = refit_arm(model, refit_steps, schedule.arm_refit_lr, progress, pairs=pairs)
     # the fitted ARM is priced too: the file is never larger than it would be without the refit
     alternatives: list = [fitted_arm] if refit_steps > 0 else []
     try_narrower = arm_parameter_share(model, refit_bits) >= schedule.arm_scratch_min_share
     for arm_width in schedule.arm_scratch_widths if try_narrower else ():
         if arm_width != model.arch.arm_hidden:
             alternatives.append(scratch_arm(model, arm_width, min(schedule.arm_scratch_steps, schedule.steps),
-                                            schedule.arm_scratch_lr, seed, progress).cpu())
+                                            schedule.arm_scratch_lr, seed, progress, pairs).cpu())
     model.cpu()
-    modules = quantize_networks(model, distortion, lam, arm_alternatives=alternatives)
+    pairs = tuple(t.cpu() for t in pairs)
+    modules = quantize_networks(model, distortion, lam, arm_alternatives=alternatives, pairs=pairs)
     return model.to_payload(modules)
 
 

@@ -18,17 +18,18 @@ from ..model.architecture import MODULE_NAMES
 from ..model.arm import Arm
 from ..model.lottery_model import LotteryModel
 from ..model.payload import QuantizedModule
+from .arm_refit import Pairs, latent_pairs
 
 SHIFT_CANDIDATES = range(4, 15)  # power-of-two steps 2**-4 .. 2**-14 tried per module
 MIN_TENSOR_SHIFT = 0  # per-tensor steps go up to 1 (the fixed-point ARM takes shifts 0..16)
 TENSOR_SEARCH = (4, 2, 2)  # per-tensor search: steps up to 2**4 coarser, 2**2 finer, 2 rounds
 
 
-def _hard_bpp(model: LotteryModel) -> float:
-    """Latent rate (bits per pixel) of the hard-rounded latents under the model's ARM."""
+def _hard_bpp(model: LotteryModel, pairs: Pairs) -> float:
+    """Latent rate (bits per pixel) of the integer latents (their `latent_pairs`) under the
+    model's ARM."""
     with torch.no_grad():
-        rate_in, _ = model.latents.proxies("hard")
-        return float(model.arm.rate_bits(rate_in, model.arch.arm_band_rows)) / model.n_pixels
+        return float(model.arm.rate_bits_from_contexts(*pairs)) / model.n_pixels
 
 
 def _hard_distortion(model: LotteryModel, distortion: Distortion) -> float:
@@ -51,7 +52,7 @@ def install_arm(model: LotteryModel, arm: Arm) -> None:
 
 def quantize_networks(
     model: LotteryModel, distortion: Distortion, lam: float, per_tensor: bool = True,
-    arm_alternatives: list[dict[str, torch.Tensor] | Arm] = (),
+    arm_alternatives: list[dict[str, torch.Tensor] | Arm] = (), pairs: Pairs | None = None,
 ) -> dict[str, QuantizedModule]:
     """Pick the small networks' power-of-two steps by rate-distortion search, real code lengths.
 
@@ -64,10 +65,12 @@ def quantize_networks(
     `per_tensor=False` stops after the module-wide step (for comparisons).
     `arm_alternatives`: other ARMs searched the same way: float states of the model's ARM (state
     dicts, e.g. the ARM before its refit) or `Arm` modules of any width (`install_arm`); the
-    cheapest of all is kept, so an alternative can only help.
+    cheapest of all is kept, so an alternative can only help. `pairs`: the latents'
+    `latent_pairs` (on the CPU), if already found: every ARM is priced on them.
     """
     chosen: dict[str, QuantizedModule] = {}
-    d0, bpp0 = _hard_distortion(model, distortion), _hard_bpp(model)
+    pairs = latent_pairs(model) if pairs is None else pairs
+    d0, bpp0 = _hard_distortion(model, distortion), _hard_bpp(model, pairs)
     for name in MODULE_NAMES:
         module = model.modules_by_name()[name]
         candidates = [(module, module.state_dict())]
@@ -79,7 +82,7 @@ def quantize_networks(
             if name == "arm":
                 install_arm(model, owner)
             owner.load_state_dict(state)
-            cost, q = _search_steps(model, name, state, distortion, lam, d0, bpp0, per_tensor)
+            cost, q = _search_steps(model, name, state, distortion, lam, d0, bpp0, per_tensor, pairs)
             if name == "arm":  # another width can leave the header's architecture presets
                 cost += lam * 8 * architecture_bytes(model.arch) / model.n_pixels
             if cost < best_cost:
@@ -91,21 +94,23 @@ def quantize_networks(
         model.load_quantized(name, best_q)
         chosen[name] = best_q
         if name == "arm":
-            bpp0 = _hard_bpp(model)
+            bpp0 = _hard_bpp(model, pairs)
         else:
             d0 = _hard_distortion(model, distortion)
     return chosen
 
 
 def _search_steps(model: LotteryModel, name: str, state: dict[str, torch.Tensor], distortion: Distortion,
-                  lam: float, d0: float, bpp0: float, per_tensor: bool) -> tuple[float, QuantizedModule]:
-    """(cost, quantized module) of the best steps for module `name` holding float `state`."""
+                  lam: float, d0: float, bpp0: float, per_tensor: bool,
+                  pairs: Pairs) -> tuple[float, QuantizedModule]:
+    """(cost, quantized module) of the best steps for module `name` holding float `state`
+    (`pairs`: the latents' `latent_pairs`, which price an ARM)."""
     module = model.modules_by_name()[name]
 
     def cost_of(q: QuantizedModule) -> float:
         model.load_quantized(name, q)
         if name == "arm":
-            d, bpp = d0, _hard_bpp(model)
+            d, bpp = d0, _hard_bpp(model, pairs)
         else:
             d, bpp = _hard_distortion(model, distortion), bpp0
         module.load_state_dict(state)

@@ -62,6 +62,7 @@ _KH, _KW = 5, 9
 _TAP_POSITIONS = tuple((dy + 4) * _KW + (dx + 4) for dy, dx in CONTEXT_OFFSETS)
 _TAP_INDEX = torch.tensor(_TAP_POSITIONS, dtype=torch.long)
 _LN2 = math.log(2.0)
+DISTINCT_LATENTS = 1 << 20  # latents whose contexts `distinct_contexts` sorts at once
 
 
 def causal_contexts(grid: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
@@ -289,12 +290,47 @@ class Arm(nn.Module):
             values.append(g.reshape(-1))
         return torch.cat(mats, 1), torch.cat(values)
 
-    def rate_bits_from_contexts(self, contexts: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        """Total bits of `values` given their `fixed_contexts` (the same sum as `rate_bits`)."""
+    @staticmethod
+    def distinct_contexts(latents: list[torch.Tensor], band_rows: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(contexts (24, U), values (U,), counts (U,)): the distinct pairs of a context and a value
+        among every latent of every grid (bands as in `rate_bits`), and how many latents have each
+        pair (float32), in a fixed (sorted) order.
+
+        Why: the rate of latents that no longer change is a sum over latents of one function of
+        their (context, value) pair, and at low rates most latents are zeros among zeros: the
+        87,376 latents of a 256x256 image fitted at lambda 1.6e-2 held ~1,400 distinct pairs. An
+        ARM refit step over the distinct pairs, each weighted by its count, gives the same
+        objective as one over every latent (up to float summation order) for a fraction of the
+        work. Built DISTINCT_LATENTS latents at a time, so a large image never holds every
+        latent's context at once.
+        """
+        parts, counts = [], []
+        for g in coded_bands(latents, band_rows):
+            h, w = g.shape
+            padded = _pad(g)
+            step = max(1, DISTINCT_LATENTS // w)
+            for a in range(0, h, step):
+                b = min(h, a + step)
+                rows = torch.cat([_context_matrix(padded[a : b + 4], b - a, w), g[a:b].reshape(1, -1)])
+                unique, n = torch.unique(rows, dim=1, return_counts=True)
+                parts.append(unique)
+                counts.append(n)
+        if not parts:
+            empty = latents[0].new_zeros(CONTEXT_SIZE + 1, 0) if latents else torch.zeros(CONTEXT_SIZE + 1, 0)
+            return empty[:-1], empty[-1], empty[-1]
+        rows, inverse = torch.unique(torch.cat(parts, 1), dim=1, return_inverse=True)
+        n = torch.zeros(rows.shape[1], dtype=torch.int64, device=rows.device).index_add_(0, inverse, torch.cat(counts))
+        return rows[:-1].contiguous(), rows[-1].contiguous(), n.to(rows.dtype)
+
+    def rate_bits_from_contexts(self, contexts: torch.Tensor, values: torch.Tensor,
+                                counts: torch.Tensor | None = None) -> torch.Tensor:
+        """Total bits of `values` given their `fixed_contexts` (the same sum as `rate_bits`), or of
+        `distinct_contexts`, each pair's bits times its `counts`."""
         h1 = F.gelu(torch.addmm(self.fc1.bias.reshape(-1, 1), self._w1res(), contexts))
         h2 = F.gelu(torch.addmm(self.fc2.bias.reshape(-1, 1), self._w2res(), h1))
         out = torch.addmm(self.fc3.bias.reshape(-1, 1), self.fc3.weight, h2)
-        return laplace_bits(values, out[0], out[1]).sum()
+        bits = laplace_bits(values, out[0], out[1])
+        return bits.sum() if counts is None else bits.mul(counts).sum()
 
     def rate_bits_naive(self, latents: list[torch.Tensor]) -> torch.Tensor:
         """Reference implementation by gathering 24 shifted copies (tests and timing only)."""
