@@ -32,16 +32,31 @@ def _hard_bpp(model: LotteryModel, pairs: Pairs) -> float:
         return float(model.arm.rate_bits_from_contexts(*pairs)) / model.n_pixels
 
 
-def _hard_distortion(model: LotteryModel, distortion: Distortion) -> float:
+def _hard_distortion(model: LotteryModel, distortion: Distortion, features: torch.Tensor | None = None) -> float:
     """Distortion of the hard-rounded render, as `fit.evaluate` measures it (a PixelMSE renders
-    only its pixels)."""
+    only its pixels). `features`: the upsampled hard-rounded latents, when they are known
+    (`_fixed_features`)."""
     with torch.no_grad():
-        if isinstance(distortion, PixelMSE):
+        if features is not None:
+            image = model.render_features(features)
+        elif isinstance(distortion, PixelMSE):
             _, _, image = distortion.render(model, "hard")
         else:
             _, synth_in = model.latents.proxies("hard")
             image = model.render_from(synth_in)
         return float(distortion(image))
+
+
+def _fixed_features(model: LotteryModel, distortion: Distortion) -> torch.Tensor | None:
+    """The upsampled hard-rounded latents, which stay the same while ModNet's steps are searched
+    (the renders then start after the upsampling: the same values, a third less work); None for
+    a PixelMSE, and for a model rendered in bands of rows, whose whole upsampled latents would
+    cost more memory than the render itself (`model.bands`)."""
+    if isinstance(distortion, PixelMSE) or len(model.row_bands()) > 1:
+        return None
+    with torch.no_grad():
+        _, synth_in = model.latents.proxies("hard")
+        return model.upsampling(synth_in)
 
 
 def install_arm(model: LotteryModel, arm: Arm) -> None:
@@ -107,12 +122,14 @@ def _search_steps(model: LotteryModel, name: str, state: dict[str, torch.Tensor]
     (`pairs`: the latents' `latent_pairs`, which price an ARM)."""
     module = model.modules_by_name()[name]
 
+    features = _fixed_features(model, distortion) if name == "modnet" else None
+
     def cost_of(q: QuantizedModule) -> float:
         model.load_quantized(name, q)
         if name == "arm":
             d, bpp = d0, _hard_bpp(model, pairs)
         else:
-            d, bpp = _hard_distortion(model, distortion), bpp0
+            d, bpp = _hard_distortion(model, distortion, features), bpp0
         module.load_state_dict(state)
         return d + lam * (bpp + module_bits(q, name) / model.n_pixels)
 

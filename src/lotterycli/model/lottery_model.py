@@ -63,7 +63,13 @@ class LotteryModel(nn.Module):
         bands = self.row_bands()
         if len(bands) > 1 and not torch.is_grad_enabled():  # nothing kept for a backward: band by band
             return self._render_in_bands(synth_latents, bands, pixels)
-        features = self.upsampling(synth_latents).reshape(self.arch.n_levels, -1)
+        return self.render_features(self.upsampling(synth_latents), pixels)
+
+    def render_features(self, features: torch.Tensor, pixels: torch.Tensor | None = None) -> torch.Tensor:
+        """`render_from` after the upsampling, from its output `features` (n_levels, H, W): ModNet
+        and the synthesis. Why: a search over ModNet's quantization renders many times from the
+        same upsampled latents (`compression.quantize`)."""
+        features = features.reshape(self.arch.n_levels, -1)
         modulations = self.modnet(features, self.height, self.width)
         if pixels is None:
             return self.synthesis(self.coords, modulations).view(3, self.height, self.width)
