@@ -255,6 +255,11 @@ def test_distinct_contexts_weighted_by_their_counts_give_the_rate_and_its_gradie
     whole = Arm.distinct_contexts(sparse, 7)
     monkeypatch.setattr(arm_module, "DISTINCT_LATENTS", 33)
     assert all(torch.equal(x, y) for x, y in zip(whole, Arm.distinct_contexts(sparse, 7)))
+    # too many pairs to merge: each chunk's own, the same sum
+    monkeypatch.setattr(arm_module, "DISTINCT_MERGE", 10)
+    contexts, values, counts = Arm.distinct_contexts(sparse, 7)
+    assert values.numel() > whole[1].numel() and int(counts.sum()) == n
+    assert torch.allclose(arm.rate_bits_from_contexts(contexts, values, counts), arm.rate_bits(sparse, 7), rtol=1e-12)
 
 
 def test_rate_from_fixed_contexts_equals_the_fused_rate_with_bands():

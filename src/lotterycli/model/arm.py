@@ -63,6 +63,7 @@ _TAP_POSITIONS = tuple((dy + 4) * _KW + (dx + 4) for dy, dx in CONTEXT_OFFSETS)
 _TAP_INDEX = torch.tensor(_TAP_POSITIONS, dtype=torch.long)
 _LN2 = math.log(2.0)
 DISTINCT_LATENTS = 1 << 20  # latents whose contexts `distinct_contexts` sorts at once
+DISTINCT_MERGE = 1 << 21  # at most this many pairs of all chunks are sorted together
 
 
 def causal_contexts(grid: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
@@ -294,7 +295,8 @@ class Arm(nn.Module):
     def distinct_contexts(latents: list[torch.Tensor], band_rows: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(contexts (24, U), values (U,), counts (U,)): the distinct pairs of a context and a value
         among every latent of every grid (bands as in `rate_bits`), and how many latents have each
-        pair (float32), in a fixed (sorted) order.
+        pair (float32), in a fixed order. (Beyond DISTINCT_MERGE pairs in all, those of each chunk
+        of latents are distinct; a pair may recur in another chunk.)
 
         Why: the rate of latents that no longer change is a sum over latents of one function of
         their (context, value) pair, and at low rates most latents are zeros among zeros: the
@@ -318,8 +320,12 @@ class Arm(nn.Module):
         if not parts:
             empty = latents[0].new_zeros(CONTEXT_SIZE + 1, 0) if latents else torch.zeros(CONTEXT_SIZE + 1, 0)
             return empty[:-1], empty[-1], empty[-1]
-        rows, inverse = torch.unique(torch.cat(parts, 1), dim=1, return_inverse=True)
-        n = torch.zeros(rows.shape[1], dtype=torch.int64, device=rows.device).index_add_(0, inverse, torch.cat(counts))
+        rows, n = torch.cat(parts, 1), torch.cat(counts)
+        if rows.shape[1] <= DISTINCT_MERGE:  # pairs repeated across chunks merged; more stay as
+            # they are (a pair may then appear more than once: the sum is the same, and the sort
+            # of a large image's pairs would cost more memory than it saves work)
+            rows, inverse = torch.unique(rows, dim=1, return_inverse=True)
+            n = torch.zeros(rows.shape[1], dtype=torch.int64, device=rows.device).index_add_(0, inverse, n)
         return rows[:-1].contiguous(), rows[-1].contiguous(), n.to(rows.dtype)
 
     def rate_bits_from_contexts(self, contexts: torch.Tensor, values: torch.Tensor,
