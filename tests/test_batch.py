@@ -329,9 +329,12 @@ def test_a_corrupt_image_in_the_middle_fails_alone(tmp_path, images, reference):
 # -- killed batches and fits --------------------------------------------------------------------------------
 def test_a_batch_stopped_or_killed_mid_run_ends_as_an_uninterrupted_one(tmp_path, images, reference):
     out = tmp_path / "out"
-    args = ("batch", "compress", images, "-o", out, *FIT, *ONE, "--jobs", "2", "--checkpoint-every", "0", "--quiet")
-    # SIGTERM once the first input is done: a clean stop, workers and temporary files gone
-    proc = start_lottery(*args)
+    common = ("batch", "compress", images, "-o", out, *FIT, *ONE, "--checkpoint-every", "0", "--quiet")
+    args = (*common, "--jobs", "2")
+    # SIGTERM once the first input is done: a clean stop, workers and temporary files gone. One
+    # worker here, so that the third input is still to do however fast the second one runs
+    # (with two, all three could be done before the signal lands, leaving nothing to kill below).
+    proc = start_lottery(*common, "--jobs", "1")
     wait_for(lambda: (out / "manifest.jsonl").exists() and any(r["status"] == "done" for r in manifest(out)), proc)
     workers = children(proc.pid)
     proc.send_signal(signal.SIGTERM)
