@@ -321,7 +321,7 @@ class Arm(nn.Module):
             empty = latents[0].new_zeros(CONTEXT_SIZE + 1, 0) if latents else torch.zeros(CONTEXT_SIZE + 1, 0)
             return empty[:-1], empty[-1], empty[-1]
         rows, n = torch.cat(parts, 1), torch.cat(counts)
-        if rows.shape[1] <= DISTINCT_MERGE:  # pairs repeated across chunks merged; more stay as
+        if len(parts) > 1 and rows.shape[1] <= DISTINCT_MERGE:  # pairs repeated across chunks merged; more stay as
             # they are (a pair may then appear more than once: the sum is the same, and the sort
             # of a large image's pairs would cost more memory than it saves work)
             rows, inverse = torch.unique(rows, dim=1, return_inverse=True)
