@@ -5,11 +5,7 @@ malloc serves large blocks with fresh `mmap`s and trims the top of its heap when
 so every step touches new pages again: a 256x256 compression on one thread took ~4,000 minor
 page faults per step, and ~10 % of its time (`lottery compress`, 200 steps, one thread,
 alternating with `GLIBC_TUNABLES= lottery compress ...`, which leaves malloc as shipped:
-29.1-30.5 s with the heap kept against 32.3-32.8 s, the same file). No block is served by `mmap`
-at all: glibc's threshold cannot be raised above 32 MiB, and a band of a multi-megapixel fit
-(`model.bands`) holds tensors of 64 MiB and more, each freshly mapped and faulted in: a
-2048x1536 `lottery compress --steps 10` spent 282 of its 585 CPU seconds in the kernel, and took
-half the time with no block mapped (docs/design.md, "Freed memory stays in the heap"). The
+29.1-30.5 s with the heap kept against 32.3-32.8 s, the same file). The
 memory kept is what the fit peaks at anyway. Only glibc is tuned (Linux); a user's own MALLOC_*
 or GLIBC_TUNABLES settings are left as they are.
 """
@@ -24,15 +20,12 @@ import sys
 _M_TRIM_THRESHOLD = -1
 _M_TOP_PAD = -2
 _M_MMAP_THRESHOLD = -3
-_M_MMAP_MAX = -4
 
 MMAP_THRESHOLD = 32 << 20  # glibc's largest: blocks below it come from the heap
-MMAP_MAX = 0  # and no block above it is mapped on its own either
 TRIM_THRESHOLD = 1 << 30  # free memory at the heap's top is returned to the OS above this
 TOP_PAD = 64 << 20  # the heap grows in steps of at least this
 
-_USER_SETTINGS = ("GLIBC_TUNABLES", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_THRESHOLD_",
-                  "MALLOC_MMAP_MAX_")
+_USER_SETTINGS = ("GLIBC_TUNABLES", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_THRESHOLD_")
 
 
 def keep_freed_memory() -> bool:
@@ -45,8 +38,7 @@ def keep_freed_memory() -> bool:
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     return all(mallopt(param, value) == 1 for param, value in (
-        (_M_MMAP_THRESHOLD, MMAP_THRESHOLD), (_M_MMAP_MAX, MMAP_MAX), (_M_TRIM_THRESHOLD, TRIM_THRESHOLD),
-        (_M_TOP_PAD, TOP_PAD)))
+        (_M_MMAP_THRESHOLD, MMAP_THRESHOLD), (_M_TRIM_THRESHOLD, TRIM_THRESHOLD), (_M_TOP_PAD, TOP_PAD)))
 
 
 def release_free_memory() -> None:
