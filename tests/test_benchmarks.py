@@ -514,3 +514,21 @@ def test_load_part_times_solo_pairs_and_busy_runs(monkeypatch, tmp_path):
     env = dict(__import__("os").environ, OMP_NUM_THREADS="1")
     r = load.measure(png, tmp_path, 3, env)
     assert r["solo_s"] > 0 and len(r["pair_s"]) == 2 and r["beside_busy_s"] > 0 and r["same_file"]
+
+
+def test_the_mosaic_tiles_the_kodak_images_in_order_turning_portrait_ones(tmp_path, monkeypatch):
+    """`benchmarks.mosaic`: 768x512 tiles row by row, kodim01 first, repeated; portrait turned."""
+    import numpy as np
+    from PIL import Image
+
+    from benchmarks import mosaic
+
+    Image.new("RGB", (768, 512), (200, 0, 0)).save(tmp_path / "kodim01.png")
+    Image.new("RGB", (512, 768), (0, 200, 0)).save(tmp_path / "kodim02.png")
+    monkeypatch.setenv("LOTTERY_KODAK", str(tmp_path))
+    out = tmp_path / "m.png"
+    mosaic.main([str(out), "--size", "1600x700", "--crop", "1600x600"])
+    image = np.asarray(Image.open(out))
+    assert image.shape == (600, 1600, 3)
+    assert tuple(image[10, 10]) == (200, 0, 0) and tuple(image[10, 800]) == (0, 200, 0)
+    assert tuple(image[10, 1580]) == (200, 0, 0) and tuple(image[520, 10]) == (0, 200, 0)
