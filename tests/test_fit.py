@@ -171,9 +171,10 @@ def test_average_every_takes_every_nth_render_of_the_window():
     assert counts == {1: 10, 3: 4}  # window = steps 10..19; every third: 10, 13, 16, 19
 
 
-def test_progress_shows_the_arm_refit_on_its_own_bar(capsys):
+def test_progress_shows_the_arm_refit_and_the_quantization_on_their_own_bars(capsys):
     """The fit's bar keeps its numbers; the refit (stage "arm refit") gets a second bar that shows
-    the latent rate and no PSNR (its distortion is unknown: nan), and never crashes on it."""
+    the latent rate and no PSNR (its distortion is unknown: nan), and never crashes on it; the
+    quantization search (stage "quantize") a bar whose total follows its reports."""
     import math
 
     from lotterycli.fitting.loop import StepInfo
@@ -184,10 +185,14 @@ def test_progress_shows_the_arm_refit_on_its_own_bar(capsys):
         progress(StepInfo(5, 20, 0.6, math.nan, 0.25, 0.5, "arm refit"))
         progress(StepInfo(20, 20, 0.55, math.nan, 0.24, 1.0, "arm refit"))
         progress(StepInfo(40, 60, 0.52, math.nan, 0.222, 1.0, "arm refit, width 8"))  # a bar of its own
+        # the quantization search: its total shrinks as it goes, it knows no PSNR or rate
+        progress(StepInfo(3, 90, 0.0123, math.nan, math.nan, 0.1, "quantize"))
+        progress(StepInfo(37, 37, 0.0101, math.nan, math.nan, 0.4, "quantize"))
     err = capsys.readouterr().err
     assert "compress" in err and "30.00 dB" in err and "0.500 bpp" in err
     assert "ARM refit" in err and "20/20" in err and "0.240 bpp" in err and "nan" not in err
     assert "ARM refit, width 8" in err and "40/60" in err and "0.222 bpp" in err
+    assert "quantize networks" in err and "37/37" in err and "loss 0.01010" in err
 
 
 def test_own_adam_matches_torch_adam_bit_for_bit():

@@ -525,6 +525,34 @@ def test_per_tensor_steps_lower_the_real_cost(fitted):
     assert tensor_cost < module_cost
 
 
+def test_quantization_search_reports_each_trial(fitted):
+    """The search's progress bar: stage "quantize", one step per trial, a total that starts at
+    the most trials the search could run, never grows, never falls below the trials done, and
+    ends equal to them; reporting changes nothing the search chooses."""
+    import copy
+
+    from lotterycli.model.arm import Arm
+
+    model, _, target = fitted
+    torch.manual_seed(0)
+    narrower = Arm(8)  # an alternative ARM: its searches are counted too
+    quiet = quantize_networks(copy.deepcopy(model), squared_error(target), 0.02,
+                              arm_alternatives=[copy.deepcopy(narrower)])
+    reports = []
+    shown = quantize_networks(copy.deepcopy(model), squared_error(target), 0.02,
+                              arm_alternatives=[copy.deepcopy(narrower)], progress=reports.append)
+    assert {r.stage for r in reports} == {"quantize"}
+    steps, totals = [r.step for r in reports], [r.total for r in reports]
+    assert sorted(set(steps)) == list(range(1, steps[-1] + 1)) and steps == sorted(steps)
+    assert totals == sorted(totals, reverse=True) and totals[0] > steps[-1]
+    assert all(r.total >= r.step for r in reports) and totals[-1] == steps[-1]
+    assert all(math.isnan(r.distortion) and math.isnan(r.bpp) for r in reports)
+    assert min(r.loss for r in reports) == reports[-1].loss  # the cheapest cost seen so far
+    for name, q in quiet.items():
+        assert shown[name].tensor_shifts() == q.tensor_shifts()
+        assert all(torch.equal(a, b) for a, b in zip(shown[name].tensors.values(), q.tensors.values()))
+
+
 def test_banded_model_writes_and_decodes_its_bands():
     """A fit with ARM bands: the file carries the band height and decodes to the payload's pixels."""
     torch.set_num_threads(1)

@@ -95,10 +95,9 @@ class FitProgress:
     def __call__(self, info: StepInfo) -> None:
         if self._progress is None:
             return
-        if info.stage.startswith(("arm refit", "screen")):  # each refit or screened fit on its own bar
+        if info.stage.startswith(("arm refit", "screen", "quantize")):  # each on a bar of its own
             if info.stage not in self._refit_tasks:
-                label = "ARM refit" + info.stage[len("arm refit"):] if info.stage.startswith("arm refit") else info.stage
-                self._refit_tasks[info.stage] = self._add_task(label, info.total)
+                self._refit_tasks[info.stage] = self._add_task(_stage_label(info.stage), info.total)
             self._update(self._refit_tasks[info.stage], info)
             return
         if self._task is None:
@@ -106,12 +105,25 @@ class FitProgress:
         self._update(self._task, info)
 
     def _update(self, task, info: StepInfo) -> None:
-        if info.stage.startswith("arm refit"):  # the fit's pixels, only the latent rate moves
-            loss, psnr = "-", "-"
+        """The bar's step and numbers; a number the stage does not know (nan) shows as "-"."""
+        # the ARM refit's loss is its own objective (bits), not the fit's: not shown
+        loss = "-" if info.stage.startswith("arm refit") or math.isnan(info.loss) else f"{info.loss:.5f}"
+        if math.isnan(info.distortion):
+            psnr = "-"
         else:
-            loss = f"{info.loss:.5f}"
             psnr = f"{-10 * math.log10(info.distortion) if info.distortion > 0 else float('inf'):.2f} dB"
-        self._progress.update(task, completed=info.step, loss=loss, psnr=psnr, bpp=f"{info.bpp:.3f}")
+        bpp = "-" if math.isnan(info.bpp) else f"{info.bpp:.3f}"
+        # a stage may learn its length as it goes (the quantization search)
+        self._progress.update(task, completed=info.step, total=info.total, loss=loss, psnr=psnr, bpp=bpp)
+
+
+def _stage_label(stage: str) -> str:
+    """A bar's label for a stage after (or beside) the fit."""
+    if stage.startswith("arm refit"):
+        return "ARM refit" + stage[len("arm refit"):]
+    if stage == "quantize":
+        return "quantize networks"
+    return stage
 
 
 def fit_display() -> Progress:

@@ -64,7 +64,8 @@ def quantized_payload(model: LotteryModel, distortion: Distortion, lam: float, s
                                             schedule.arm_scratch_lr, seed, progress, pairs).cpu())
     model.cpu()
     pairs = tuple(t.cpu() for t in pairs)
-    modules = quantize_networks(model, distortion, lam, arm_alternatives=alternatives, pairs=pairs)
+    modules = quantize_networks(model, distortion, lam, arm_alternatives=alternatives, pairs=pairs,
+                                progress=progress)
     return model.to_payload(modules)
 
 

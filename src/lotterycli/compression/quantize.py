@@ -7,12 +7,15 @@ lambda * (latent bits + the module's coded bits) / pixels, with the bits of its 
 
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import replace
 
 import torch
 
 from ..bitstream.header import architecture_bytes
 from ..bitstream.param_coding import module_bits
+from ..fitting.loop import ProgressCallback, StepInfo
 from ..fitting.losses import Distortion, PixelMSE
 from ..model.architecture import MODULE_NAMES
 from ..model.arm import Arm
@@ -59,6 +62,41 @@ def _fixed_features(model: LotteryModel, distortion: Distortion) -> torch.Tensor
         return model.upsampling(synth_in)
 
 
+class _Trials:
+    """Counts the search's trials for its progress bar (stage "quantize"). `total` starts as an
+    upper bound (every per-tensor round run in full) and drops when a search stops early, so
+    the bar ends full and its ETA improves as it goes.
+
+    Why: after the fit, a multi-megapixel image spends minutes here (each trial of the upsampling
+    or ModNet renders the whole image) and the display would otherwise sit still."""
+
+    def __init__(self, total: int, progress: ProgressCallback | None):
+        self.done, self.total, self.progress = 0, total, progress
+        self.start = time.perf_counter()
+        self.best = math.nan
+
+    def tick(self, cost: float) -> None:
+        self.done += 1
+        self.best = cost if not cost >= self.best else self.best
+        self.report()
+
+    def skip(self, n: int) -> None:
+        """n trials of the upper bound that will not be run."""
+        self.total -= n
+        self.report()
+
+    def report(self) -> None:
+        if self.progress is not None:
+            self.progress(StepInfo(self.done, self.total, self.best, math.nan, math.nan,
+                                   time.perf_counter() - self.start, "quantize"))
+
+
+def _max_trials(n_tensors: int, per_tensor: bool) -> int:
+    """Trials of one `_search_steps` if every per-tensor round runs in full."""
+    coarser, finer, rounds = TENSOR_SEARCH
+    return len(SHIFT_CANDIDATES) + (rounds * n_tensors * (coarser + finer) if per_tensor else 0)
+
+
 def install_arm(model: LotteryModel, arm: Arm) -> None:
     """Make `arm` the model's ARM; its width becomes the model's (and the file's) arm_hidden."""
     model.arm = arm
@@ -68,6 +106,7 @@ def install_arm(model: LotteryModel, arm: Arm) -> None:
 def quantize_networks(
     model: LotteryModel, distortion: Distortion, lam: float, per_tensor: bool = True,
     arm_alternatives: list[dict[str, torch.Tensor] | Arm] = (), pairs: Pairs | None = None,
+    progress: ProgressCallback | None = None,
 ) -> dict[str, QuantizedModule]:
     """Pick the small networks' power-of-two steps by rate-distortion search, real code lengths.
 
@@ -81,10 +120,15 @@ def quantize_networks(
     `arm_alternatives`: other ARMs searched the same way: float states of the model's ARM (state
     dicts, e.g. the ARM before its refit) or `Arm` modules of any width (`install_arm`); the
     cheapest of all is kept, so an alternative can only help. `pairs`: the latents'
-    `latent_pairs` (on the CPU), if already found: every ARM is priced on them.
+    `latent_pairs` (on the CPU), if already found: every ARM is priced on them. `progress` gets
+    a `StepInfo` with stage "quantize" after each trial (step: trials done; loss: the cheapest
+    cost seen).
     """
     chosen: dict[str, QuantizedModule] = {}
     pairs = latent_pairs(model) if pairs is None else pairs
+    searches = [len(model.arm.state_dict())] * (1 + len(arm_alternatives))
+    searches += [len(model.modules_by_name()[name].state_dict()) for name in MODULE_NAMES if name != "arm"]
+    trials = _Trials(sum(_max_trials(n, per_tensor) for n in searches), progress)
     d0, bpp0 = _hard_distortion(model, distortion), _hard_bpp(model, pairs)
     for name in MODULE_NAMES:
         module = model.modules_by_name()[name]
@@ -97,7 +141,7 @@ def quantize_networks(
             if name == "arm":
                 install_arm(model, owner)
             owner.load_state_dict(state)
-            cost, q = _search_steps(model, name, state, distortion, lam, d0, bpp0, per_tensor, pairs)
+            cost, q = _search_steps(model, name, state, distortion, lam, d0, bpp0, per_tensor, pairs, trials)
             if name == "arm":  # another width can leave the header's architecture presets
                 cost += lam * 8 * architecture_bytes(model.arch) / model.n_pixels
             if cost < best_cost:
@@ -117,9 +161,9 @@ def quantize_networks(
 
 def _search_steps(model: LotteryModel, name: str, state: dict[str, torch.Tensor], distortion: Distortion,
                   lam: float, d0: float, bpp0: float, per_tensor: bool,
-                  pairs: Pairs) -> tuple[float, QuantizedModule]:
+                  pairs: Pairs, trials: _Trials) -> tuple[float, QuantizedModule]:
     """(cost, quantized module) of the best steps for module `name` holding float `state`
-    (`pairs`: the latents' `latent_pairs`, which price an ARM)."""
+    (`pairs`: the latents' `latent_pairs`, which price an ARM; `trials` counts the trials)."""
     module = model.modules_by_name()[name]
 
     features = _fixed_features(model, distortion) if name == "modnet" else None
@@ -131,7 +175,9 @@ def _search_steps(model: LotteryModel, name: str, state: dict[str, torch.Tensor]
         else:
             d, bpp = _hard_distortion(model, distortion, features), bpp0
         module.load_state_dict(state)
-        return d + lam * (bpp + module_bits(q, name) / model.n_pixels)
+        cost = d + lam * (bpp + module_bits(q, name) / model.n_pixels)
+        trials.tick(cost)
+        return cost
 
     best_cost, best_q = float("inf"), None
     for shift in SHIFT_CANDIDATES:
@@ -141,18 +187,20 @@ def _search_steps(model: LotteryModel, name: str, state: dict[str, torch.Tensor]
             best_cost, best_q = cost, q
     shifts = best_q.tensor_shifts()
     coarser, finer, rounds = TENSOR_SEARCH
-    for _ in range(rounds if per_tensor else 0):
+    for done_rounds in range(1, rounds + 1 if per_tensor else 1):
         changed = False
         for tensor in list(shifts):
             now = shifts[tensor]
-            for s in range(max(MIN_TENSOR_SHIFT, now - coarser), min(SHIFT_CANDIDATES[-1], now + finer) + 1):
-                if s == now:
-                    continue
+            window = [s for s in range(max(MIN_TENSOR_SHIFT, now - coarser), min(SHIFT_CANDIDATES[-1], now + finer) + 1)
+                      if s != now]
+            trials.skip(coarser + finer - len(window))
+            for s in window:
                 trial = dict(shifts, **{tensor: s})
                 q = model.quantize_module(name, best_q.shift, trial)
                 cost = cost_of(q)
                 if cost < best_cost:
                     best_cost, best_q, shifts, changed = cost, q, trial, True
         if not changed:
+            trials.skip((rounds - done_rounds) * len(shifts) * (coarser + finer))
             break
     return best_cost, best_q
