@@ -48,7 +48,7 @@ def test_a_users_malloc_settings_are_left_alone(monkeypatch):
 
 
 def test_the_growth_limit_releases_free_pages_only_when_the_memory_grew(monkeypatch):
-    """A fit in bands checks after every step: the free pages go back to the OS when the resident
+    """A fit checks after every step: the free pages go back to the OS when the resident
     memory has grown by more than a quarter (256 MB at least) since the first check, not before."""
     from lotterycli import heap
 
@@ -69,3 +69,31 @@ def test_the_growth_limit_releases_free_pages_only_when_the_memory_grew(monkeypa
     rss[0] = 1300 << 20
     limit.check()
     assert released == [1300 << 20] and limit.limit >= (1100 << 20) + (256 << 20)
+
+
+@pytest.mark.parametrize("rate_thread", [False, True])
+def test_every_fit_step_checks_the_growth_limit(rate_thread):
+    """Not only fits in bands: a whole 256x256 compression's heap grew too (the pixels drawn
+    differ in number every step, so its tensors keep changing size; the resident memory of a
+    5,000-step fit reached 2.7 GB), so every step of every fit checks the limit."""
+    import torch
+    from conftest import arch, scene, schedule
+
+    from lotterycli.fitting.loop import Fitter
+    from lotterycli.fitting.losses import fit_distortion
+    from lotterycli.model.lottery_model import LotteryModel
+
+    torch.manual_seed(0)
+    model = LotteryModel(24, 20, arch(), seed=1, mask_ratio=0.3)
+    fitter = Fitter(model, fit_distortion(scene(24, 20), 0.5), 0.002, schedule(steps=7), rate_thread=rate_thread)
+    assert not fitter.banded
+
+    class Counting:
+        checks = 0
+
+        def check(self) -> None:
+            self.checks += 1
+
+    fitter.heap_limit = Counting()
+    fitter.advance()
+    assert fitter.heap_limit.checks == 7

@@ -206,11 +206,11 @@ class Fitter:
             optimizer.zero_grad(set_to_none=True)
             if self.banded:
                 image, bits, d = self._banded_step(mode, temperature, noise_a, averaged)
-                self.heap_limit.check()  # else the heap grows step after step (`heap.py`)
             elif rate_pool is None:
                 image, bits, d = self._plain_step(mode, temperature, noise_a, averaged)
             else:
                 image, bits, d = self._split_step(rate_pool, mode, temperature, noise_a, averaged)
+            self.heap_limit.check()  # else the heap's free memory grows step after step (`heap.py`)
             bpp = bits / model.n_pixels
             loss = d + self.lam * bpp
             if sched.grad_clip > 0:
