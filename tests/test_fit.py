@@ -133,8 +133,9 @@ def test_fit_distortion_is_the_whole_mse_or_a_pixel_mse_for_partial_steps():
 
 
 def test_pixel_fraction_draws_a_fresh_part_of_the_pixels_each_step(monkeypatch):
-    """pixel_fraction < 1: each step renders a random ~fraction of the loss's pixels (seeded by the
-    model's seed, so the fit is repeatable); averaged steps still render the whole image."""
+    """pixel_fraction < 1: each step renders a random fraction of the loss's pixels, the same
+    number every step (seeded by the model's seed, so the fit is repeatable); averaged steps
+    still render the whole image."""
     seen = []
     forward = LotteryModel.forward
 
@@ -154,11 +155,39 @@ def test_pixel_fraction_draws_a_fresh_part_of_the_pixels_each_step(monkeypatch):
     (first, draws), (second, draws_again) = results
     assert [d is None for d in draws] == [False] * 9 + [True] * 3  # the last quarter is averaged: whole
     parts = draws[:9]
-    assert all(150 < d.numel() < 330 for d in parts)  # about half of 480
+    assert all(d.numel() == 240 for d in parts)  # half of 480, every step
     assert all(torch.equal(d, d.sort().values) and d.unique().numel() == d.numel() for d in parts)
     assert not torch.equal(parts[0], parts[1])
     assert all(torch.equal(a, b) for a, b in zip(parts, draws_again[:9]))  # repeatable
     assert torch.equal(first.average_render, second.average_render)
+
+
+@pytest.mark.parametrize("n_columns, fraction", [(480, 0.5), (1000, 0.3), (7, 0.5), (5, 0.01), (9, 0.999)])
+def test_drawn_columns_are_a_fixed_number_each_equally_likely(n_columns, fraction):
+    """draw_columns: round(fraction * n) positions (at least one), sorted, in range, one per
+    stratum (distinct when the strata are whole positions; a position that straddles two can
+    come twice); over many draws every position comes up about equally often, repeats counted
+    (the loss over the drawn pixels estimates the loss over all of them without bias)."""
+    from lotterycli.fitting.losses import draw_columns
+
+    gen = torch.Generator().manual_seed(3)
+    n = max(1, round(fraction * n_columns))
+    counts = torch.zeros(n_columns)
+    draws = 4000
+    for _ in range(draws):
+        d = draw_columns(n_columns, fraction, gen)
+        assert d.dtype == torch.int64 and d.numel() == n
+        assert int(d.min()) >= 0 and int(d.max()) < n_columns
+        assert torch.all(d[1:] > d[:-1]) if n_columns % n == 0 else torch.all(d[1:] >= d[:-1])
+        i = torch.arange(n)
+        assert torch.all((d >= i * n_columns // n) & (d * n < (i + 1) * n_columns))  # in stratum i
+        counts.index_add_(0, d, torch.ones(n))
+    p = n / n_columns
+    sd = (draws * p * (1 - p)) ** 0.5
+    assert float((counts - draws * p).abs().max()) < 5 * sd + 1
+    again = torch.Generator().manual_seed(3)
+    assert torch.equal(draw_columns(n_columns, fraction, again), draw_columns(n_columns, fraction,
+                                                                               torch.Generator().manual_seed(3)))
 
 
 def test_average_every_takes_every_nth_render_of_the_window():

@@ -49,7 +49,8 @@ def test_a_users_malloc_settings_are_left_alone(monkeypatch):
 
 def test_the_growth_limit_releases_free_pages_only_when_the_memory_grew(monkeypatch):
     """A fit checks after every step: the free pages go back to the OS when the resident
-    memory has grown by more than a quarter (256 MB at least) since the first check, not before."""
+    memory has grown by more than a quarter (256 MB at least) since the first check, not before;
+    the next check then sets the limit again, from what that step needed."""
     from lotterycli import heap
 
     rss, released = [1 << 30], []
@@ -68,7 +69,13 @@ def test_the_growth_limit_releases_free_pages_only_when_the_memory_grew(monkeypa
     assert released == []
     rss[0] = 1300 << 20
     limit.check()
-    assert released == [1300 << 20] and limit.limit >= (1100 << 20) + (256 << 20)
+    assert released == [1300 << 20]
+    rss[0] = 1200 << 20  # the next step's own peak, faulted in anew: it sets the new limit
+    limit.check()
+    assert released == [1300 << 20] and limit.limit == (1200 << 20) + (300 << 20)
+    rss[0] = 1450 << 20
+    limit.check()
+    assert released == [1300 << 20]
 
 
 @pytest.mark.parametrize("rate_thread", [False, True])

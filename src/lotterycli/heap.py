@@ -64,7 +64,7 @@ def resident_bytes() -> int | None:
 
 class GrowthLimit:
     """Releases the heap's free pages when the resident memory has grown by a quarter (at least
-    256 MB) over what it was at the first `check`.
+    256 MB) over what it was at the first `check`, or at the first after the last release.
 
     Why: glibc reused too little of what a fit freed, with malloc tuned as above or as
     shipped, and the resident memory grew step after step: a fit in bands of rows (`model.bands`)
@@ -74,7 +74,10 @@ class GrowthLimit:
     the growth free). Releasing the free pages after every
     step bounds it but makes every step fault its pages in again; releasing them only when the
     memory has grown bounds it for the cost of reading /proc once a step (the fitting loop
-    checks after every step of every fit).
+    checks after every step of every fit). The limit is set again after each release: set
+    from the first step alone, it lay below what later steps need (at 768x512 the first step
+    ended at 916 MB, the next ones at 1.08-1.2 GB), and every other step released its pages
+    only to fault them in again.
     """
 
     def __init__(self) -> None:
@@ -91,5 +94,6 @@ class GrowthLimit:
             self.limit = rss + self._margin(rss)
         elif rss > self.limit:
             release_free_memory()
-            after = resident_bytes() or rss
-            self.limit = max(self.limit, after + self._margin(after))
+            # the next check sets the limit again: a step's own peak, faulted in anew, plus the
+            # margin (the memory right after the release is below what any step needs)
+            self.limit = None

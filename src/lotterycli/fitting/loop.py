@@ -23,7 +23,7 @@ from ..heap import GrowthLimit
 from ..model.arm import coded_bands
 from ..model.lottery_model import LotteryModel
 from .adam import Adam
-from .losses import Distortion, PixelMSE
+from .losses import Distortion, PixelMSE, draw_columns
 from .schedule import Schedule
 
 _CANCELLED = threading.Event()
@@ -256,8 +256,8 @@ class Fitter:
         part of its pixels."""
         loss, fraction = self.pixel_loss, self.schedule.pixel_fraction
         if fraction < 1.0:
-            keep = torch.rand(loss.indices.numel(), generator=self.pixel_generator) < fraction
-            loss = loss.columns(_to_device(torch.nonzero(keep).squeeze(1), loss.indices.device))
+            drawn = draw_columns(loss.indices.numel(), fraction, self.pixel_generator)
+            loss = loss.columns(_to_device(drawn, loss.indices.device))
         return loss
 
     def _plain_step(self, mode: str, temperature: float, noise_a: float,
