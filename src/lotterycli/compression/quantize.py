@@ -73,11 +73,11 @@ class _Trials:
     def __init__(self, total: int, progress: ProgressCallback | None):
         self.done, self.total, self.progress = 0, total, progress
         self.start = time.perf_counter()
-        self.best = math.nan
+        self.best = math.inf
 
     def tick(self, cost: float) -> None:
         self.done += 1
-        self.best = cost if not cost >= self.best else self.best
+        self.best = min(self.best, cost)
         self.report()
 
     def skip(self, n: int) -> None:
@@ -87,7 +87,8 @@ class _Trials:
 
     def report(self) -> None:
         if self.progress is not None:
-            self.progress(StepInfo(self.done, self.total, self.best, math.nan, math.nan,
+            best = self.best if self.done else math.nan
+            self.progress(StepInfo(self.done, self.total, best, math.nan, math.nan,
                                    time.perf_counter() - self.start, "quantize"))
 
 
