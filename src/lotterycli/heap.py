@@ -68,16 +68,16 @@ class GrowthLimit:
 
     Why: glibc reused too little of what a fit freed, with malloc tuned as above or as
     shipped, and the resident memory grew step after step: a fit in bands of rows (`model.bands`)
-    allocates tensors of many sizes every step (each band's, each latent level's), and any fit
-    draws a different number of pixels every step. A whole 256x256 compression of 5,000 steps
-    reached 2.7 GB resident (over 1,000 steps, glibc's `mallinfo2` counted ~120 MB in use and
-    the growth free). Releasing the free pages after every
-    step bounds it but makes every step fault its pages in again; releasing them only when the
+    allocates tensors of many sizes every step (each band's, each latent level's); when fits
+    drew a different number of pixels every step (before `fitting.losses.draw_columns`), a
+    whole 256x256 compression of 5,000 steps reached 2.7 GB resident, nearly all of it free
+    memory the heap kept, and a fixed count still grows slowly. Releasing the free pages after
+    every step bounds it but makes every step fault its pages in again; releasing them only when the
     memory has grown bounds it for the cost of reading /proc once a step (the fitting loop
     checks after every step of every fit). The limit is set again after each release: set
     from the first step alone, it lay below what later steps need (at 768x512 the first step
-    ended at 916 MB, the next ones at 1.08-1.2 GB), and every other step released its pages
-    only to fault them in again.
+    ends with less resident than the next ones), and most steps released their pages only to
+    fault them in again.
     """
 
     def __init__(self) -> None:

@@ -77,11 +77,10 @@ def draw_columns(n_columns: int, fraction: float, generator: torch.Generator) ->
 
     Every position is drawn with the same probability (n / n_columns, `fraction` to within one
     position), as when each is kept on its own with that probability, but the count is the same
-    every step. Why: with a count that changed
-    from step to step, every step's tensors had new sizes, and glibc's heap kept what it could
-    not reuse: at 768x512 the resident memory grew ~20 MB a step and a step spent a tenth to a
-    third of its time faulting pages in; oneDNN also compiled its GELU anew for each size.
-    Stratified, the estimate of the loss also varies less from step to step.
+    every step. Why: with a count that changed from step to step, every step's tensors had new
+    sizes, glibc's heap kept what it could not reuse and faulted fresh pages in, and oneDNN
+    compiled its GELU anew for each size (docs/design.md has the measurements). Stratified, the
+    estimate of the loss also varies less from step to step.
     """
     n = min(n_columns, max(1, round(fraction * n_columns)))
     offsets = torch.rand(n, generator=generator, dtype=torch.float64)
