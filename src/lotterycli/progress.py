@@ -29,7 +29,7 @@ class FitProgress:
         self._display = display
         self._progress: Progress | None = None
         self._task = None
-        self._refit_tasks: dict[str, object] = {}  # stage -> bar of each ARM refit or screened fit
+        self._stage_tasks: dict[str, object] = {}  # stage -> its bar (ARM refits, screened fits, quantization)
         self._member_tasks: list = []
         self._started = False
         self._lock = threading.Lock()  # members may add their bars from worker threads
@@ -52,10 +52,10 @@ class FitProgress:
         if self._display is None:
             return
         with self._lock:
-            for task in [self._task, *self._refit_tasks.values(), *self._member_tasks]:
+            for task in [self._task, *self._stage_tasks.values(), *self._member_tasks]:
                 if task is not None and task in self._display.task_ids:
                     self._display.remove_task(task)
-            self._task, self._refit_tasks, self._member_tasks = None, {}, []
+            self._task, self._stage_tasks, self._member_tasks = None, {}, []
 
     def _add_task(self, label: str, total: int):
         """A new bar, starting the display on the first one."""
@@ -96,9 +96,9 @@ class FitProgress:
         if self._progress is None:
             return
         if info.stage.startswith(("arm refit", "screen", "quantize")):  # each on a bar of its own
-            if info.stage not in self._refit_tasks:
-                self._refit_tasks[info.stage] = self._add_task(_stage_label(info.stage), info.total)
-            self._update(self._refit_tasks[info.stage], info)
+            if info.stage not in self._stage_tasks:
+                self._stage_tasks[info.stage] = self._add_task(_stage_label(info.stage), info.total)
+            self._update(self._stage_tasks[info.stage], info)
             return
         if self._task is None:
             self.start("fit" if self._display is not None else self.label, info.total)

@@ -82,8 +82,9 @@ class _Trials:
 
     def skip(self, n: int) -> None:
         """n trials of the upper bound that will not be run."""
-        self.total -= n
-        self.report()
+        if n:
+            self.total -= n
+            self.report()
 
     def report(self) -> None:
         if self.progress is not None:
