@@ -10,7 +10,8 @@ directory), one after the other in the same sitting: absolute times wander on sh
 ratios of one sitting do not. A step is what `lottery compress` runs: the compression config's
 schedule (a random half of the pixels per step, the rate on a second thread where it pays),
 timed over `--steps` steps after warm-up steps, in the soft stage. Operations are ATen calls
-dispatched per step, counted with a `TorchDispatchMode` (on a GPU each is a kernel launch); FLOPs
+dispatched per step, counted with a `TorchDispatchMode` (on a GPU each is a kernel launch, views
+aside), also for the step as a GPU runs it (`model.device_policy`), on the meta device; FLOPs
 are those of matrix products and convolutions (`torch.utils.flop_counter`), against the measured
 peak of one large float32 matrix product on the same threads.
 """
@@ -29,9 +30,9 @@ from .data import REPO_ROOT
 # Counts the ATen operations dispatched inside it; pasted into both probes below.
 COUNT_MODE = """class Count(TorchDispatchMode):
     def __init__(self):
-        super().__init__(); self.n = 0
+        super().__init__(); self.n = 0; self.views = 0
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.n += 1
+        self.n += 1; self.views += bool(func.is_view)
         return func(*args, **(kwargs or {}))
 """
 
@@ -81,6 +82,22 @@ with Count() as count:
     plain.advance(3)
 with FlopCounterMode(display=False) as flops:
     plain.advance(4)
+# A GPU's way of the same step (`model.device_policy`), counted on the meta device, which needs no
+# GPU: operations dispatched, and those that are not views (on a GPU, kernel launches).
+gpu_ops = gpu_kernels = None
+if LAYOUT == "current":
+    try:
+        import lotterycli.model.latents as latents_module
+        latents_module.LatentGrids._noise_generator = lambda self, device: None  # meta has no generator
+        meta = LotteryModel(h, w, cfg.architecture, 0, cfg.mask_ratio).to("meta")
+        on_meta = Fitter(meta, distortion(target.to("meta")), 0.004, replace(schedule(100), eval_every=10 ** 6),
+                         rate_thread=False)
+        on_meta.advance(2)
+        with Count() as meta_count:
+            on_meta.advance(3)
+        gpu_ops, gpu_kernels = meta_count.n, meta_count.n - meta_count.views
+    except Exception as exc:  # a tree whose fit cannot run on meta: reported as not measured
+        print("meta count failed:", exc, file=sys.stderr)
 a = torch.rand(2048, 2048); b = torch.rand(2048, 2048)
 a @ b
 t = time.perf_counter(); reps = 5
@@ -98,7 +115,8 @@ def peak_rss_mb():
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 import lotterycli
-print(json.dumps({"source": lotterycli.__file__, "steps_per_second": 1 / seconds, "ops_per_step": count.n, "flops_per_step": flops.get_total_flops(),
+print(json.dumps({"source": lotterycli.__file__, "steps_per_second": 1 / seconds, "ops_per_step": count.n, "views_per_step": count.views,
+                  "gpu_way_ops_per_step": gpu_ops, "gpu_way_kernels_per_step": gpu_kernels, "flops_per_step": flops.get_total_flops(),
                   "matmul_peak_flops": peak, "peak_rss_mb": peak_rss_mb()}))
 '''
 
@@ -218,10 +236,12 @@ def main(argv: list[str] | None = None) -> int:
                 best = sorted(results, key=lambda r: r["steps_per_second"])[len(results) // 2]
                 rows.append({"tree": name, "width": width, "height": height, "threads": args.threads, **best})
     by = {(r["tree"], r["width"], r["height"]): r for r in rows}
-    print("| tree | size | steps/s | ops/step | GFLOP/step | achieved / matmul peak | peak RSS MB |")
-    print("|---|---|---|---|---|---|---|")
+    print("| tree | size | steps/s | ops/step | GPU's way: ops (kernels) | GFLOP/step | achieved / matmul peak "
+          "| peak RSS MB |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['tree']} | {r['width']}x{r['height']} | {r['steps_per_second']:.2f} | {r['ops_per_step']} | "
+        gpu = "-" if r["gpu_way_ops_per_step"] is None else f"{r['gpu_way_ops_per_step']} ({r['gpu_way_kernels_per_step']})"
+        print(f"| {r['tree']} | {r['width']}x{r['height']} | {r['steps_per_second']:.2f} | {r['ops_per_step']} | {gpu} | "
               f"{r['flops_per_step'] / 1e9:.3f} | {100 * r['achieved_fraction_of_peak']:.1f} % | {r['peak_rss_mb']:.0f} |")
     if args.baseline:
         for width, height in sizes:

@@ -304,15 +304,24 @@ def _md_engine(p: dict) -> list[str]:
          "A compression fitting step (`benchmarks.engine`: the compression config's schedule, a random half of the "
          "pixels per step, the rate on a second thread where it pays) of this code beside the baseline commit, "
          "each in a fresh process, in the same sitting. Operations: ATen calls dispatched per step (on a GPU, each "
-         "is a kernel launch); GFLOP: matrix products and convolutions only; achieved / peak: those FLOPs per "
-         "second against one large float32 matrix product on the same threads. Steps/s: the median of the rounds "
-         "(alternating the two codes).", ""]
+         "is a kernel launch, views aside); GPU's way: the operations of the same step as a GPU runs it "
+         "(`model.device_policy`), counted on PyTorch's meta device, and in brackets those that are not views "
+         "(kernels; an upper bound, as gradient clipping and the optimizer take per-tensor operations there and "
+         "multi-tensor kernels on a GPU); GFLOP: matrix products and convolutions only; achieved / peak: those "
+         "FLOPs per second against one large float32 matrix product on the same threads. Steps/s: the median of "
+         "the rounds (alternating the two codes).", ""]
+
+    def gpu_way(r: dict) -> str:
+        if r.get("gpu_way_ops_per_step") is None:
+            return "-"
+        return f"{r['gpu_way_ops_per_step']} ({r['gpu_way_kernels_per_step']})"
+
     rows = [[r["tree"], f"{r['width']}x{r['height']}", str(r["threads"]), _f(r["steps_per_second"]),
-             str(r["ops_per_step"]), _f(r.get("flops_per_step", 0) / 1e9, ".3f"),
+             str(r["ops_per_step"]), gpu_way(r), _f(r.get("flops_per_step", 0) / 1e9, ".3f"),
              _f(100 * r.get("achieved_fraction_of_peak", 0), ".1f") + " %", _f(r.get("peak_rss_mb"), ".0f")]
             for r in p.get("rows", [])]
-    L += _table(["code", "size", "threads", "steps/s", "operations per step", "GFLOP per step", "achieved / matmul peak",
-                 "peak RSS MB"], rows).splitlines() + [""]
+    L += _table(["code", "size", "threads", "steps/s", "operations per step", "GPU's way: operations (kernels)",
+                 "GFLOP per step", "achieved / matmul peak", "peak RSS MB"], rows).splitlines() + [""]
     members = p.get("members") or []
     if members:
         L += ["Restoration's member batch (`fitting.batched`: B members of the denoising config as one model, every "

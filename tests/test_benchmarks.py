@@ -484,12 +484,16 @@ def test_arm_stage_prices_every_latent_and_the_distinct_pairs_alike():
 
 
 def test_engine_probe_reports_a_step_of_this_checkout():
-    """benchmarks.engine's probe on this tree at a tiny size: rate, dispatched operations, FLOPs."""
+    """benchmarks.engine's probe on this tree at a tiny size: rate, dispatched operations, FLOPs,
+    and the operations of a GPU's way of the step (counted on the meta device): fewer, since
+    that way packs the ARM's grids, and fewer still that are not views."""
     from benchmarks import engine
 
     row = engine.probe(Path(_ROOT) / "src", 24, 32, steps=2, threads=1)
     assert row["steps_per_second"] > 0 and row["ops_per_step"] > 100 and row["flops_per_step"] > 0
     assert 0 < row["achieved_fraction_of_peak"] < 1
+    assert 0 < row["views_per_step"] < row["ops_per_step"]
+    assert 0 < row["gpu_way_kernels_per_step"] < row["gpu_way_ops_per_step"] < row["ops_per_step"]
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="peak memory is read from /proc (Linux)")

@@ -136,3 +136,34 @@ def test_member_batch_stays_on_the_model_device(monkeypatch, mode):
     fitter.keep([2, 0])
     fitter.advance(3)
     assert all(p.device.type == "meta" and p.shape[0] == 2 for p in fitter.params)
+
+
+@pytest.mark.parametrize("size", [(24, 40), (72, 80)], ids=["folded", "per-tap"])
+def test_the_gpu_way_of_each_step_part_gives_the_cpu_ways_values(monkeypatch, size):
+    """`device_policy.launch_bound` picks a GPU's way (fewer, larger operations; no host sync) or
+    a CPU's for each part of a step; both must compute the same loss and gradients. Run here with
+    the GPU's way forced on CPU tensors: the ARM contexts as one im2col, its and the upsampling's
+    weight gradients as matrix products, overlap-adds folded, the synthesis' first layer uncached.
+    (72x80 has ARM and upsampling planes above the CPU's fold size, 24x40 none.)"""
+    from lotterycli.fitting.losses import fit_distortion
+    from lotterycli.model import device_policy
+
+    h, w = size
+    target = scene(h, w)
+
+    def gradients(gpu_way: bool) -> dict[str, torch.Tensor]:
+        monkeypatch.setattr(device_policy, "launch_bound", lambda t: gpu_way)
+        torch.manual_seed(0)
+        model = LotteryModel(h, w, ARCHS["config"], seed=0, mask_ratio=0.3)
+        fitter = fit_module.Fitter(model, fit_distortion(target, 1.0), 1e-3, schedule(steps=4), rate_thread=False)
+        fitter.advance(2)  # two steps, so the CPU's first-layer cache is used as well as filled
+        model.zero_grad(set_to_none=True)
+        image, bits = model("soft", 0.3, 1.0)
+        ((image - target).square().mean() + 1e-3 * bits / (h * w)).backward()
+        return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    cpu_way, gpu_way = gradients(False), gradients(True)
+    assert cpu_way.keys() == gpu_way.keys() and len(cpu_way) > 10
+    for name in cpu_way:
+        scale = float(cpu_way[name].abs().max())  # the rate's gradients are small: compare to their size
+        torch.testing.assert_close(gpu_way[name], cpu_way[name], rtol=1e-4, atol=1e-5 * scale, msg=name)

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import LotteryError
-from . import fixedpoint
+from . import device_policy, fixedpoint
 from .architecture import ARM_CONTEXT_SIZE, MAX_ARM_HIDDEN
 from .overlap_add import overlap_add
 from .payload import QuantizedModule
@@ -150,20 +150,48 @@ def _weight_grad(xpad: torch.Tensor, grad: torch.Tensor, h: int, w: int) -> torc
 
     On a CPU one conv2d correlates the input with the output gradient (oneDNN handles it well).
     On a GPU that convolution has an image-sized kernel, for which cuDNN's choice took 10 ms a
-    call on an H200 (93 % of a step's GPU time); there the 24 shifted views are stacked and
+    call on an H200 (93 % of a step's GPU time); there the contexts (`_context_matrix`) are
     multiplied instead (one small matrix product).
     """
     hp, wp = xpad.shape
-    if xpad.device.type == "cpu":
+    if not device_policy.launch_bound(xpad):
         full = F.conv2d(xpad.reshape(1, 1, hp, wp), grad.reshape(-1, 1, h, w))  # (1, hidden, 5, 9)
         return full.reshape(grad.shape[0], _KH * _KW)[:, _TAP_INDEX]
     return grad @ _context_matrix(xpad, h, w).t()
 
 
 def _context_matrix(xpad: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """(24, h*w): row k holds every position's k-th causal neighbour."""
-    rows = [xpad[4 + dy: 4 + dy + h, 4 + dx: 4 + dx + w] for dy, dx in CONTEXT_OFFSETS]
-    return torch.stack(rows).reshape(CONTEXT_SIZE, h * w)
+    """(24, h*w): row k holds every position's k-th causal neighbour.
+
+    On a CPU the 24 shifted slices, stacked (im2col took 16x as long there). Elsewhere one im2col
+    and one gather: two kernels instead of 48 dispatched slices and a stack, where a step's time
+    is made of its dispatches (docs/gpu.md)."""
+    if not device_policy.launch_bound(xpad):
+        rows = [xpad[4 + dy: 4 + dy + h, 4 + dx: 4 + dx + w] for dy, dx in CONTEXT_OFFSETS]
+        return torch.stack(rows).reshape(CONTEXT_SIZE, h * w)
+    windows = F.unfold(xpad.reshape(1, 1, *xpad.shape), (_KH, _KW))[0]  # (45, h*w), row i * 9 + j
+    return windows.index_select(0, _tap_index(xpad.device))
+
+
+@cache
+def _tap_index(device: torch.device) -> torch.Tensor:
+    return _TAP_INDEX.to(device)
+
+
+@cache
+def _canvas(shapes: tuple[tuple[int, int], ...], device: torch.device) -> tuple[int, int, torch.Tensor, torch.Tensor]:
+    """Layout of `Arm._packed_rate_bits`' canvas for grids of these shapes: (rows, width, place,
+    pick), where `place` is the flat canvas position of each grid value (grids in order, each
+    row-major) and `pick` the flat position of its output among the canvas convolution's
+    (rows - 4) x (width - 8) outputs, which sit 4 rows down and 4 columns right of their inputs."""
+    width = max(w for _, w in shapes) + 8
+    place, pick, top = [], [], 0
+    for h, w in shapes:
+        ys, xs = torch.arange(top, top + h)[:, None], torch.arange(w)[None, :]
+        place.append(((ys + 4) * width + xs + 4).reshape(-1))
+        pick.append((ys * (width - 8) + xs).reshape(-1))
+        top += h + 4
+    return top, width, torch.cat(place).to(device), torch.cat(pick).to(device)
 
 
 class _CausalConv(torch.autograd.Function):
@@ -244,11 +272,15 @@ class Arm(nn.Module):
 
     def _maps(self, xpad, w1res, h, w):
         """xpad (h+4, w+8) padded grid -> (mu, log_scale) maps (h, w)."""
+        out = self._outputs(xpad, w1res)
+        return out[0].reshape(h, w), out[1].reshape(h, w)
+
+    def _outputs(self, xpad: torch.Tensor, w1res: torch.Tensor) -> torch.Tensor:
+        """xpad (h+4, w+8) padded grid -> (2, h*w): (mu, log_scale) of every position."""
         a1 = _CausalConv.apply(xpad, w1res, self.fc1.bias)  # (hidden, h*w)
         h1 = F.gelu(a1)
         h2 = F.gelu(torch.addmm(self.fc2.bias.reshape(-1, 1), self._w2res(), h1))
-        out = torch.addmm(self.fc3.bias.reshape(-1, 1), self.fc3.weight, h2)
-        return out[0].reshape(h, w), out[1].reshape(h, w)
+        return torch.addmm(self.fc3.bias.reshape(-1, 1), self.fc3.weight, h2)
 
     def _w2res(self) -> torch.Tensor:
         return self.fc2.weight + torch.eye(self.hidden, dtype=self.fc2.weight.dtype, device=self.fc2.weight.device)
@@ -256,16 +288,18 @@ class Arm(nn.Module):
     def rate_bits(self, latents: list[torch.Tensor], band_rows: int = 0) -> torch.Tensor:
         """Total bits of all grids under the model (scalar, differentiable).
 
-        Each grid's values serve both as the context and as the coded symbols. Grids are
-        processed one by one with one fused convolution each, their symbols' costs in one pass;
-        equal-sized grids never occur, and measured packing of the small grids did not pay off on
-        CPU. With `band_rows` B > 0
-        each grid is cut into bands of B rows whose contexts see zeros above them, exactly as
-        the coder codes them (`entropy`, format v3).
+        Each grid's values serve both as the context and as the coded symbols. With `band_rows`
+        B > 0 each grid is cut into bands of B rows whose contexts see zeros above them, exactly
+        as the coder codes them (`entropy`, format v3). On a CPU the grids are processed one by
+        one with one fused convolution each (packing the small grids did not pay off there), their
+        symbols' costs in one pass; on a launch-bound device all of them at once (`_packed_rate_bits`).
         """
+        grids = coded_bands(latents, band_rows)
+        if grids and device_policy.launch_bound(grids[0]):
+            return self._packed_rate_bits(grids)
         w1res = self._w1res()
         values, mus, log_scales = [], [], []
-        for g in coded_bands(latents, band_rows):
+        for g in grids:
             h, w = g.shape
             mu, ls = self._maps(_pad(g), w1res, h, w)
             values.append(g.reshape(-1))
@@ -276,6 +310,19 @@ class Arm(nn.Module):
         # one elementwise pass over every grid's symbols: ~30 operations forward and ~40 backward,
         # once instead of once per grid
         return laplace_bits(torch.cat(values), torch.cat(mus), torch.cat(log_scales)).sum()
+
+    def _packed_rate_bits(self, grids: list[torch.Tensor]) -> torch.Tensor:
+        """`rate_bits` of all grids with one convolution and one pass of the MLP: the grids are
+        placed one below the other in a zero canvas, each under 4 zero rows and between at least 4
+        zero columns on each side, so that every context sees what it sees in its own padded grid.
+        About 1.6x the positions of the grids themselves are computed (the canvas' zeros), but a
+        step dispatches a seventh of the ARM's operations: on a GPU, where each is a launch, that
+        is what counts."""
+        rows, width, place, pick = _canvas(tuple(tuple(g.shape) for g in grids), grids[0].device)
+        values = torch.cat([g.reshape(-1) for g in grids])
+        canvas = values.new_zeros(rows * width).index_copy(0, place, values).view(rows, width)
+        out = self._outputs(canvas, self._w1res()).index_select(1, pick)
+        return laplace_bits(values, out[0], out[1]).sum()
 
     @staticmethod
     def fixed_contexts(latents: list[torch.Tensor], band_rows: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from . import fixedpoint
+from . import device_policy, fixedpoint
 from .architecture import Architecture
 
 
@@ -33,9 +33,12 @@ class _Conv3x3(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, height: int, width: int):
         c = x.shape[0]
-        padded = F.pad(x.view(c, height, width), (1, 1, 1, 1))
-        shifts = torch.stack([padded[:, i : i + height, j : j + width] for i in range(3) for j in range(3)], 1)
-        shifts = shifts.view(9 * c, -1)
+        if device_policy.launch_bound(x):  # one im2col instead of a pad, nine slices and a stack
+            shifts = F.unfold(x.view(1, c, height, width), (3, 3), padding=1)[0]
+        else:  # on a CPU the slices are ~5x faster than im2col
+            padded = F.pad(x.view(c, height, width), (1, 1, 1, 1))
+            shifts = torch.stack([padded[:, i : i + height, j : j + width] for i in range(3) for j in range(3)], 1)
+            shifts = shifts.view(9 * c, -1)
         ctx.save_for_backward(shifts, weight)
         ctx.size = (height, width)
         return torch.addmm(bias[:, None], weight.reshape(weight.shape[0], -1), shifts)

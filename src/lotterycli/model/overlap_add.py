@@ -24,6 +24,8 @@ from functools import cache
 import torch
 import torch.nn.functional as F
 
+from . import device_policy
+
 FOLD_MAX_CPU_PIXELS = 32 * 32  # planes up to this size are folded on a CPU too
 
 
@@ -42,7 +44,7 @@ def overlap_add(planes: torch.Tensor, kh: int, kw: int, taps: Sequence[int] | No
     positions = range(kh * kw) if taps is None else taps
     if len(positions) != n_taps:
         raise ValueError(f"{n_taps} planes for {len(positions)} taps")
-    if planes.device.type != "cpu" or h * w <= FOLD_MAX_CPU_PIXELS:
+    if device_policy.launch_bound(planes) or h * w <= FOLD_MAX_CPU_PIXELS:
         cols = planes.reshape(n_taps, n, h * w).transpose(0, 1)
         if taps is not None:  # the absent taps add zeros, which changes no sum
             cols = cols.new_zeros(n, kh * kw, h * w).index_copy_(1, _index(tuple(taps), cols.device), cols)

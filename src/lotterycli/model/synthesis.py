@@ -12,7 +12,7 @@ import math
 import torch
 from torch import nn
 
-from . import fixedpoint
+from . import device_policy, fixedpoint
 from .architecture import Architecture
 from .prng import uniform_odd_integers
 
@@ -130,7 +130,7 @@ class MaskedSynthesis(nn.Module):
         coordinates; only the rows whose weights changed since the last call (a mask flip changes
         the one or two rows holding the flipped weights) are computed again. On a CPU only.
         """
-        if coords.device.type != "cpu" or not self.cache_first_layer:
+        if device_policy.launch_bound(coords) or not self.cache_first_layer:
             # off a CPU, finding changed rows needs a device sync, and GELU is cheap there
             return nn.functional.gelu(w1 @ (coords if pixels is None else coords.index_select(1, pixels)))
         cache = self._first_cache

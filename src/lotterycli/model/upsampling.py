@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from . import fixedpoint
+from . import device_policy, fixedpoint
 from .overlap_add import overlap_add
 
 
@@ -149,10 +149,10 @@ class _PolyphaseX2(torch.autograd.Function):
             gxp = overlap_add(per_tap, taps, taps)
             gx = gxp[:, before : before + h, before : before + wd]
         if ctx.needs_input_grad[1]:
-            if xp.device.type == "cpu":
+            if not device_policy.launch_bound(xp):
                 gw = F.conv2d(xp[None], gy.transpose(0, 1)).reshape(4, taps * taps)
             else:  # image-sized kernels are slow in cuDNN (see arm._weight_grad): a matmul instead
-                cols = torch.stack([xp[:, j : j + h, k : k + wd] for j in range(taps) for k in range(taps)], 1)
+                cols = F.unfold(xp[:, None], (taps, taps))  # (N, T*T, h*w): one im2col, not T*T slices
                 gw = gy.transpose(0, 1).reshape(4, -1) @ cols.transpose(0, 1).reshape(taps * taps, -1).t()
         return gx, gw, None, None
 
