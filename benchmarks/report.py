@@ -327,9 +327,12 @@ def _md_engine(p: dict) -> list[str]:
         L += ["Restoration's member batch (`fitting.batched`: B members of the denoising config as one model, every "
               "pixel each step; this checkout only). On a CPU restoration fits one member per core instead "
               "(`member_batch: auto`); the batch is for a GPU, where each operation is a kernel launch.", ""]
-        L += _table(["members", "size", "threads", "operations per step", "per member", "member-steps/s"],
+        L += _table(["members", "size", "threads", "operations per step", "per member",
+                     "GPU's way: operations (kernels)", "per member", "member-steps/s"],
                     [[str(r["members"]), f"{r['width']}x{r['height']}", str(r["threads"]), str(r["ops_per_step"]),
-                      _f(r["ops_per_step"] / r["members"], ".0f"), _f(r["member_steps_per_second"])]
+                      _f(r["ops_per_step"] / r["members"], ".0f"), gpu_way(r),
+                      _f(r["gpu_way_ops_per_step"] / r["members"], ".0f") if r.get("gpu_way_ops_per_step") else "-",
+                      _f(r["member_steps_per_second"])]
                      for r in members]).splitlines() + [""]
     return L
 

@@ -28,11 +28,16 @@ def _loss(image: torch.Tensor, bits: torch.Tensor, target: torch.Tensor) -> torc
     return ((image - target) ** 2).mean() + 1e-3 * bits / image[0].numel()
 
 
+@pytest.mark.parametrize("way", ["cpu", "gpu"])
 @pytest.mark.parametrize("mode", ["hard", "soft"])
 @pytest.mark.parametrize("changes", [{}, {"arm_hidden": 16, "arm_band_rows": 6}])
-def test_members_compute_what_their_models_compute(mode, changes):
+def test_members_compute_what_their_models_compute(monkeypatch, way, mode, changes):
     """Each member's render, rate and every parameter's gradient are those of its own model
-    (up to float order: batched products and grouped convolutions sum in another order)."""
+    (up to float order: batched products and grouped convolutions sum in another order), in the
+    CPU's way and in a GPU's (`device_policy`: the grids packed in one canvas, on both sides)."""
+    from lotterycli.model import device_policy
+
+    monkeypatch.setattr(device_policy, "launch_bound", lambda t: way == "gpu")
     models = _members(3, **changes)
     batch = MemberBatch(models)
     target = torch.rand(3, 20, 24, generator=torch.Generator().manual_seed(5))

@@ -19,7 +19,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .arm import _KH, _KW, _TAP_INDEX, CONTEXT_SIZE, laplace_bits
+from . import device_policy
+from .arm import _KH, _KW, _TAP_INDEX, CONTEXT_SIZE, _canvas, laplace_bits
 from .latents import kumaraswamy_noise, soft_round
 from .lottery_model import LotteryModel
 from .synthesis import pixel_coordinates
@@ -212,23 +213,24 @@ class MemberBatch(nn.Module):
         kernel = w1.new_zeros(b, hidden, _KH * _KW).index_copy(2, _TAP_INDEX.to(w1.device), w1res)
         kernel = kernel.reshape(b * hidden, 1, _KH, _KW)
         w2res = p("arm.fc2.weight") + eye
+
+        def outputs(xpad: torch.Tensor) -> torch.Tensor:
+            """(B, h + 4, w + 8) padded grids -> (B, 2, h * w): (mu, log_scale) of every position."""
+            a1 = F.conv2d(xpad[None], kernel, b1.reshape(-1), groups=b).reshape(b, hidden, -1)
+            h2 = F.gelu(torch.baddbmm(p("arm.fc2.bias")[..., None], w2res, F.gelu(a1)))
+            return torch.baddbmm(p("arm.fc3.bias")[..., None], p("arm.fc3.weight"), h2)
+
         band_rows = self.arch.arm_band_rows
-        values, mus, scales = [], [], []
-        for grid in latents:
-            rows = grid.shape[1]
-            bands = grid.split(band_rows, 1) if 0 < band_rows < rows else (grid,)
-            for g in bands:
-                h, w = g.shape[1:]
-                if h * w == 0:
-                    continue
-                xpad = F.pad(g, (4, 4, 4, 0)).reshape(1, b, h + 4, w + 8)
-                a1 = F.conv2d(xpad, kernel, b1.reshape(-1), groups=b).reshape(b, hidden, h * w)
-                h2 = F.gelu(torch.baddbmm(p("arm.fc2.bias")[..., None], w2res, F.gelu(a1)))
-                out = torch.baddbmm(p("arm.fc3.bias")[..., None], p("arm.fc3.weight"), h2)
-                values.append(g.reshape(b, -1))
-                mus.append(out[:, 0])
-                scales.append(out[:, 1])
-        return laplace_bits(torch.cat(values, 1), torch.cat(mus, 1), torch.cat(scales, 1)).sum(1)
+        grids = [g for grid in latents for g in (grid.split(band_rows, 1) if 0 < band_rows < grid.shape[1] else (grid,))
+                 if g[0].numel()]
+        values = torch.cat([g.reshape(b, -1) for g in grids], 1)
+        if device_policy.launch_bound(values):  # every grid in one canvas, as `Arm._packed_rate_bits`
+            rows, width, place, pick = _canvas(tuple(tuple(g.shape[1:]) for g in grids), values.device)
+            canvas = values.new_zeros(b, rows * width).index_copy(1, place, values).view(b, rows, width)
+            out = outputs(canvas).index_select(2, pick)
+        else:
+            out = torch.cat([outputs(F.pad(g, (4, 4, 4, 0))) for g in grids], 2)
+        return laplace_bits(values, out[:, 0], out[:, 1]).sum(1)
 
     def forward(self, mode: str = "hard", temperature: float = 0.3, noise_a: float = 1.0):
         """(images (B, 3, H, W), latent bits (B,)) under a quantization proxy, as `LotteryModel`."""
