@@ -141,11 +141,12 @@ class _PolyphaseX2(torch.autograd.Function):
         n, hp, wp = xp.shape
         h, wd = hp - taps + 1, wp - taps + 1
         gy = F.pixel_unshuffle(grad.contiguous()[:, None], 2)  # (N, 4, h, w)
+        phases = gy.transpose(0, 1).reshape(4, -1)  # (4, N*h*w), phases first
         gx = gw = None
         if ctx.needs_input_grad[0]:
             # One (T*T, 4) x (4, N*h*w) product, phases first so that each tap's rows are one
             # contiguous (N, h, w) block (a batched matmul here was computed transposed and copied).
-            per_tap = (w.t() @ gy.transpose(0, 1).reshape(4, -1)).view(taps * taps, n, h, wd)
+            per_tap = (w.t() @ phases).view(taps * taps, n, h, wd)
             gxp = overlap_add(per_tap, taps, taps)
             gx = gxp[:, before : before + h, before : before + wd]
         if ctx.needs_input_grad[1]:
@@ -153,7 +154,7 @@ class _PolyphaseX2(torch.autograd.Function):
                 gw = F.conv2d(xp[None], gy.transpose(0, 1)).reshape(4, taps * taps)
             else:  # image-sized kernels are slow in cuDNN (see arm._weight_grad): a matmul instead
                 cols = F.unfold(xp[:, None], (taps, taps))  # (N, T*T, h*w): one im2col, not T*T slices
-                gw = gy.transpose(0, 1).reshape(4, -1) @ cols.transpose(0, 1).reshape(taps * taps, -1).t()
+                gw = phases @ cols.transpose(0, 1).reshape(taps * taps, -1).t()
         return gx, gw, None, None
 
 
