@@ -141,7 +141,7 @@ def coded_bands(latents: list[torch.Tensor], band_rows: int) -> list[torch.Tenso
 def _scatter_kernel(w1res: torch.Tensor) -> torch.Tensor:
     """(24, 24) context weights -> (24, 1, 5, 9) convolution kernel (zero at non-causal taps)."""
     k = w1res.new_zeros(w1res.shape[0], _KH * _KW)
-    k[:, _TAP_INDEX] = w1res
+    k[:, _tap_index(k.device)] = w1res
     return k.reshape(w1res.shape[0], 1, _KH, _KW)
 
 
@@ -163,7 +163,7 @@ def _weight_grad(xpad: torch.Tensor, grad: torch.Tensor, h: int, w: int) -> torc
 def _context_matrix(xpad: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """(24, h*w): row k holds every position's k-th causal neighbour.
 
-    On a CPU the 24 shifted slices, stacked (im2col took 16x as long there). Elsewhere one im2col
+    On a CPU the 24 shifted slices, stacked (im2col is several times slower there). Elsewhere one im2col
     and one gather: two kernels instead of 48 dispatched slices and a stack, where a step's time
     is made of its dispatches (docs/gpu.md)."""
     if not device_policy.launch_bound(xpad):
@@ -175,6 +175,7 @@ def _context_matrix(xpad: torch.Tensor, h: int, w: int) -> torch.Tensor:
 
 @cache
 def _tap_index(device: torch.device) -> torch.Tensor:
+    """`_TAP_INDEX` on `device`, copied there once (not at every step)."""
     return _TAP_INDEX.to(device)
 
 

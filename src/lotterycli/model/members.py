@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from . import device_policy
-from .arm import _KH, _KW, _TAP_INDEX, CONTEXT_SIZE, _canvas, laplace_bits
+from .arm import _KH, _KW, CONTEXT_SIZE, _canvas, _tap_index, laplace_bits
 from .latents import kumaraswamy_noise, soft_round
 from .lottery_model import LotteryModel
 from .synthesis import pixel_coordinates
@@ -210,7 +210,7 @@ class MemberBatch(nn.Module):
         b, hidden = w1.shape[0], w1.shape[1]
         eye = torch.eye(hidden, dtype=w1.dtype, device=w1.device)
         w1res = w1 + eye if hidden == CONTEXT_SIZE else w1
-        kernel = w1.new_zeros(b, hidden, _KH * _KW).index_copy(2, _TAP_INDEX.to(w1.device), w1res)
+        kernel = w1.new_zeros(b, hidden, _KH * _KW).index_copy(2, _tap_index(w1.device), w1res)
         kernel = kernel.reshape(b * hidden, 1, _KH, _KW)
         w2res = p("arm.fc2.weight") + eye
 
