@@ -177,7 +177,7 @@ def _md_compress(p: dict, images: dict) -> list[str]:
         L.append(f"- {c}: {s}")
     ls = p.get("lottery_settings") or {}
     if ls:
-        L.append(f"- lottery: preset {ls.get('preset')}, steps {ls.get('steps') or 'preset default'}, "
+        L.append(f"- lottery: {_compress_budget(ls.get('preset'), ls.get('steps'))}, "
                  f"lambdas {', '.join(format(x, 'g') for x in ls.get('lambdas', []))}, seed {ls.get('seed')}")
     L.append("")
     if "rd" in images:
@@ -218,6 +218,20 @@ def _md_compress(p: dict, images: dict) -> list[str]:
     notes = [n for n in p.get("notes", [])]
     L += [f"- {n}" for n in notes] + ([""] if notes else [])
     return L
+
+
+def _compress_budget(preset: str | None, steps: int | None) -> str:
+    """'preset fast (1600 steps)', or for steps given on the command line the preset with that many
+    steps ('1600 steps, as preset fast'), so a page never reads 'preset balanced, steps 1600'."""
+    import yaml
+
+    from lotterycli.config import task_config_text
+
+    presets = yaml.safe_load(task_config_text("compress")).get("presets") or {}
+    if not steps:
+        return f"preset {preset} ({presets.get(preset, {}).get('steps', '?')} steps)"
+    same = [name for name, values in presets.items() if values.get("steps") == steps]
+    return f"{steps} steps, as preset {same[0]}" if same else f"{steps} steps (no preset has this count)"
 
 
 def _md_restore(p: dict, images: dict) -> list[str]:
