@@ -487,13 +487,18 @@ def _rel(target: Path, start: Path) -> str:
 
 def _other_pages(docs_path: Path) -> dict[str, str]:
     """The other benchmark pages in the same folder (benchmarks*.md), each with the images its
-    compression section names: one page per image set."""
+    compression section names and the lottery's step budget: one page per image set and budget."""
     pages = {}
     for page in sorted(docs_path.parent.glob("benchmarks*.md")):
         if page.resolve() == docs_path.resolve():
             continue
-        line = next((x for x in page.read_text().splitlines() if x.startswith("Images: ")), None)
-        pages[page.name] = line.split(". ")[0].removeprefix("Images: ") if line else "benchmark results"
+        lines = page.read_text().splitlines()
+        images = next((x for x in lines if x.startswith("Images: ")), None)
+        budget = next((x for x in lines if x.startswith("- lottery: ")), None)
+        what = images.split(". ")[0].removeprefix("Images: ") if images else "benchmark results"
+        if budget:
+            what += "; " + budget.removeprefix("- lottery: ").split(", lambdas")[0]
+        pages[page.name] = what
     return pages
 
 

@@ -242,16 +242,18 @@ def test_render_docs_writes_page(tmp_path):
     from benchmarks.report import render_docs
 
     d = synthetic_results()
+    d["parts"]["compress"]["lottery_settings"] = {"preset": "balanced", "steps": 1234, "lambdas": [0.01], "seed": 0}
     written = render_docs(d, tmp_path / "docs" / "benchmarks.md", tmp_path / "docs" / "img", plots=False)
     page = tmp_path / "docs" / "benchmarks.md"
     assert page in written and page.read_text().startswith("<!-- lottery-bench mode=quick")
     assert "- Also:" not in page.read_text()
-    # a page per image set: each links the others, saying which images they cover
+    # a page per image set and budget: each links the others, saying which images and steps they cover
     other = tmp_path / "docs" / "benchmarks-photos.md"
     d2 = synthetic_results()
     d2["parts"]["compress"]["images"] = ["astronaut", "chelsea"]
     render_docs(d2, other, tmp_path / "docs" / "img2", plots=False)
-    assert "- Also: [benchmarks.md](benchmarks.md): kodim01, kodim03 (128x128 centre crops)" in other.read_text()
+    assert ("- Also: [benchmarks.md](benchmarks.md): kodim01, kodim03 (128x128 centre crops); "
+            "1234 steps (no preset has this count)\n") in other.read_text()
     render_docs(d, page, tmp_path / "docs" / "img", plots=False)
     assert "- Also: [benchmarks-photos.md](benchmarks-photos.md): astronaut, chelsea (128x128" in page.read_text()
 
