@@ -223,14 +223,12 @@ def _md_compress(p: dict, images: dict) -> list[str]:
 def _compress_budget(preset: str | None, steps: int | None) -> str:
     """'preset fast (1600 steps)', or for steps given on the command line the preset with that many
     steps ('1600 steps, as preset fast'), so a page never reads 'preset balanced, steps 1600'."""
-    import yaml
+    from lotterycli.config import PRESETS, load_task_config
 
-    from lotterycli.config import task_config_text
-
-    presets = yaml.safe_load(task_config_text("compress")).get("presets") or {}
+    preset_steps = {name: load_task_config("compress", preset=name).steps for name in PRESETS}
     if not steps:
-        return f"preset {preset} ({presets.get(preset, {}).get('steps', '?')} steps)"
-    same = [name for name, values in presets.items() if values.get("steps") == steps]
+        return f"preset {preset} ({preset_steps.get(preset, '?')} steps)"
+    same = [name for name, n in preset_steps.items() if n == steps]
     return f"{steps} steps, as preset {same[0]}" if same else f"{steps} steps (no preset has this count)"
 
 

@@ -226,13 +226,10 @@ def test_render_markdown_tables():
 
 def test_compress_budget_names_the_preset_of_the_steps_run():
     """A run with --steps 1600 is the fast preset's budget, whatever preset the config names."""
-    import yaml
-
     from benchmarks.report import _compress_budget
-    from lotterycli.config import task_config_text
+    from lotterycli.config import load_task_config
 
-    presets = yaml.safe_load(task_config_text("compress"))["presets"]
-    fast, balanced = presets["fast"]["steps"], presets["balanced"]["steps"]
+    fast, balanced = (load_task_config("compress", preset=p).steps for p in ("fast", "balanced"))
     assert _compress_budget("balanced", fast) == f"{fast} steps, as preset fast"
     assert _compress_budget("balanced", None) == f"preset balanced ({balanced} steps)"
     assert _compress_budget("balanced", fast + 1) == f"{fast + 1} steps (no preset has this count)"
