@@ -377,7 +377,8 @@ def _checkpoint_steps(path: Path) -> list[int]:
 
 def test_a_compression_killed_after_a_checkpoint_resumes_to_the_same_file(tmp_path):
     img = save_png(tmp_path / "img.png", scene(32, 32))
-    args = ("compress", img, "--preset", "fast", "--steps", "60", "--device", "cpu")
+    # a lambda at which the mask ratio is screened first (the resume then skips the screening)
+    args = ("compress", img, "--preset", "fast", "--steps", "60", "--lambda", "0.016", "--device", "cpu")
     assert run(*args, "-o", tmp_path / "plain.lottery", "-q").returncode == 0
     out = tmp_path / "img.lottery"
     ckpt = tmp_path / "img.lottery.ckpt"

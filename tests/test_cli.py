@@ -438,7 +438,9 @@ def test_compress_help_shows_lambda_and_mask_ratio_defaults_and_range():
     assert f"(default: {shipped['lambda']})" in lam
     mask = text[text.index("--mask-ratio"):text.index("--seed")]
     ratios = ", ".join(f"{float(r):g}" for r in [shipped["mask_ratio"], *shipped["mask_ratio_candidates"]])
-    assert f"(default: screened per image among {ratios}, 0 = no mask" in " ".join(mask.split())
+    expected = (f"0 = no mask (default: {float(shipped['mask_ratio']):g} below lambda "
+                f"{float(shipped['screen_min_lambda']):g}, else screened per image among {ratios};")
+    assert expected in " ".join(mask.split())
     assert "(default: balanced)" in text and "(default: 0)" in text[text.index("--seed"):]
 
 

@@ -663,20 +663,27 @@ def test_numbers_with_an_exponent_and_no_dot_are_numbers(tmp_path):
 
 
 def test_compress_screens_mask_ratios_unless_one_is_asked_for(tmp_path):
-    """`mask_ratio_candidates` are screened beside `mask_ratio`; a ratio the user sets (--mask-ratio,
-    or in their file without candidates of their own) is kept; a candidate equal to the ratio, or
-    given twice, is screened once."""
-    cfg = load_task_config("compress")
+    """`mask_ratio_candidates` are screened beside `mask_ratio` at lambda >= `screen_min_lambda`;
+    a ratio the user sets (--mask-ratio, or in their file without candidates of their own) is kept;
+    a candidate equal to the ratio, or given twice, is screened once."""
+    cfg = load_task_config("compress", overrides={"lambda": 0.016})
     assert cfg.compression.mask_ratio_candidates == (0.0, 0.1) and cfg.compression.screen_fraction == 0.1
+    # below the threshold (high rates) the shipped ratio is kept; a user's threshold of 0 screens always
+    threshold = cfg.compression.screen_min_lambda
+    assert 0.001 < threshold <= 0.016
+    assert load_task_config("compress", overrides={"lambda": threshold}).compression.mask_ratio_candidates == (0.0, 0.1)
+    assert load_task_config("compress", overrides={"lambda": threshold * 0.99}).compression.mask_ratio_candidates == ()
+    always = write(tmp_path, "screen_min_lambda: 0\nlambda: 0.0001\n")
+    assert load_task_config("compress", config_file=always).compression.mask_ratio_candidates == (0.0, 0.1)
     assert load_task_config("denoise").compression is None
     assert load_task_config("compress", overrides={"mask_ratio": 0.3}).compression.mask_ratio_candidates == ()
-    user = write(tmp_path, "mask_ratio: 0.2\nmask_ratio_candidates: [0.2, 0.5, 0.5, 0.0]\n")
+    user = write(tmp_path, "mask_ratio: 0.2\nmask_ratio_candidates: [0.2, 0.5, 0.5, 0.0]\nlambda: 0.016\n")
     assert load_task_config("compress", config_file=user).compression.mask_ratio_candidates == (0.5, 0.0)
-    user = write(tmp_path, "mask_ratio_candidates: []\n")
+    user = write(tmp_path, "mask_ratio_candidates: []\nlambda: 0.016\n")
     assert load_task_config("compress", config_file=user).compression.mask_ratio_candidates == ()
-    user = write(tmp_path, "mask_ratio: 0.4\n")  # the user's own ratio, no candidates of theirs: kept
+    user = write(tmp_path, "mask_ratio: 0.4\nlambda: 0.016\n")  # the user's own ratio, no candidates of theirs: kept
     assert load_task_config("compress", config_file=user).compression.mask_ratio_candidates == ()
-    user = write(tmp_path, "steps: 5\n")  # the shipped ratio and candidates
+    user = write(tmp_path, "steps: 5\nlambda: 0.016\n")  # the shipped ratio and candidates
     assert load_task_config("compress", config_file=user).compression.mask_ratio_candidates == (0.0, 0.1)
 
 
@@ -688,6 +695,8 @@ def test_compress_screens_mask_ratios_unless_one_is_asked_for(tmp_path):
         ("mask_ratio_candidates: [nan]\n", "mask_ratio_candidates"),
         ("screen_fraction: 0\n", "screen_fraction"),
         ("screen_fraction: 1.5\n", "screen_fraction"),
+        ("screen_min_lambda: -1\n", "screen_min_lambda"),
+        ("screen_min_lambda: [0.1]\n", "screen_min_lambda"),
     ],
 )
 def test_bad_screening_values_are_refused_naming_key_and_file(tmp_path, text, key):

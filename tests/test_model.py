@@ -799,7 +799,7 @@ def test_compression_screens_the_mask_ratio_and_the_file_says_which(monkeypatch)
     from lotterycli.config import load_task_config
 
     torch.set_num_threads(1)
-    cfg = load_task_config("compress", overrides={"steps": 20})
+    cfg = load_task_config("compress", overrides={"steps": 20, "lambda": 0.016})  # a lambda that screens
     screened = []
     real = encoder.screen_mask_ratios
     monkeypatch.setattr(encoder, "screen_mask_ratios", lambda *a: screened.append(a[1]) or real(*a))
@@ -819,7 +819,7 @@ def test_mask_ratio_screening_bars_end_full():
     from lotterycli.config import load_task_config
 
     torch.set_num_threads(1)
-    cfg = load_task_config("compress", overrides={"steps": 150})
+    cfg = load_task_config("compress", overrides={"steps": 150, "lambda": 0.016})  # a lambda that screens
     seen: dict[str, list] = {}
     encoder.compress_image(scene(16, 16), cfg, device="cpu",
                            progress=lambda info: seen.setdefault(info.stage, []).append(info))

@@ -71,10 +71,13 @@ def _default(task: str, key: str, preset: str = "balanced"):
     return (data.get("presets", {}).get(preset) or {}).get(key, data.get(key))
 
 
-def _mask_ratios() -> str:
-    """The mask ratios compression screens by default, for the help text: 0.3, 0, 0.1."""
-    ratios = [_default("compress", "mask_ratio"), *(_default("compress", "mask_ratio_candidates") or [])]
-    return ", ".join(f"{float(r):g}" for r in ratios)
+def _mask_ratio_default() -> str:
+    """How compression picks its mask ratio by default, for the help text: "0.3 below lambda
+    0.003, else screened per image among 0.3, 0, 0.1"."""
+    ratio = float(_default("compress", "mask_ratio"))
+    ratios = [ratio, *(_default("compress", "mask_ratio_candidates") or [])]
+    listed = ", ".join(f"{float(r):g}" for r in ratios)
+    return f"{ratio:g} below lambda {float(_default('compress', 'screen_min_lambda')):g}, else screened per image among {listed}"
 
 
 # -- output -------------------------------------------------------------------------------------
@@ -135,7 +138,7 @@ _checkpoint_opt = typer.Option(None, "--checkpoint-every", min=0.0, metavar="SEC
 _c_preset_opt = _preset_opt("compress")
 _c_steps_opt = typer.Option(None, "--steps", min=1, max=1_000_000, help="Fitting steps (default: the preset's: fast 1600, balanced 5000, best 10000).")
 _c_lambda_opt = typer.Option(None, "--lambda", min=0.0, max=10.0, help=f"Rate weight: larger gives smaller files, typically 1e-4 (large, sharp) to 2e-2 (small) (default: {_default('compress', 'lambda')}).")
-_c_mask_ratio_opt = typer.Option(None, "--mask-ratio", min=0.0, max=0.99, help=f"Fraction of the random synthesis weights removed (default: screened per image among {_mask_ratios()}, 0 = no mask; a ratio given here is kept).")
+_c_mask_ratio_opt = typer.Option(None, "--mask-ratio", min=0.0, max=0.99, help=f"Fraction of the random synthesis weights removed, 0 = no mask (default: {_mask_ratio_default()}; a ratio given here is kept).")
 _c_seed_opt = typer.Option(None, "--seed", min=0, max=(1 << 64) - 1, help=f"Seed of the random synthesis network, 0 to 2**64-1 (default: {_default('compress', 'seed')}).")
 
 

@@ -54,6 +54,7 @@ class CompressionSettings:
 
     mask_ratio_candidates: tuple[float, ...]  # other mask ratios screened beside mask_ratio (0: no mask)
     screen_fraction: float  # ... each fitted for this fraction of the steps; the cheapest goes on
+    screen_min_lambda: float  # ... only at lambda >= this: below it, mask_ratio is kept (candidates empty)
     member_batch: str  # "auto" (on a GPU), "always" or "never": images of one size fitted as one batched model
 
 
@@ -257,6 +258,7 @@ RESTORATION_CHECKS: dict[str, Check] = {
 COMPRESSION_CHECKS: dict[str, Check] = {
     "mask_ratio_candidates": list_of(number(0, 0.99)),
     "screen_fraction": number(0, 1, lo_open=True),
+    "screen_min_lambda": number(0, 10),
     "member_batch": choice("auto", "always", "never"),
 }
 PRESET_KEYS = {"steps", "lambda", "mask_ratio", "ensemble", "candidates"}
@@ -428,6 +430,8 @@ def load_task_config(
         c = checked(COMPRESSION_CHECKS, top, lambda k: sources.get(k, base_source))
         # a ratio the user asks for (--mask-ratio, or their file without candidates of its own) is kept as it is
         if sources.get("mask_ratio", base_source) != base_source and sources.get("mask_ratio_candidates") == base_source:
+            c["mask_ratio_candidates"] = ()
+        if common["lambda"] < c["screen_min_lambda"]:  # high rates: the mask pays (docs/design.md)
             c["mask_ratio_candidates"] = ()
         c["mask_ratio_candidates"] = tuple(r for r in dict.fromkeys(c["mask_ratio_candidates"])
                                            if r != common["mask_ratio"])

@@ -81,8 +81,10 @@ def screen_mask_ratios(start_fit: Callable[[float], Fitter], ratios: tuple[float
 
     Why: the mask costs ~180 bytes at ratio 0.3, whatever the image. On some images it buys more
     than it costs, on others a file without a mask is cheaper for the same quality
-    (docs/design.md); a tenth of the steps ranks them as their full fits do on the images measured.
-    Only the best so far is kept while the next is screened: at most two fits' state at once.
+    (docs/design.md); a tenth of the steps ranks them as their full fits do on most images measured
+    at low rates (at high rates it undervalues the mask, so the config keeps it there without a
+    screen: `screen_min_lambda`). Only the best so far is kept while the next is screened: at most
+    two fits' state at once.
     """
     best: tuple[float, Fitter] | None = None
     for ratio in ratios:
