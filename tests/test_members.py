@@ -55,10 +55,12 @@ def test_members_compute_what_their_models_compute(monkeypatch, way, mode, chang
 
 
 def test_member_results_do_not_depend_on_the_batch():
-    """A member alone and the same member beside others: the same render and rate bit for bit (no
-    operation mixes members), and the same gradients up to float order: the CPU's batched
-    products and grouped convolutions choose their reduction blocking by batch size, so weight
-    gradients may differ in the last bits (measured: 1e-9 relative)."""
+    """A member alone and the same member beside others: the same render, rate and gradients up to
+    float order (no operation mixes members). Not bit for bit: the CPU's batched products and
+    grouped convolutions choose their kernels and reduction blocking by batch size and by CPU. On
+    an AVX-512 Xeon render and rate were bit-identical and gradients within 1e-9 relative; on an
+    AVX2 EPYC the upsampling's grouped convolution differs by ~2e-6 with 1 and 4 members, the
+    render by ~3e-7 and the gradients by < 1e-8."""
     models = _members(4)
     alone, together = MemberBatch(models[1:2]), MemberBatch(models)
     target = torch.rand(3, 20, 24, generator=torch.Generator().manual_seed(5))
@@ -68,7 +70,7 @@ def test_member_results_do_not_depend_on_the_batch():
         sum(_loss(images[i], bits[i], target) for i in range(batch.n_members)).backward()
         outputs.append((images[k], bits[k], {n: batch.p(n).grad[k] for n in batch.names}))
     (i1, b1, g1), (i2, b2, g2) = outputs
-    assert torch.equal(i1, i2) and torch.equal(b1, b2)
+    assert torch.allclose(i1, i2, rtol=0, atol=2e-6) and torch.allclose(b1, b2, rtol=1e-6, atol=0)
     for n in g1:
         assert torch.allclose(g1[n], g2[n], rtol=1e-6, atol=1e-8), n
 
