@@ -428,10 +428,10 @@ def load_task_config(
     compression = None
     if task == "compress":
         c = checked(COMPRESSION_CHECKS, top, lambda k: sources.get(k, base_source))
-        # a ratio the user asks for (--mask-ratio, or their file without candidates of its own) is kept as it is
-        if sources.get("mask_ratio", base_source) != base_source and sources.get("mask_ratio_candidates") == base_source:
-            c["mask_ratio_candidates"] = ()
-        if common["lambda"] < c["screen_min_lambda"]:  # high rates: the mask pays (docs/design.md)
+        # No screen for a ratio the user asks for (--mask-ratio, or their file without candidates of
+        # its own), nor at high rates, where the mask pays (lambda < screen_min_lambda; docs/design.md).
+        user_ratio = sources.get("mask_ratio", base_source) != base_source and sources.get("mask_ratio_candidates") == base_source
+        if user_ratio or common["lambda"] < c["screen_min_lambda"]:
             c["mask_ratio_candidates"] = ()
         c["mask_ratio_candidates"] = tuple(r for r in dict.fromkeys(c["mask_ratio_candidates"])
                                            if r != common["mask_ratio"])
