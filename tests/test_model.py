@@ -375,6 +375,12 @@ def test_synthesis_first_layer_cache_follows_mask_changes():
             (g_plain,) = torch.autograd.grad((plain * grad).sum(), synth.scores)
             assert torch.allclose(got, plain, rtol=1e-6, atol=1e-6)
             assert torch.allclose(g_got, g_plain, rtol=1e-5, atol=1e-6)
+        # bit for bit what a fresh cache computes (a fit resumed from a checkpoint starts one)
+        fresh = synthesis.MaskedSynthesis(arch(), seed=4, mask_ratio=0.3)
+        with torch.no_grad():
+            fresh.scores.copy_(synth.scores)
+            assert torch.equal(fresh._first_layer(fresh.masked_weights()[0], coords, None),
+                               synth._first_layer(synth.masked_weights()[0], coords, None))
     assert len(masks) > 1  # the first layer's mask did change between trials
 
 

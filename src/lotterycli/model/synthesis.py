@@ -67,6 +67,18 @@ def split_layers(flat: torch.Tensor, arch: Architecture) -> list[torch.Tensor]:
     return out
 
 
+def _first_preactivation(w1: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+    """w1 @ coords for rows of the first layer, written out as elementwise products and sums over
+    the few coordinates. Why: a matrix product's kernel, and so its rounding, depends on how many
+    rows it multiplies, and the cached first layer recomputes only the rows whose mask changed; a
+    fit resumed from a checkpoint starts its cache afresh. Written out, every value is rounded the
+    same way whichever rows are computed together, so the resumed fit continues exactly."""
+    out = w1[:, :1] * coords[:1]
+    for k in range(1, coords.shape[0]):
+        out = out + w1[:, k : k + 1] * coords[k : k + 1]
+    return out
+
+
 def topk_mask(scores: torch.Tensor, mask_ratio: float) -> torch.Tensor:
     """Bool mask keeping the round((1 - mask_ratio) * n) highest scores (ties: lowest index)."""
     n = scores.numel()
@@ -142,7 +154,7 @@ class MaskedSynthesis(nn.Module):
         if rows is None or rows.numel():
             part = values if rows is None else values.index_select(0, rows)
             with torch.enable_grad():
-                a1 = (part @ coords).requires_grad_()
+                a1 = _first_preactivation(part, coords).requires_grad_()
                 h_part = nn.functional.gelu(a1)
                 (s_part,) = torch.autograd.grad(h_part, a1, torch.ones_like(h_part))
             if rows is None:
