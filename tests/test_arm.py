@@ -284,3 +284,48 @@ def test_rate_from_fixed_contexts_equals_the_fused_rate_with_bands():
         b.backward()
         assert torch.allclose(a, b, rtol=1e-12)
         assert all(torch.allclose(g, p.grad, rtol=1e-9, atol=1e-12) for g, p in zip(grads, arm.parameters()))
+
+
+def _strip_grids(seed=0):
+    """Grids of 2 to 4 whole strips (RATE_STRIP_ROWS = 32) with rows left below the last one, and
+    smaller ones that are always coded whole."""
+    torch.manual_seed(seed)
+    return [torch.randn(s).mul(2).requires_grad_() for s in [(140, 45), (70, 23), (35, 12), (18, 6)]]
+
+
+@pytest.mark.parametrize("band_rows", [0, 96])
+def test_rate_of_every_strip_is_the_full_rate_with_its_gradients(band_rows):
+    arm = _random_arm(3, hidden=16)
+    lat = _strip_grids()
+    full = arm.rate_bits(lat, band_rows)
+    full.backward()
+    want = [g.grad.clone() for g in lat] + [p.grad.clone() for p in arm.parameters()]
+    for t in lat + list(arm.parameters()):
+        t.grad = None
+    every = arm.rate_bits(lat, band_rows, draw=lambda n: torch.arange(n))
+    every.backward()
+    got = [g.grad for g in lat] + [p.grad for p in arm.parameters()]
+    assert float(every.detach()) == pytest.approx(float(full.detach()), rel=1e-6)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_sampled_rate_codes_only_the_drawn_strips_and_is_unbiased():
+    from lotterycli.fitting.losses import draw_columns
+    from lotterycli.model.arm import RATE_STRIP_ROWS as S
+
+    arm = _random_arm(4, hidden=16)
+    lat = _strip_grids(1)
+    # strip 1 of grid 0's four, counted 4 times; nothing below it reaches it (contexts look up)
+    (arm.rate_bits(lat[:1], draw=lambda n: torch.tensor([1])) / 4).backward()
+    grad = lat[0].grad.abs().sum(1)
+    assert bool((grad[S - 4: 2 * S] > 0).all())  # the strip and its 4 context rows above
+    assert float(grad[: S - 4].sum()) == 0.0
+    assert float(grad[2 * S: 4 * S - 4].sum()) == 0.0  # the undrawn strips below it
+    assert bool((grad[4 * S - 4:] > 0).all())  # rows below the last whole strip (and their context) always count
+    with torch.no_grad():
+        full = float(arm.rate_bits(lat))
+        gen = torch.Generator().manual_seed(0)
+        draws = torch.stack([arm.rate_bits(lat, draw=lambda n: draw_columns(n, 0.5, gen)) for _ in range(300)])
+    assert not bool((draws == draws[0]).all())  # a different estimate per draw
+    assert abs(float(draws.mean()) - full) < 4 * float(draws.std()) / 300 ** 0.5 + 1e-3 * full
