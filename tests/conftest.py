@@ -54,7 +54,7 @@ def shipped_arch(**changes) -> Architecture:
 TEST_SCHEDULE = dict(
     steps=10, lr=1e-2, latent_lr_scale=1.0, score_lr=1e-1, lr_floor=0.05, hard_fraction=0.1,
     temperature=(0.3, 0.1), noise=(2.0, 1.0), grad_clip=10.0, eval_every=25, average_fraction=0.0,
-    average_every=1, pixel_fraction=1.0, rate_fraction=1.0, arm_refit_steps=0, arm_refit_lr=5e-3, arm_scratch_widths=(),
+    average_every=1, pixel_fraction=1.0, arm_refit_steps=0, arm_refit_lr=5e-3, arm_scratch_widths=(),
     arm_scratch_steps=600, arm_scratch_lr=1e-2, arm_scratch_min_share=0.0,
 )
 

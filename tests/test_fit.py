@@ -139,10 +139,10 @@ def test_pixel_fraction_draws_a_fresh_part_of_the_pixels_each_step(monkeypatch):
     seen = []
     forward = LotteryModel.forward
 
-    def spy(self, mode="hard", temperature=0.3, noise_a=1.0, pixels=None, rate_draw=None):
+    def spy(self, mode="hard", temperature=0.3, noise_a=1.0, pixels=None):
         if torch.is_grad_enabled():
             seen.append(None if pixels is None else pixels.clone())
-        return forward(self, mode, temperature, noise_a, pixels, rate_draw)
+        return forward(self, mode, temperature, noise_a, pixels)
 
     monkeypatch.setattr(LotteryModel, "forward", spy)
     sched = schedule(steps=12, average_fraction=0.25, average_every=1, pixel_fraction=0.5)
@@ -470,31 +470,3 @@ def test_a_fit_resumed_from_its_saved_state_continues_exactly():
         assert resumed[0] == straight[0]
         for name, value in straight[1].items():
             assert torch.equal(resumed[1][name], value), name
-
-
-def test_rate_fraction_fit_is_repeatable_resumable_and_the_same_on_the_rate_thread():
-    """A fit whose steps code the rate of part of the latents (`schedule.rate_fraction`): its
-    strip draws come from its own seeded generator, so it gives the same result run after run,
-    with the rate on a second thread, and resumed from a saved state; and it is another fit than
-    the one coding every latent."""
-    def run(rate_fraction=0.5, rate_thread=False, resume_at=None):
-        torch.manual_seed(5)
-        target = torch.rand(3, 96, 40)
-        sched = schedule(steps=8, eval_every=2, pixel_fraction=0.5, rate_fraction=rate_fraction)
-        model = LotteryModel(96, 40, arch(), seed=5, mask_ratio=0.3)
-        fitter = Fitter(model, PixelMSE.whole(target), 4e-3, sched, rate_thread=rate_thread)
-        if resume_at is not None:
-            fitter.advance(resume_at)
-            state = fitter.state_dict()
-            model = LotteryModel(96, 40, arch(), seed=5, mask_ratio=0.3)
-            fitter = Fitter(model, PixelMSE.whole(target), 4e-3, sched, rate_thread=rate_thread)
-            fitter.load_state_dict(state)
-        result = fitter.finish()
-        return result.best_loss, [v.clone() for v in model.state_dict().values()]
-
-    first = run()
-    for again in (run(), run(rate_thread=True), run(resume_at=3)):
-        assert again[0] == first[0]
-        assert all(torch.equal(a, b) for a, b in zip(again[1], first[1]))
-    whole = run(rate_fraction=1.0)
-    assert not all(torch.equal(a, b) for a, b in zip(whole[1], first[1]))

@@ -220,7 +220,6 @@ SCHEDULE_CHECKS: dict[str, Check] = {
     "average_fraction": number(0, 1),
     "average_every": integer(1, 1_000_000),
     "pixel_fraction": number(0, 1, lo_open=True),
-    "rate_fraction": number(0, 1, lo_open=True),
     "arm_refit_steps": integer(0, 100_000),
     "arm_refit_lr": number(0, 1, lo_open=True),
     "arm_scratch_widths": list_of(integer(1, MAX_ARM_HIDDEN)),

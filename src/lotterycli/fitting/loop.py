@@ -146,9 +146,6 @@ class Fitter:
         self.checkpoint = checkpoint
         # The pixel draws have their own generator (concurrent fits must not share torch's global one).
         self.pixel_generator = torch.Generator().manual_seed(0x5EED ^ model.seed)
-        # ... and so do the rate's strips (drawn on the rate thread when there is one).
-        self.rate_generator = torch.Generator().manual_seed(0x5A7E ^ model.seed)
-        self.rate_draw = self._rate_draw if schedule.rate_fraction < 1.0 else None
         self.progress, self.report_every = progress, report_every
         groups = model.parameter_groups()
         self.optimizer = Adam(
@@ -263,21 +260,17 @@ class Fitter:
             loss = loss.columns(_to_device(drawn, loss.indices.device))
         return loss
 
-    def _rate_draw(self, n_strips: int) -> torch.Tensor:
-        """The strips of a band whose rate this step codes (`schedule.rate_fraction`, `Arm.rate_bits`)."""
-        return draw_columns(n_strips, self.schedule.rate_fraction, self.rate_generator)
-
     def _plain_step(self, mode: str, temperature: float, noise_a: float,
                     whole: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Forward and backward of one step in one go -> (render, bits, distortion), detached.
         Under a PixelMSE the render covers the pixels drawn for this step, or the whole image
         (C, H, W) when `whole`."""
         if self.pixel_loss is None:
-            image, bits = self.model(mode, temperature, noise_a, rate_draw=self.rate_draw)
+            image, bits = self.model(mode, temperature, noise_a)
             d = self.distortion(image)
         else:
             loss = self._step_loss()
-            image, bits, seen = loss.render(self.model, mode, temperature, noise_a, whole, self.rate_draw)
+            image, bits, seen = loss.render(self.model, mode, temperature, noise_a, whole)
             d = loss(seen)
         (d + self.lam * (bits / self.model.n_pixels)).backward()
         return image.detach(), bits.detach(), d.detach()
@@ -296,7 +289,7 @@ class Fitter:
         weight = self.lam / model.n_pixels
 
         def rate_branch() -> torch.Tensor:
-            bits = model.arm.rate_bits(rate_leaves, model.arch.arm_band_rows, self.rate_draw)
+            bits = model.arm.rate_bits(rate_leaves, model.arch.arm_band_rows)
             (bits * weight).backward()
             return bits.detach()
 
@@ -333,7 +326,7 @@ class Fitter:
         weight = self.lam / model.n_pixels
         bits = rate_in[0].new_zeros(())
         for part in coded_bands(rate_leaves, model.arch.arm_band_rows):  # views: gradients reach the leaves
-            part_bits = model.arm.rate_bits([part], draw=self.rate_draw)
+            part_bits = model.arm.rate_bits([part])
             (part_bits * weight).backward()
             bits += part_bits.detach()
 
@@ -383,7 +376,6 @@ class Fitter:
             "render_sum": cpu(self.render_sum), "n_averaged": self.n_averaged,
             "history": [vars(info) for info in self.history],
             "pixel_generator": self.pixel_generator.get_state(),
-            "rate_generator": self.rate_generator.get_state(),
             "noise_generator": self.model.latents.noise_state(),
         }
 
@@ -407,7 +399,6 @@ class Fitter:
         self.n_averaged = state["n_averaged"]
         self.history = [StepInfo(**info) for info in state["history"]]
         self.pixel_generator.set_state(state["pixel_generator"])
-        self.rate_generator.set_state(state["rate_generator"])
         self.model.latents.set_noise_state(state["noise_generator"], device)
 
     def recent_loss(self, fraction: float = 0.25) -> float:

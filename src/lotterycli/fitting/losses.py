@@ -10,7 +10,6 @@ from collections.abc import Callable
 
 import torch
 
-from ..model.arm import StripDraw
 from ..model.bands import fit_band_rows
 from ..model.lottery_model import LotteryModel
 
@@ -64,11 +63,10 @@ class PixelMSE:
         return image
 
     def render(self, model: LotteryModel, mode: str, temperature: float = 0.3, noise_a: float = 1.0,
-               whole: bool = False, rate_draw: StripDraw | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               whole: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(render, bits, the render at this loss's pixels): only those pixels are synthesised
-        unless `whole` (the render is then (C, H, W)) or they are every pixel; `rate_draw`: see
-        `LotteryModel.forward`."""
-        image, bits = model(mode, temperature, noise_a, self.pixels_to_render(whole), rate_draw)
+        unless `whole` (the render is then (C, H, W)) or they are every pixel."""
+        image, bits = model(mode, temperature, noise_a, self.pixels_to_render(whole))
         return image, bits, self.seen(image, whole)
 
 

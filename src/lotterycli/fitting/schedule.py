@@ -24,7 +24,6 @@ class Schedule:
     average_fraction: float  # restoration: average the renders of this last fraction of the steps
     average_every: int  # ... taking the render of every n-th step of that window
     pixel_fraction: float  # fraction of the loss's pixels drawn at random for each step (1: all)
-    rate_fraction: float  # fraction of the finer latent grids' strips whose rate each step codes (1: all; CPU)
     arm_refit_steps: int  # after the fit: Adam steps fitting the ARM alone to the final integer latents
     arm_refit_lr: float  # ... at this learning rate
     arm_scratch_widths: tuple[int, ...]  # ARMs of these widths also fitted, from scratch, to those latents

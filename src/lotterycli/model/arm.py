@@ -25,7 +25,6 @@ Two implementations of the same math:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from functools import cache
 
 import numpy as np
@@ -65,8 +64,6 @@ _TAP_INDEX = torch.tensor(_TAP_POSITIONS, dtype=torch.long)
 _LN2 = math.log(2.0)
 DISTINCT_LATENTS = 1 << 20  # latents whose contexts `distinct_contexts` sorts at once
 DISTINCT_MERGE = 1 << 21  # at most this many pairs of all chunks are sorted together
-RATE_STRIP_ROWS = 32  # a sampled rate (`Arm.rate_bits`' `draw`) codes bands in strips of this many rows
-StripDraw = Callable[[int], torch.Tensor]  # n strips -> the drawn ones (sorted int64, repeats allowed)
 
 
 def causal_contexts(grid: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
@@ -289,7 +286,7 @@ class Arm(nn.Module):
     def _w2res(self) -> torch.Tensor:
         return self.fc2.weight + torch.eye(self.hidden, dtype=self.fc2.weight.dtype, device=self.fc2.weight.device)
 
-    def rate_bits(self, latents: list[torch.Tensor], band_rows: int = 0, draw: StripDraw | None = None) -> torch.Tensor:
+    def rate_bits(self, latents: list[torch.Tensor], band_rows: int = 0) -> torch.Tensor:
         """Total bits of all grids under the model (scalar, differentiable).
 
         Each grid's values serve both as the context and as the coded symbols. With `band_rows`
@@ -297,68 +294,23 @@ class Arm(nn.Module):
         as the coder codes them (`entropy`, format v3). On a CPU the grids are processed one by
         one with one fused convolution each (packing the small grids did not pay off there), their
         symbols' costs in one pass; on a launch-bound device all of them at once (`_packed_rate_bits`).
-
-        `draw` (a fit's step, CPU): an unbiased estimate from part of the latents. Each band of at
-        least two strips of RATE_STRIP_ROWS rows codes only the strips `draw(n_strips)` picks, each
-        with its 4 rows of context above, their bits times n_strips / drawn (rows below the last
-        whole strip always count once); smaller bands count whole. Why: the ARM over every latent
-        is the largest part of a step, and most latents sit in the finest grids.
         """
         grids = coded_bands(latents, band_rows)
         if grids and device_policy.launch_bound(grids[0]):
             return self._packed_rate_bits(grids)
         w1res = self._w1res()
-        values, mus, log_scales, weights = [], [], [], []
+        values, mus, log_scales = [], [], []
         for g in grids:
             h, w = g.shape
-            n_strips = h // RATE_STRIP_ROWS if draw is not None else 0
-            if n_strips >= 2:
-                value, out, weight = self._sampled_outputs(g, w1res, draw(n_strips), n_strips)
-                mu, ls = out[0], out[1]
-            else:
-                mu, ls = self._maps(_pad(g), w1res, h, w)
-                value, weight = g.reshape(-1), None
-            values.append(value)
+            mu, ls = self._maps(_pad(g), w1res, h, w)
+            values.append(g.reshape(-1))
             mus.append(mu.reshape(-1))
             log_scales.append(ls.reshape(-1))
-            weights.append(weight)
         if not values:
             return self.fc3.bias.sum() * 0.0
         # one elementwise pass over every grid's symbols: ~30 operations forward and ~40 backward,
         # once instead of once per grid
-        bits = laplace_bits(torch.cat(values), torch.cat(mus), torch.cat(log_scales))
-        if any(wt is not None for wt in weights):
-            bits = bits * torch.cat([wt if wt is not None else v.new_ones(v.numel()) for wt, v in zip(weights, values)])
-        return bits.sum()
-
-    def _sampled_outputs(self, grid: torch.Tensor, w1res: torch.Tensor, drawn: torch.Tensor,
-                         n_strips: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(values (N,), outputs (2, N), weights (N,)) of the drawn strips of a band and of its rows
-        below the last whole strip: the pieces, each with the 4 padded rows above it, are stacked
-        into one canvas for one convolution; the 4 output rows where two pieces meet are dropped."""
-        h, w = grid.shape
-        s = RATE_STRIP_ROWS
-        device = grid.device
-        starts = drawn.to(device) * s
-        sizes = torch.full_like(starts, s)
-        scale = n_strips / drawn.numel()
-        rest = h - n_strips * s
-        if rest:
-            starts = torch.cat([starts, starts.new_tensor([n_strips * s])])
-            sizes = torch.cat([sizes, sizes.new_tensor([rest])])
-        spans = sizes + 4  # padded rows each piece reads
-        offsets = torch.cumsum(spans, 0) - spans  # where each piece sits in the canvas
-        piece = torch.repeat_interleave(torch.arange(starts.numel(), device=device), spans)
-        within = torch.arange(int(spans.sum()), device=device) - offsets[piece]
-        canvas = _pad(grid).index_select(0, starts[piece] + within)
-        out_piece = torch.repeat_interleave(torch.arange(starts.numel(), device=device), sizes)
-        row_in = torch.arange(int(sizes.sum()), device=device) - (torch.cumsum(sizes, 0) - sizes)[out_piece]
-        out = self._outputs(canvas, w1res).view(2, -1, w).index_select(1, offsets[out_piece] + row_in)
-        values = grid.index_select(0, starts[out_piece] + row_in).reshape(-1)
-        weights = torch.full((values.numel(),), scale, dtype=grid.dtype, device=device)
-        if rest:
-            weights[-rest * w:] = 1.0
-        return values, out.reshape(2, -1), weights
+        return laplace_bits(torch.cat(values), torch.cat(mus), torch.cat(log_scales)).sum()
 
     def _packed_rate_bits(self, grids: list[torch.Tensor]) -> torch.Tensor:
         """`rate_bits` of all grids with one convolution and one pass of the MLP: the grids are

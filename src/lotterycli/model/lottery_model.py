@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .architecture import MODULE_NAMES, Architecture
-from .arm import Arm, StripDraw
+from .arm import Arm
 from .bands import fit_band_rows
 from .exact_render import HALO_ROWS
 from .latents import LatentGrids
@@ -121,12 +121,11 @@ class LotteryModel(nn.Module):
         return out
 
     def forward(self, mode: str = "hard", temperature: float = 0.3, noise_a: float = 1.0,
-                pixels: torch.Tensor | None = None, rate_draw: StripDraw | None = None):
+                pixels: torch.Tensor | None = None):
         """(image (3, H, W), latent rate in bits) under the given quantization proxy; with `pixels`
-        the image part is (3, len(pixels)) (see `render_from`); with `rate_draw` the rate is
-        estimated from part of the latents (`Arm.rate_bits`)."""
+        the image part is (3, len(pixels)) (see `render_from`)."""
         rate_in, synth_in = self.latents.proxies(mode, temperature, noise_a)
-        return self.render_from(synth_in, pixels), self.arm.rate_bits(rate_in, self.arch.arm_band_rows, rate_draw)
+        return self.render_from(synth_in, pixels), self.arm.rate_bits(rate_in, self.arch.arm_band_rows)
 
     # -- parameter groups for the optimiser ------------------------------------------------------
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
