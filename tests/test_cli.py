@@ -211,6 +211,26 @@ def test_info(work):
     assert json.loads(out) == js
 
 
+def test_info_latents_shares_the_latent_bytes_out_by_grid(work):
+    """`info --latents` decodes the latents: per grid its size, nonzero values and bytes, which add
+    up to the latent section; the image size limit is checked before anything is decoded."""
+    from lotterycli.bitstream.container import decode_file
+
+    js = run("info", work["a"], "--latents", "--json").json
+    grids = js["latent_grids"]
+    payload = decode_file(work["a"].read_bytes())
+    assert [(g["level"], g["height"], g["width"]) for g in grids] == [
+        (i, *t.shape) for i, t in enumerate(payload.latents)]
+    assert [g["nonzero"] for g in grids] == [int(t.count_nonzero()) for t in payload.latents]
+    assert sum(g["bytes"] for g in grids) == js["sizes"]["latents"]
+    assert all(g["bytes"] == 0 for g in grids if g["nonzero"] == 0)
+    text = run("info", work["a"], "--latents").stdout
+    assert "grid 0 " in text and f"{grids[0]['height']} x {grids[0]['width']}" in text
+    assert "grid 0" not in run("info", work["a"]).stdout
+    msg = run("info", work["a"], "--latents", "--max-pixels", "100").assert_one_line_error()
+    assert str(work["a"]) in msg and "max-pixels" in msg
+
+
 def test_a_file_without_a_mask_says_so(work, tmp_path):
     """--mask-ratio 0: the JSON line, the header and `info` say there is no mask; it costs one bit
     of the network section (its count), which `info` rounds to 0 or 1 byte."""

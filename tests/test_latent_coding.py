@@ -7,7 +7,13 @@ import pytest
 import torch
 
 from lotterycli.bitstream import latent_coding as entropy
-from lotterycli.bitstream.latent_coding import decode_latents, encode_latents, estimate_bits, table_fingerprint
+from lotterycli.bitstream.latent_coding import (
+    decode_latents,
+    encode_latents,
+    estimate_bits,
+    grid_bits,
+    table_fingerprint,
+)
 from lotterycli.bitstream.varint import encode_varint
 from lotterycli.errors import LotteryError
 from lotterycli.model.architecture import latent_shapes
@@ -80,6 +86,22 @@ def test_roundtrip_large_values_need_escapes():
     lat[0][0, 0] = entropy.LATENT_LIMIT + 1
     with pytest.raises(LotteryError):
         encode_latents(lat, ex)
+
+
+@pytest.mark.parametrize("band_rows", [0, 8])
+def test_grid_bits_are_each_grids_own_code_length(band_rows):
+    """`grid_bits` (what `info --latents` shares the section out by): each grid's code length,
+    escapes included, adding up to the whole estimate; an all-zero grid (not coded) takes 0."""
+    shapes = latent_shapes(37, 53, 7)
+    _, ex = _exact_arm(4)
+    lat = _laplace_latents(shapes, 4, big=12)
+    lat[3].zero_()
+    bits = grid_bits(lat, ex, band_rows)
+    assert len(bits) == 7 and bits[3] == 0.0 and min(bits[:3]) > 0
+    assert sum(bits) == pytest.approx(estimate_bits(lat, ex, band_rows), rel=1e-12)
+    for i, g in enumerate(lat):  # contexts stay inside a grid: coded alone, the same length
+        alone = [g if j == i else torch.zeros_like(h) for j, h in enumerate(lat)]
+        assert bits[i] == pytest.approx(estimate_bits(alone, ex, band_rows), rel=1e-12)
 
 
 def test_all_zero_grids_are_skipped():

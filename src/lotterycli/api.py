@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .compression.decoder import decode_checked
+from .compression.decoder import decode_checked, latent_grids_checked
 from .compression.encoder import CompressResult, compress_image
 from .compression.member_batches import compress_images
 from .config import TaskConfig, load_task_config
@@ -85,6 +85,13 @@ def decompress(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Te
 
     A file whose image is larger than `max_pixels` is refused before anything is decoded."""
     return decode_checked(data, max_pixels)
+
+
+def describe_latents(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> list[dict]:
+    """Where a .lottery file's latent bytes go: per grid (level 0 first) its height, width, the
+    count of nonzero values and its share of the latent section's bytes (by code length). Decodes
+    the latents (the whole file is checked); an image above `max_pixels` is refused first."""
+    return latent_grids_checked(data, max_pixels)
 
 
 def restore_config(task: str, *, preset: str | None = None, steps: int | None = None, ensemble: int | None = None,

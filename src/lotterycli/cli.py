@@ -201,15 +201,22 @@ def decompress(
 @app.command()
 def info(
     file: str = typer.Argument(..., help=".lottery file to describe (- reads standard input)."),
+    latents: bool = typer.Option(False, "--latents", help="Also decode the latents: bytes and nonzero values per grid (loads torch; the whole file is checked)."),
+    max_pixels: int = _max_pixels_opt,
     as_json: bool = _json_opt,
 ) -> None:
-    """Show what a .lottery file holds and where its bytes went (reads the header only)."""
+    """Show what a .lottery file holds and where its bytes went (reads the header only; --latents decodes the latents too)."""
     from .bitstream.header import describe  # no torch: the header is all `info` reads
     from .images import check_input_file, read_input_bytes
 
     check_input_file(file)
     try:
-        d = describe(read_input_bytes(file))
+        data = read_input_bytes(file)
+        d = describe(data)
+        if latents:
+            from .api import describe_latents
+
+            d["latent_grids"] = describe_latents(data, max_pixels=max_pixels)
     except LotteryError as exc:
         raise LotteryError(f"{'standard input' if file == '-' else file}: {exc}") from None
     if as_json:
@@ -245,6 +252,9 @@ def info(
              ("latents", s["latents"])]
     for name, n in parts:
         table.add_row(f"  {name}", f"{n:,} bytes ({n / total:.0%})")
+    for g in d.get("latent_grids", []):
+        table.add_row(f"    grid {g['level']}", f"{g['bytes']:,} bytes, {g['height']} x {g['width']}, "
+                      f"{g['nonzero']:,} nonzero ({g['nonzero'] / max(1, g['height'] * g['width']):.0%})")
     Console().print(table)
 
 

@@ -103,6 +103,22 @@ def _sections(data: bytes, header: Header) -> dict[str, bytes]:
     return out
 
 
+def describe_latents(data: bytes) -> list[dict]:
+    """Per latent grid (level 0 first): its size, how many of its values are not zero, and the
+    bytes of the latent section it takes, shared out by each grid's code length (`grid_bits`).
+    Decodes the whole file (so it checks it all); the caller bounds the image size first."""
+    from ..model.arm import ArmExact
+    from .latent_coding import grid_bits
+    from .network_section import share_bytes
+
+    header = read_header(data)
+    payload = decode_file(data, header=header)
+    bits = grid_bits(payload.latents, ArmExact(payload.modules["arm"]), header.architecture.arm_band_rows)
+    shares = share_bytes({str(i): b for i, b in enumerate(bits)}, header.section_sizes["latents"])
+    return [{"level": i, "height": int(g.shape[0]), "width": int(g.shape[1]), "nonzero": int(g.count_nonzero()),
+             "bytes": shares[str(i)]} for i, g in enumerate(payload.latents)]
+
+
 def decode_file(data: bytes, latent_coder: LatentCoder | None = None, header: Header | None = None) -> Payload:
     """Parse .lottery bytes back into the exact Payload that was written (`header`: the already
     parsed header of `data`, to skip parsing it twice)."""

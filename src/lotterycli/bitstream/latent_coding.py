@@ -288,6 +288,21 @@ def estimate_bits(latents: list[torch.Tensor], arm: ArmExact, band_rows: int = 0
     return bits + math.log2(ESC_K_SIZE) * syms.esc_k.shape[0] + float(syms.esc_k.sum())
 
 
+def grid_bits(latents: list[torch.Tensor], arm: ArmExact, band_rows: int = 0) -> list[float]:
+    """`estimate_bits` grid by grid (level 0 first; an all-zero grid, which is not coded, 0). Each
+    grid's contexts stay inside it, so these are the code lengths the grids take in the stream."""
+    shapes, lat, active = _prepare(latents, arm)
+    plan = _plan(shapes, active, band_rows)
+    syms, _ = _symbols(lat, arm, plan)
+    bits = _table_bits()[syms.rows, syms.sym].astype(np.float64)
+    escaped = np.flatnonzero((syms.sym == ESC_NEG) | (syms.sym == ESC_POS))  # coding order, as esc_k
+    bits[escaped] += math.log2(ESC_K_SIZE) + syms.esc_k
+    out = [0.0] * len(shapes)
+    for g, src in zip(plan.active, plan.src):
+        out[g] = float(bits[src].sum())
+    return out
+
+
 # --- byte helpers ---------------------------------------------------------------------------------
 def _words_to_bytes(words: np.ndarray) -> bytes:
     return np.asarray(words, dtype=np.uint32).astype(">u4").tobytes().rstrip(b"\0")

@@ -58,15 +58,21 @@ def decode_section(data: bytes, arch: Architecture, ratio_units: int) -> Network
 
 
 def part_bytes(section: NetworkSection, n_bytes: int) -> dict[str, int]:
-    """The section's `n_bytes` shared out among its parts in proportion to their code lengths
-    (largest remainders, so the parts add up to the section exactly)."""
-    total = sum(section.part_bits.values())
+    """The section's `n_bytes` shared out among its parts in proportion to their code lengths."""
+    return share_bytes(section.part_bits, n_bytes)
+
+
+def share_bytes(bits: dict[str, float], n_bytes: int) -> dict[str, int]:
+    """`n_bytes` shared out among the keys of `bits` in proportion to their code lengths (largest
+    remainders, so the shares add up to `n_bytes` exactly; evenly when every length is 0)."""
+    names = list(bits)
+    total = sum(bits.values())
     if total <= 0:
-        shares = {p: n_bytes / len(PARTS) for p in PARTS}
+        shares = {p: n_bytes / len(names) for p in names}
     else:
-        shares = {p: n_bytes * section.part_bits[p] / total for p in PARTS}
-    out = {p: int(shares[p]) for p in PARTS}
+        shares = {p: n_bytes * bits[p] / total for p in names}
+    out = {p: int(shares[p]) for p in names}
     rest = n_bytes - sum(out.values())
-    for p in sorted(PARTS, key=lambda p: (out[p] - shares[p], PARTS.index(p)))[:rest]:
+    for p in sorted(names, key=lambda p: (out[p] - shares[p], names.index(p)))[:rest]:
         out[p] += 1
     return out
