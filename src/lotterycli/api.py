@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from .compression.decoder import decode_checked, latent_grids_checked
+from .bitstream import container
+from .compression.decoder import check_max_pixels, decode_checked
 from .compression.encoder import CompressResult, compress_image
 from .compression.member_batches import compress_images
 from .config import TaskConfig, load_task_config
@@ -91,7 +92,8 @@ def describe_latents(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> li
     """Where a .lottery file's latent bytes go: per grid (level 0 first) its height, width, the
     count of nonzero values and its share of the latent section's bytes (by code length). Decodes
     the latents (the whole file is checked); an image above `max_pixels` is refused first."""
-    return latent_grids_checked(data, max_pixels)
+    check_max_pixels(data, max_pixels)
+    return container.describe_latents(data)
 
 
 def restore_config(task: str, *, preset: str | None = None, steps: int | None = None, ensemble: int | None = None,

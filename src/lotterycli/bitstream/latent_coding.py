@@ -281,11 +281,7 @@ def _prepare(latents, arm):
 
 def estimate_bits(latents: list[torch.Tensor], arm: ArmExact, band_rows: int = 0) -> float:
     """Code length (bits) the fixed table assigns to `latents`, escapes included (no header)."""
-    shapes, lat, active = _prepare(latents, arm)
-    plan = _plan(shapes, active, band_rows)
-    syms, _ = _symbols(lat, arm, plan)
-    bits = float(_table_bits()[syms.rows, syms.sym].sum())
-    return bits + math.log2(ESC_K_SIZE) * syms.esc_k.shape[0] + float(syms.esc_k.sum())
+    return sum(grid_bits(latents, arm, band_rows))
 
 
 def grid_bits(latents: list[torch.Tensor], arm: ArmExact, band_rows: int = 0) -> list[float]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..bitstream.container import decode_file, describe_latents
+from ..bitstream.container import decode_file
 from ..errors import LotteryError
 from ..model.exact_render import render_payload
 from ..model.frames import dihedral
@@ -17,7 +17,7 @@ def decode_bytes(data: bytes) -> torch.Tensor:
     return dihedral(pixels, payload.frame, inverse=True).contiguous() if payload.frame else pixels
 
 
-def check_image_size(data: bytes, max_pixels: int) -> None:
+def check_max_pixels(data: bytes, max_pixels: int) -> None:
     """Refuse a file whose image is larger than `max_pixels` (read from the header, before anything
     is decoded or allocated)."""
     from ..bitstream.header import read_header
@@ -29,12 +29,6 @@ def check_image_size(data: bytes, max_pixels: int) -> None:
 
 
 def decode_checked(data: bytes, max_pixels: int) -> torch.Tensor:
-    """`decode_bytes` of a file whose image is at most `max_pixels` (`check_image_size`)."""
-    check_image_size(data, max_pixels)
+    """`decode_bytes` of a file whose image is at most `max_pixels` (`check_max_pixels`)."""
+    check_max_pixels(data, max_pixels)
     return decode_bytes(data)
-
-
-def latent_grids_checked(data: bytes, max_pixels: int) -> list[dict]:
-    """`container.describe_latents` of a file whose image is at most `max_pixels`."""
-    check_image_size(data, max_pixels)
-    return describe_latents(data)
