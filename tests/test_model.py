@@ -505,6 +505,36 @@ def test_macs_per_pixel_sane():
     assert macs_per_pixel(ref, kept, 512, 384) == pytest.approx(macs, rel=0.05)
 
 
+def test_modnet_weights_on_an_empty_latent_grid_are_stored_as_zeros(fitted):
+    """A grid with no nonzero integer gives ModNet an all-zero input channel: the quantized
+    first layer holds zeros there whatever the float weights were, and the file is shorter than
+    with the weights kept, for the same decoded pixels."""
+    import copy
+    from dataclasses import replace
+
+    model, _, target = fitted
+    m = copy.deepcopy(model)
+    integers = m.latents.quantized()
+    assert integers[0].any()  # the fit left the finest grid nonzero: empty it
+    m.latents.set_from_integers([torch.zeros_like(integers[0])] + integers[1:])
+    channel = upsampling.feature_channel(0, len(integers))
+    with torch.no_grad():
+        m.modnet.u0.weight[:, channel] = torch.linspace(-0.8, 0.8, m.modnet.u0.weight.shape[0])
+    modules = quantize_networks(m, squared_error(target), 0.002)
+    u0 = modules["modnet"].tensors["u0.weight"]
+    assert not u0[:, channel].any() and u0.any()
+
+    kept = copy.deepcopy(modules["modnet"])
+    kept.tensors["u0.weight"] = u0.clone()
+    kept.tensors["u0.weight"][:, channel] = torch.arange(1, u0.shape[0] + 1)
+    payload = m.to_payload(modules)
+    with_weights = replace(payload, modules=dict(payload.modules, modnet=kept))
+    assert torch.equal(render_payload(payload), render_payload(with_weights))
+    assert len(encode_file(payload)) < len(encode_file(with_weights))
+    # and a grid that holds something keeps its weights
+    assert u0[:, upsampling.feature_channel(1, len(integers))].any()
+
+
 def test_per_tensor_steps_lower_the_real_cost(fitted):
     """The per-tensor search starts from the per-module steps and keeps only what lowers the
     cost, and its files decode like any other: check both on the real file's cost."""

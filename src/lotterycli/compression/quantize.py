@@ -21,6 +21,7 @@ from ..model.architecture import MODULE_NAMES
 from ..model.arm import Arm
 from ..model.lottery_model import LotteryModel
 from ..model.payload import QuantizedModule
+from ..model.upsampling import feature_channel
 from .arm_refit import Pairs, latent_pairs
 
 SHIFT_CANDIDATES = range(4, 15)  # power-of-two steps 2**-4 .. 2**-14 tried per module
@@ -99,6 +100,24 @@ def _max_trials(n_tensors: int, per_tensor: bool) -> int:
     return len(SHIFT_CANDIDATES) + (rounds * n_tensors * (coarser + finer) if per_tensor else 0)
 
 
+def without_unread_inputs(model: LotteryModel, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """ModNet's float `state` with its first layer's weights on all-zero latent grids set to 0.
+
+    Why: at high lambda the finest grids often end empty (no nonzero integer), and ModNet's first
+    layer then multiplies an all-zero feature channel: its weights there change no pixel, yet a
+    file would pay for them. Zeroed before the quantization search, they cost only their zero flags
+    and leave the search free to choose the other weights' steps. The hard-rounded latents decide
+    it, the same integers the file holds.
+    """
+    grids = model.latents.quantized()
+    unread = [feature_channel(level, len(grids)) for level, grid in enumerate(grids) if not bool(grid.any())]
+    if not unread:
+        return state
+    weight = state["u0.weight"].clone()
+    weight[:, unread] = 0
+    return dict(state, **{"u0.weight": weight})
+
+
 def install_arm(model: LotteryModel, arm: Arm) -> None:
     """Make `arm` the model's ARM; its width becomes the model's (and the file's) arm_hidden."""
     model.arm = arm
@@ -140,6 +159,8 @@ def quantize_networks(
         best_cost, best = float("inf"), None
         for owner, state in candidates:
             state = {k: v.detach().clone() for k, v in state.items()}
+            if name == "modnet":
+                state = without_unread_inputs(model, state)
             if name == "arm":
                 install_arm(model, owner)
             owner.load_state_dict(state)

@@ -158,6 +158,13 @@ class _PolyphaseX2(torch.autograd.Function):
         return gx, gw, None, None
 
 
+def feature_channel(level: int, n_levels: int) -> int:
+    """The channel of the upsampled stack that carries latent grid `level` (the stack holds the
+    coarsest level first; each channel is upsampled on its own, so an all-zero grid gives an
+    all-zero channel)."""
+    return n_levels - 1 - level
+
+
 def _upsample_levels(grids: list[torch.Tensor], kernel: torch.Tensor, round_fn=None, up_fn=_transposed_x2) -> torch.Tensor:
     x = grids[-1][None]
     for level in range(len(grids) - 2, -1, -1):
