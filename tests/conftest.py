@@ -56,6 +56,7 @@ TEST_SCHEDULE = dict(
     temperature=(0.3, 0.1), noise=(2.0, 1.0), grad_clip=10.0, eval_every=25, average_fraction=0.0,
     average_every=1, pixel_fraction=1.0, arm_refit_steps=0, arm_refit_lr=5e-3, arm_scratch_widths=(),
     arm_scratch_steps=600, arm_scratch_lr=1e-2, arm_scratch_min_share=0.0,
+    network_refinement=False,
 )
 
 

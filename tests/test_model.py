@@ -561,10 +561,73 @@ def test_per_tensor_steps_lower_the_real_cost(fitted):
     assert tensor_cost < module_cost
 
 
+def test_integer_refinement_moves_values_towards_zero_where_the_cost_falls(fitted):
+    """The refinement keeps each module's steps, moves integers only one step towards zero, moves
+    some on a fitted model at a high lambda, and its file costs less than the plain search's
+    (real bytes, decoded pixels)."""
+    import copy
+
+    model, _, target = fitted
+    lam = 0.02
+
+    def quantized(refine: bool):
+        m = copy.deepcopy(model)
+        modules = quantize_networks(m, squared_error(target), lam, refine=refine)
+        data = encode_file(m.to_payload(modules))
+        decoded = render_payload(decode_file(data)).double() / 255.0
+        return modules, float(((decoded - target.double()) ** 2).mean()) + lam * len(data) * 8 / m.n_pixels
+
+    plain, plain_cost = quantized(False)
+    refined, refined_cost = quantized(True)
+    moved = 0
+    for name, q in plain.items():
+        r = refined[name]
+        assert r.tensor_shifts() == q.tensor_shifts()
+        for t, before in q.tensors.items():
+            after = r.tensors[t]
+            changed = after != before
+            assert torch.equal(after[changed], before[changed] - before[changed].sign())
+            moved += int(changed.sum())
+    assert moved > 0
+    assert refined_cost < plain_cost
+
+
+def test_the_encoder_refines_integers_where_configured_and_the_image_is_small_enough(fitted, monkeypatch):
+    import copy
+
+    from lotterycli.compression import encoder
+
+    model, _, target = fitted
+
+    def file_bytes(refine: bool) -> bytes:
+        payload = encoder.quantized_payload(copy.deepcopy(model), squared_error(target), 0.02,
+                                            schedule(network_refinement=refine), seed=0)
+        return encode_file(payload)
+
+    plain, refined = file_bytes(False), file_bytes(True)
+    assert refined != plain
+    monkeypatch.setattr(encoder, "REFINE_MAX_PIXELS", model.n_pixels - 1)
+    assert file_bytes(True) == plain
+
+
+def test_estimated_value_bits_follow_the_real_code():
+    """The refinement's estimate: zero is cheapest where zeros are common, larger magnitudes cost
+    more, and over a tensor the estimates add up to about its real code length."""
+    from lotterycli.bitstream.param_coding import best_order, estimated_value_bits
+
+    rng = np.random.default_rng(0)
+    values = [int(v) for v in np.round(rng.laplace(0, 2.0, 300))]
+    k, n_bytes = best_order(values, [len(values)])
+    bits = estimated_value_bits(values, k)
+    assert bits(0) < bits(1) == bits(-1) < bits(3) < bits(9) < bits(40)
+    assert sum(bits(v) for v in values) == pytest.approx(8 * n_bytes, rel=0.1)
+
+
 def test_quantization_search_reports_each_trial(fitted):
     """The search's progress bar: stage "quantize", one step per trial, a total that starts at
     the most trials the search could run, never grows, never falls below the trials done, and
-    ends equal to them; reporting changes nothing the search chooses."""
+    ends equal to them (the integer refinement's trials included); reporting changes nothing the
+    search chooses."""
     import copy
 
     from lotterycli.model.arm import Arm
@@ -573,10 +636,10 @@ def test_quantization_search_reports_each_trial(fitted):
     torch.manual_seed(0)
     narrower = Arm(8)  # an alternative ARM: its searches are counted too
     quiet = quantize_networks(copy.deepcopy(model), squared_error(target), 0.02,
-                              arm_alternatives=[copy.deepcopy(narrower)])
+                              arm_alternatives=[copy.deepcopy(narrower)], refine=True)
     reports = []
     shown = quantize_networks(copy.deepcopy(model), squared_error(target), 0.02,
-                              arm_alternatives=[copy.deepcopy(narrower)], progress=reports.append)
+                              arm_alternatives=[copy.deepcopy(narrower)], progress=reports.append, refine=True)
     assert {r.stage for r in reports} == {"quantize"}
     steps, totals = [r.step for r in reports], [r.total for r in reports]
     assert sorted(set(steps)) == list(range(1, steps[-1] + 1)) and steps == sorted(steps)

@@ -226,6 +226,7 @@ SCHEDULE_CHECKS: dict[str, Check] = {
     "arm_scratch_steps": integer(0, 100_000),
     "arm_scratch_lr": number(0, 1, lo_open=True),
     "arm_scratch_min_share": number(0, 1),
+    "network_refinement": boolean,
 }
 ARCHITECTURE_CHECKS: dict[str, Check] = {
     "n_levels": integer(1, 8),

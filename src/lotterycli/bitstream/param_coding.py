@@ -23,6 +23,8 @@ No torch at import: `lottery info` decodes the network section to say where its 
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -190,6 +192,38 @@ def best_order(values: list[int], sizes: list[int], may_predict: bool = False) -
         if best is None or n < best[1]:
             best = (k, n)
     return best
+
+
+def estimated_value_bits(values: list[int], k: int) -> Callable[[int], float]:
+    """bits(v): an estimate of what one more value v costs among `values` (one tensor) at order k.
+
+    The binarisation's costs under the tensor's own frequencies, held fixed: the zero flag, a
+    sign bit, the Exp-Golomb class (prefix) and its c + k suffix bits; frequencies smoothed by one
+    half. Why: the encoder's integer refinement (`compression.quantize`) compares hundreds of one-value
+    changes, and the adaptive code's exact length (`module_bits`) needs the whole module coded
+    again; this ranks the changes, and the refinement keeps its result only if the real length agrees.
+    """
+    def cls(v: int) -> int:
+        return (abs(v) - 1 + (1 << k)).bit_length() - 1 - k
+
+    n, zeros = len(values), sum(1 for v in values if v == 0)
+    counts: dict[int, int] = {}
+    for v in values:
+        if v:
+            counts[cls(v)] = counts.get(cls(v), 0) + 1
+    top = max(counts, default=0) + 1
+    total = (n - zeros) + 0.5 * (top + 1)
+    zero_bits = -math.log2((zeros + 0.5) / (n + 1))
+    nonzero_bits = -math.log2((n - zeros + 0.5) / (n + 1)) + 1.0  # and the sign
+    class_bits = {c: -math.log2((counts.get(c, 0) + 0.5) / total) for c in range(top + 1)}
+
+    def bits(v: int) -> float:
+        if v == 0:
+            return zero_bits
+        c = cls(v)
+        return nonzero_bits + class_bits.get(c, class_bits[top]) + c + k
+
+    return bits
 
 
 # Modules -----------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from ..model.lottery_model import LotteryModel
 from ..model.payload import Payload
 from .arm_refit import arm_parameter_share, latent_pairs, refit_arm, scratch_arm
 from .decoder import decode_bytes
-from .quantize import quantize_networks
+from .quantize import REFINE_MAX_PIXELS, quantize_networks
 
 
 @dataclass
@@ -65,7 +65,8 @@ def quantized_payload(model: LotteryModel, distortion: Distortion, lam: float, s
     model.cpu()
     pairs = tuple(t.cpu() for t in pairs)
     modules = quantize_networks(model, distortion, lam, arm_alternatives=alternatives, pairs=pairs,
-                                progress=progress)
+                                progress=progress,
+                                refine=schedule.network_refinement and model.n_pixels <= REFINE_MAX_PIXELS)
     return model.to_payload(modules)
 
 

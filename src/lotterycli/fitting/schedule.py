@@ -30,3 +30,4 @@ class Schedule:
     arm_scratch_steps: int  # ... with this many Adam steps
     arm_scratch_lr: float  # ... at this learning rate (the cheapest ARM goes in the file)
     arm_scratch_min_share: float  # ... only when the ARM's parameters are this share of its cost
+    network_refinement: bool  # after the steps' search, each network integer tried one step towards zero
