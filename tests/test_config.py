@@ -285,6 +285,8 @@ def test_config_must_be_mapping(tmp_path, text):
         ("schedule:\n  arm_scratch_steps: -1\n", "schedule.arm_scratch_steps"),
         ("schedule:\n  arm_scratch_min_share: 1.5\n", "schedule.arm_scratch_min_share"),
         ("schedule:\n  arm_scratch_min_share: -0.1\n", "schedule.arm_scratch_min_share"),
+        ("schedule:\n  network_refinement: 1\n", "schedule.network_refinement"),
+        ("schedule:\n  network_refinement: 'yes'\n", "schedule.network_refinement"),
         ("schedule: 5\n", "schedule"),
         ("presets: [fast]\n", "presets"),
         ("presets:\n  fast: 300\n", "fast"),
